@@ -1,0 +1,100 @@
+"""Group commit: one writer thread applies queued write functions, many per transaction.
+
+Each write function runs against the store inside a transaction; when several are
+queued they share one transaction (one commit, one fsync). If a shared
+transaction fails, every function of the batch is re-run in a transaction of its
+own, so one refused write (``LeaseLostError``, ``ReviewError``) never takes its
+neighbours down with it. A caller's ``await`` returns only after its write is
+committed, so nothing depends on a transition before it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .store.base import StateStore
+
+T = TypeVar("T")
+_Job = tuple[Callable[[StateStore], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
+
+MAX_BATCH = 256
+
+
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+class Committer:
+    """A writer thread for one store, alive for the duration of an engine call."""
+
+    def __init__(self, store: StateStore):
+        self.store = store
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="treadle-writer", daemon=True)
+        self._thread.start()
+
+    async def submit(self, fn: Callable[[StateStore], T]) -> T:
+        """Run ``fn(store)`` in a transaction on the writer thread; return once committed."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, fut, loop))
+        # Shielded: a cancelled caller must not forget a write that may still commit.
+        return await asyncio.shield(fut)
+
+    async def close(self) -> None:
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    return
+                batch = [job]
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                for (_, fut, loop), (ok, value) in zip(batch, self._apply(batch), strict=True):
+                    try:
+                        loop.call_soon_threadsafe(_resolve, fut, ok, value)
+                    except RuntimeError:  # the caller's loop is gone
+                        pass
+                if stop:
+                    return
+        finally:
+            release = getattr(self.store, "release_thread", None)
+            if callable(release):
+                release()
+
+    def _apply(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        if len(batch) > 1:
+            try:
+                with self.store.transaction():
+                    return [(True, fn(self.store)) for fn, _, _ in batch]
+            except Exception:
+                pass  # fall back to one transaction each, below
+        results: list[tuple[bool, Any]] = []
+        for fn, _, _ in batch:
+            try:
+                with self.store.transaction():
+                    results.append((True, fn(self.store)))
+            except BaseException as exc:
+                results.append((False, exc))
+        return results

@@ -1,0 +1,448 @@
+"""Core values: work items, outcomes, stage state, attempts, pipeline status."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .quality import QualityFeedback
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_ts(value: datetime | None) -> float | None:
+    """A datetime as epoch seconds (how stores keep time)."""
+    return None if value is None else value.timestamp()
+
+
+def from_ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+# --- work items ---------------------------------------------------------------
+
+
+@runtime_checkable
+class WorkItem(Protocol):
+    """Anything with an ``id``: a file, a record, a document."""
+
+    @property
+    def id(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Item:
+    """The concrete work item the CLI uses: an id and a JSON object of data."""
+
+    id: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# --- outcomes -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Complete:
+    """Done; dependents may run."""
+
+
+@dataclass(frozen=True)
+class NeedsReview:
+    """Pause for a person."""
+
+    prompt: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Permanent failure: no automatic retry."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Transient failure: counts an attempt against the retry budget."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Not applicable to this item; counts as satisfied for dependents."""
+
+    reason: str = ""
+
+
+class StageStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    AWAITING_REVIEW = "awaiting_review"
+    SKIPPED = "skipped"
+
+    @property
+    def is_done(self) -> bool:
+        """COMPLETE or SKIPPED: satisfies dependents."""
+        return self in (StageStatus.COMPLETE, StageStatus.SKIPPED)
+
+
+@dataclass(frozen=True)
+class SubTask:
+    """One unit of a fan-out; also the tracked record of that unit."""
+
+    id: str
+    status: StageStatus = StageStatus.PENDING
+    attempt: int = 0
+    error: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    artefact: Any = None
+    next_attempt_at: datetime | None = None
+    budget_start: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": str(self.status),
+            "attempt": self.attempt,
+            "error": self.error,
+            "metadata": self.metadata,
+            "artefact": self.artefact,
+            "next_attempt_at": to_ts(self.next_attempt_at),
+            "budget_start": self.budget_start,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SubTask:
+        return cls(
+            id=d["id"],
+            status=StageStatus(d.get("status", "pending")),
+            attempt=d.get("attempt", 0),
+            error=d.get("error"),
+            metadata=dict(d.get("metadata") or {}),
+            artefact=d.get("artefact"),
+            next_attempt_at=from_ts(d.get("next_attempt_at")),
+            budget_start=d.get("budget_start", 0),
+        )
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """Run these subtasks, each tracked on its own."""
+
+    subtasks: list[SubTask]
+
+
+Outcome = Complete | NeedsReview | Failed | Retry | FanOut | Skipped
+OUTCOME_TYPES = (Complete, NeedsReview, Failed, Retry, FanOut, Skipped)
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """What ``execute`` returns: an outcome plus an optional artefact and summary."""
+
+    outcome: Outcome = field(default_factory=Complete)
+    artefact: Any = None
+    summary: str | None = None
+
+
+def outcome_name(outcome: Outcome) -> str:
+    return {
+        Complete: "complete",
+        NeedsReview: "needs_review",
+        Failed: "failed",
+        Retry: "retry",
+        FanOut: "fan_out",
+        Skipped: "skipped",
+    }[type(outcome)]
+
+
+# --- state --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageState:
+    """Where one stage of one item stands. Stores persist it whole."""
+
+    status: StageStatus = StageStatus.PENDING
+    attempt: int = 0
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+    subtasks: list[SubTask] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    artefact: Any = None
+    #: When it entered its current status (orders the review queue).
+    updated_at: datetime | None = None
+    #: When an unanswered review is decided by the workflow's review_timeout.
+    review_deadline: datetime | None = None
+    #: Review prompt and context while AWAITING_REVIEW.
+    review_prompt: str | None = None
+    review_context: dict[str, Any] = field(default_factory=dict)
+    #: The attempt number from which the retry budget counts (renewed by retry_stage).
+    budget_start: int = 0
+    #: How many times this stage was found RUNNING after its process died.
+    recoveries: int = 0
+
+    def replace(self, **changes: Any) -> StageState:
+        return dataclasses.replace(self, **changes)
+
+    def subtask(self, subtask_id: str) -> SubTask | None:
+        return next((s for s in self.subtasks if s.id == subtask_id), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": str(self.status),
+            "attempt": self.attempt,
+            "started_at": to_ts(self.started_at),
+            "completed_at": to_ts(self.completed_at),
+            "error": self.error,
+            "next_attempt_at": to_ts(self.next_attempt_at),
+            "subtasks": [s.to_dict() for s in self.subtasks],
+            "metadata": self.metadata,
+            "artefact": self.artefact,
+            "updated_at": to_ts(self.updated_at),
+            "review_deadline": to_ts(self.review_deadline),
+            "review_prompt": self.review_prompt,
+            "review_context": self.review_context,
+            "budget_start": self.budget_start,
+            "recoveries": self.recoveries,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StageState:
+        return cls(
+            status=StageStatus(d.get("status", "pending")),
+            attempt=d.get("attempt", 0),
+            started_at=from_ts(d.get("started_at")),
+            completed_at=from_ts(d.get("completed_at")),
+            error=d.get("error"),
+            next_attempt_at=from_ts(d.get("next_attempt_at")),
+            subtasks=[SubTask.from_dict(s) for s in d.get("subtasks") or []],
+            metadata=dict(d.get("metadata") or {}),
+            artefact=d.get("artefact"),
+            updated_at=from_ts(d.get("updated_at")),
+            review_deadline=from_ts(d.get("review_deadline")),
+            review_prompt=d.get("review_prompt"),
+            review_context=dict(d.get("review_context") or {}),
+            budget_start=d.get("budget_start", 0),
+            recoveries=d.get("recoveries", 0),
+        )
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt of a stage (or of one subtask), kept for reviewers."""
+
+    attempt: int
+    started_at: datetime | None
+    completed_at: datetime | None
+    outcome: str
+    summary: str | None = None
+    artefact: Any = None
+    verdict: str | None = None
+    feedback: QualityFeedback | None = None
+    error: str | None = None
+    subtask: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "started_at": to_ts(self.started_at),
+            "completed_at": to_ts(self.completed_at),
+            "outcome": self.outcome,
+            "summary": self.summary,
+            "artefact": self.artefact,
+            "verdict": self.verdict,
+            "feedback": None if self.feedback is None else self.feedback.to_dict(),
+            "error": self.error,
+            "subtask": self.subtask,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AttemptRecord:
+        from .quality import QualityFeedback
+
+        fb = d.get("feedback")
+        return cls(
+            attempt=d["attempt"],
+            started_at=from_ts(d.get("started_at")),
+            completed_at=from_ts(d.get("completed_at")),
+            outcome=d.get("outcome", ""),
+            summary=d.get("summary"),
+            artefact=d.get("artefact"),
+            verdict=d.get("verdict"),
+            feedback=None if fb is None else QualityFeedback.from_dict(fb),
+            error=d.get("error"),
+            subtask=d.get("subtask"),
+        )
+
+
+@dataclass(frozen=True)
+class ReviewRecord:
+    """The audit record of one review decision."""
+
+    decision: str  # "approve" | "reject" | "approve_with_edits"
+    reviewer: str | None
+    comment: str | None
+    at: datetime
+    reason: str | None = None
+    edited_artefact: Any = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision": self.decision,
+            "reviewer": self.reviewer,
+            "comment": self.comment,
+            "at": to_ts(self.at),
+            "reason": self.reason,
+            "edited_artefact": self.edited_artefact,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReviewRecord:
+        at = from_ts(d.get("at"))
+        assert at is not None
+        return cls(
+            decision=d["decision"],
+            reviewer=d.get("reviewer"),
+            comment=d.get("comment"),
+            at=at,
+            reason=d.get("reason"),
+            edited_artefact=d.get("edited_artefact"),
+            note=d.get("note"),
+        )
+
+
+class ItemState(enum.StrEnum):
+    """An item's aggregate state, kept in the store's ``items`` table."""
+
+    READY = "ready"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    AWAITING_REVIEW = "awaiting_review"
+    FAILED = "failed"
+    COMPLETE = "complete"
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """An item's row: aggregate state, when it next has work, and its lease."""
+
+    id: str
+    state: ItemState
+    due_at: datetime | None
+    lease_owner: str | None = None
+    lease_token: int = 0
+    lease_expires_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claim on an item: only the holder of the current token may write it."""
+
+    item_id: str
+    worker_id: str
+    token: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class PendingReview:
+    """One stage waiting for a person."""
+
+    item_id: str
+    stage: str
+    since: datetime | None
+    prompt: str | None
+    context: dict[str, Any]
+    deadline: datetime | None
+    attempt: int
+
+
+# --- context and status -------------------------------------------------------
+
+
+@dataclass
+class StageContext:
+    """What a stage knows about the run it is part of."""
+
+    item_id: str
+    stage: str
+    attempt: int
+    subtask: str | None = None
+    feedback: QualityFeedback | None = None
+    upstream: Mapping[str, Any] = field(default_factory=dict)
+    state: StageState = field(default_factory=StageState)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """A snapshot of one item's progress through the workflow."""
+
+    item_id: str
+    stages: dict[str, StageState]
+    state: ItemState | None = None
+
+    @property
+    def progress(self) -> float:
+        """Percent of stages done (COMPLETE and SKIPPED count as done)."""
+        if not self.stages:
+            return 100.0
+        done = sum(1 for s in self.stages.values() if s.status.is_done)
+        return round(100.0 * done / len(self.stages), 1)
+
+    @property
+    def is_complete(self) -> bool:
+        return all(s.status.is_done for s in self.stages.values())
+
+    @property
+    def failed_stages(self) -> list[str]:
+        return [n for n, s in self.stages.items() if s.status == StageStatus.FAILED]
+
+    @property
+    def review_stages(self) -> list[str]:
+        return [n for n, s in self.stages.items() if s.status == StageStatus.AWAITING_REVIEW]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id,
+            "state": None if self.state is None else str(self.state),
+            "progress": self.progress,
+            "is_complete": self.is_complete,
+            "failed_stages": self.failed_stages,
+            "review_stages": self.review_stages,
+            "stages": {name: s.to_dict() for name, s in self.stages.items()},
+        }
+
+    def __str__(self) -> str:
+        lines = [f"{self.item_id}: {self.progress:.0f}% complete"]
+        width = max((len(n) for n in self.stages), default=0)
+        for name, s in self.stages.items():
+            line = f"  {name:<{width}}  {s.status.value:<15}"
+            if s.attempt:
+                line += f" attempt {s.attempt}"
+            if s.started_at and s.completed_at:
+                line += f" {(s.completed_at - s.started_at).total_seconds():.2f}s"
+            if s.error:
+                line += f"  error: {s.error.splitlines()[0] if s.error else ''}"
+            if s.subtasks:
+                done = sum(1 for t in s.subtasks if t.status.is_done)
+                line += f"  subtasks {done}/{len(s.subtasks)}"
+            lines.append(line.rstrip())
+        return "\n".join(lines)

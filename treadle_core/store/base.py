@@ -1,0 +1,196 @@
+"""The `StateStore` contract every store implements.
+
+All methods are synchronous (peewee is). Writes that must commit together are
+grouped with ``with store.transaction():``; a transaction that raises is rolled
+back whole. The engine calls the store from a writer thread (group commit) and
+reads from the event loop's thread, so stores must be thread-safe.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any
+
+from ..errors import ArtefactNotSerialisableError, ArtefactTooLargeError
+from ..events import Event, StoredEvent
+from ..model import (
+    AttemptRecord,
+    ItemRecord,
+    ItemState,
+    Lease,
+    PendingReview,
+    ReviewRecord,
+    StageState,
+)
+
+DEFAULT_MAX_ARTEFACT_BYTES = 1024 * 1024
+
+
+def _default(value: Any) -> Any:
+    to_json = getattr(value, "to_json", None)
+    if callable(to_json):
+        return to_json()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def dumps(value: Any) -> str:
+    """JSON text of a value; objects with ``to_json()`` are converted through it."""
+    return json.dumps(value, default=_default, separators=(",", ":"), allow_nan=False)
+
+
+def normalise_artefact(
+    value: Any, *, where: str, max_bytes: int = DEFAULT_MAX_ARTEFACT_BYTES
+) -> Any:
+    """The artefact as plain JSON data, or a clear error: not serialisable, or too large."""
+    if value is None:
+        return None
+    try:
+        text = dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ArtefactNotSerialisableError(
+            f"{where}: artefact is not JSON-serialisable ({exc}); return JSON data "
+            "or an object with a to_json() method"
+        ) from None
+    size = len(text.encode())
+    if size > max_bytes:
+        raise ArtefactTooLargeError(
+            f"{where}: artefact is {size} bytes, over the limit of {max_bytes} bytes; "
+            "store the payload elsewhere (a file, an object store) and return a reference to it"
+        )
+    return json.loads(text)
+
+
+class StateStore(abc.ABC):
+    """Durable state of items, stages, attempts, reviews and the event journal."""
+
+    #: Set by stores whose data outlives the process (used by ``treadle status``).
+    durable: bool = False
+
+    # --- items -------------------------------------------------------------
+    @abc.abstractmethod
+    def save_work_item_data(self, item_id: str, data: dict[str, Any]) -> None:
+        """Keep the item's JSON data; a new item is created in state READY, due now."""
+
+    @abc.abstractmethod
+    def get_work_item_data(self, item_id: str) -> dict[str, Any] | None:
+        """The item's data, or None for an unknown item."""
+
+    @abc.abstractmethod
+    def delete_work_item(self, item_id: str) -> None:
+        """Remove the item with its stage states, attempts, reviews and journal."""
+
+    @abc.abstractmethod
+    def list_work_items(self, state: ItemState | None = None) -> Iterator[str]:
+        """Item ids (optionally only those in one aggregate state), oldest first."""
+
+    @abc.abstractmethod
+    def get_item(self, item_id: str) -> ItemRecord | None:
+        """The item's row: aggregate state, due_at and lease."""
+
+    @abc.abstractmethod
+    def set_item_state(self, item_id: str, state: ItemState, due_at: datetime | None) -> None:
+        """Record the item's aggregate state and when it next has work (None: nothing to do)."""
+
+    @abc.abstractmethod
+    def count_items(self) -> dict[ItemState, int]:
+        """Number of items per aggregate state (one grouped query)."""
+
+    @abc.abstractmethod
+    def next_due_at(self, states: Collection[ItemState] | None = None) -> datetime | None:
+        """When the next item becomes claimable: the earliest ``due_at`` (or, for an item
+        under a live lease, its lease expiry), optionally only for items in ``states``;
+        None when no item has work coming."""
+
+    # --- stage states ------------------------------------------------------
+    @abc.abstractmethod
+    def save_stage_state(self, item_id: str, stage: str, state: StageState) -> None: ...
+
+    @abc.abstractmethod
+    def get_stage_state(self, item_id: str, stage: str) -> StageState | None: ...
+
+    @abc.abstractmethod
+    def get_all_stage_states(self, item_id: str) -> dict[str, StageState]: ...
+
+    @abc.abstractmethod
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Stage name -> status -> number of items with a stored state (one grouped query)."""
+
+    @abc.abstractmethod
+    def pending_reviews(
+        self, stage: str | None = None, limit: int | None = None
+    ) -> list[PendingReview]:
+        """Stages AWAITING_REVIEW, oldest first."""
+
+    # --- attempts, reviews, journal -----------------------------------------
+    @abc.abstractmethod
+    def record_attempt(self, item_id: str, stage: str, record: AttemptRecord) -> None: ...
+
+    @abc.abstractmethod
+    def get_attempts(self, item_id: str, stage: str) -> list[AttemptRecord]:
+        """Every attempt of the stage and its subtasks, in the order recorded."""
+
+    @abc.abstractmethod
+    def record_review(self, item_id: str, stage: str, record: ReviewRecord) -> None: ...
+
+    @abc.abstractmethod
+    def get_reviews(self, item_id: str, stage: str | None = None) -> list[ReviewRecord]: ...
+
+    @abc.abstractmethod
+    def append_events(self, events: Sequence[Event]) -> None: ...
+
+    @abc.abstractmethod
+    def read_events(
+        self, item_id: str | None = None, after: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """Journal entries with id > ``after``, in order."""
+
+    # --- transactions and leases -----------------------------------------------
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[Any]:
+        """Group writes into one commit; nested calls join the outer transaction."""
+
+    @abc.abstractmethod
+    def lock_item(self, item_id: str, lease: Lease | None = None) -> ItemRecord:
+        """Inside a transaction: lock the item's row for the rest of it and return it.
+
+        With ``lease``, refuse (``LeaseLostError``) unless that lease is still the
+        item's current one (fencing token). Unknown item: ``UnknownItemError``.
+        """
+
+    @abc.abstractmethod
+    def claim(
+        self,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        item_ids: Sequence[str] | None = None,
+    ) -> list[Lease]:
+        """Lease up to ``limit`` due items nobody holds (or whose lease expired), earliest first.
+
+        With ``item_ids``, only those items, and whether due or not.
+        """
+
+    @abc.abstractmethod
+    def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[Lease]:
+        """Extend leases still held; the ones returned are those renewed."""
+
+    @abc.abstractmethod
+    def release(self, leases: Sequence[Lease]) -> None:
+        """Give leases back (those no longer held are ignored)."""
+
+    @abc.abstractmethod
+    def prune(self, completed_before: datetime, limit: int = 500) -> list[str]:
+        """Delete up to ``limit`` COMPLETE items last updated before the cut-off; their ids."""
+
+    def close(self) -> None:  # noqa: B027 - optional for stores
+        """Release connections and threads."""
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

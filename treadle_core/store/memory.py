@@ -1,0 +1,329 @@
+"""`MemoryStateStore`: everything in dicts, for tests and embedding. Thread-safe."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import uuid
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..errors import LeaseLostError, UnknownItemError
+from ..events import Event, StoredEvent
+from ..model import (
+    AttemptRecord,
+    ItemRecord,
+    ItemState,
+    Lease,
+    PendingReview,
+    ReviewRecord,
+    StageState,
+    StageStatus,
+    utcnow,
+)
+from .base import StateStore
+
+
+class MemoryStateStore(StateStore):
+    """An in-process store; ``transaction()`` rolls back through an undo log."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._items: dict[str, ItemRecord] = {}
+        self._data: dict[str, dict[str, Any]] = {}
+        self._states: dict[str, dict[str, StageState]] = {}
+        self._attempts: dict[tuple[str, str], list[AttemptRecord]] = {}
+        self._reviews: dict[str, list[tuple[str, ReviewRecord]]] = {}
+        self._events: list[StoredEvent] = []
+        self._next_event_id = 1
+        self._undo: list[Callable[[], None]] | None = None
+        self._depth = 0
+        self._instance = uuid.uuid4().hex
+
+    # --- transactions --------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._undo = []
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                if outer:
+                    assert self._undo is not None
+                    for undo in reversed(self._undo):
+                        undo()
+                raise
+            finally:
+                self._depth -= 1
+                if outer:
+                    self._undo = None
+
+    def _remember(self, mapping: dict[Any, Any], key: Any) -> None:
+        """Record how to restore ``mapping[key]`` if the transaction rolls back."""
+        if self._undo is None:
+            return
+        if key in mapping:
+            old = mapping[key]
+            old = copy.copy(old) if isinstance(old, list | dict) else old
+
+            def restore() -> None:
+                mapping[key] = old
+
+            self._undo.append(restore)
+        else:
+            self._undo.append(lambda: mapping.pop(key, None))
+
+    # --- items ---------------------------------------------------------------
+    def save_work_item_data(self, item_id: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._remember(self._data, item_id)
+            self._data[item_id] = copy.deepcopy(data)
+            if item_id not in self._items:
+                self._remember(self._items, item_id)
+                now = utcnow()
+                self._items[item_id] = ItemRecord(
+                    item_id, ItemState.READY, now, created_at=now, updated_at=now
+                )
+
+    def get_work_item_data(self, item_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            data = self._data.get(item_id)
+            return None if data is None else copy.deepcopy(data)
+
+    def delete_work_item(self, item_id: str) -> None:
+        with self._lock:
+            for mapping in (self._items, self._data, self._states, self._reviews):
+                self._remember(mapping, item_id)
+                mapping.pop(item_id, None)
+            for key in [k for k in self._attempts if k[0] == item_id]:
+                self._remember(self._attempts, key)
+                del self._attempts[key]
+            old_events = self._events
+            if self._undo is not None:
+                self._undo.append(lambda: setattr(self, "_events", old_events))
+            self._events = [e for e in self._events if e.event.item_id != item_id]
+
+    def list_work_items(self, state: ItemState | None = None) -> Iterator[str]:
+        with self._lock:
+            ids = [i for i, rec in self._items.items() if state is None or rec.state == state]
+        return iter(ids)
+
+    def get_item(self, item_id: str) -> ItemRecord | None:
+        with self._lock:
+            return self._items.get(item_id)
+
+    def set_item_state(self, item_id: str, state: ItemState, due_at: datetime | None) -> None:
+        with self._lock:
+            rec = self._items.get(item_id)
+            if rec is None:
+                raise UnknownItemError(f"unknown item {item_id!r}")
+            self._remember(self._items, item_id)
+            self._items[item_id] = replace(rec, state=state, due_at=due_at, updated_at=utcnow())
+
+    def count_items(self) -> dict[ItemState, int]:
+        with self._lock:
+            counts: dict[ItemState, int] = {}
+            for rec in self._items.values():
+                counts[rec.state] = counts.get(rec.state, 0) + 1
+            return counts
+
+    def next_due_at(self, states: Collection[ItemState] | None = None) -> datetime | None:
+        now = utcnow()
+        with self._lock:
+            dues = [
+                max(r.due_at, r.lease_expires_at)
+                if r.lease_expires_at is not None and r.lease_expires_at > now
+                else r.due_at
+                for r in self._items.values()
+                if r.due_at is not None and (states is None or r.state in states)
+            ]
+            return min(dues, default=None)
+
+    # --- stage states --------------------------------------------------------
+    def save_stage_state(self, item_id: str, stage: str, state: StageState) -> None:
+        with self._lock:
+            if item_id not in self._items:
+                raise UnknownItemError(f"unknown item {item_id!r}")
+            states = self._states.get(item_id)
+            if states is None:
+                self._remember(self._states, item_id)
+                states = self._states[item_id] = {}
+            self._remember(states, stage)
+            states[stage] = copy.deepcopy(state)
+
+    def get_stage_state(self, item_id: str, stage: str) -> StageState | None:
+        with self._lock:
+            state = self._states.get(item_id, {}).get(stage)
+            return None if state is None else copy.deepcopy(state)
+
+    def get_all_stage_states(self, item_id: str) -> dict[str, StageState]:
+        with self._lock:
+            return copy.deepcopy(self._states.get(item_id, {}))
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            out: dict[str, dict[str, int]] = {}
+            for states in self._states.values():
+                for stage, st in states.items():
+                    per = out.setdefault(stage, {})
+                    per[str(st.status)] = per.get(str(st.status), 0) + 1
+            return out
+
+    def pending_reviews(
+        self, stage: str | None = None, limit: int | None = None
+    ) -> list[PendingReview]:
+        with self._lock:
+            found = [
+                PendingReview(
+                    item_id,
+                    name,
+                    st.updated_at,
+                    st.review_prompt,
+                    dict(st.review_context),
+                    st.review_deadline,
+                    st.attempt,
+                )
+                for item_id, states in self._states.items()
+                for name, st in states.items()
+                if st.status == StageStatus.AWAITING_REVIEW and (stage is None or name == stage)
+            ]
+        found.sort(key=lambda r: (r.since is None, r.since, r.item_id, r.stage))
+        return found if limit is None else found[:limit]
+
+    # --- attempts, reviews, journal ----------------------------------------------
+    def record_attempt(self, item_id: str, stage: str, record: AttemptRecord) -> None:
+        with self._lock:
+            key = (item_id, stage)
+            self._remember(self._attempts, key)
+            self._attempts.setdefault(key, []).append(copy.deepcopy(record))
+
+    def get_attempts(self, item_id: str, stage: str) -> list[AttemptRecord]:
+        with self._lock:
+            return copy.deepcopy(self._attempts.get((item_id, stage), []))
+
+    def record_review(self, item_id: str, stage: str, record: ReviewRecord) -> None:
+        with self._lock:
+            self._remember(self._reviews, item_id)
+            self._reviews.setdefault(item_id, []).append((stage, copy.deepcopy(record)))
+
+    def get_reviews(self, item_id: str, stage: str | None = None) -> list[ReviewRecord]:
+        with self._lock:
+            return [
+                copy.deepcopy(r)
+                for s, r in self._reviews.get(item_id, [])
+                if stage is None or s == stage
+            ]
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        with self._lock:
+            if not events:
+                return
+            n = len(self._events)
+            first_id = self._next_event_id
+            if self._undo is not None:
+
+                def undo() -> None:
+                    del self._events[n:]
+                    self._next_event_id = first_id
+
+                self._undo.append(undo)
+            for ev in events:
+                self._events.append(StoredEvent(self._next_event_id, ev))
+                self._next_event_id += 1
+
+    def read_events(
+        self, item_id: str | None = None, after: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        with self._lock:
+            out = [
+                e
+                for e in self._events
+                if e.id > after and (item_id is None or e.event.item_id == item_id)
+            ]
+        return out if limit is None else out[:limit]
+
+    # --- leases ----------------------------------------------------------------
+    def lock_item(self, item_id: str, lease: Lease | None = None) -> ItemRecord:
+        with self._lock:
+            rec = self._items.get(item_id)
+            if rec is None:
+                raise UnknownItemError(f"unknown item {item_id!r}")
+            if lease is not None and rec.lease_token != lease.token:
+                raise LeaseLostError(
+                    f"item {item_id!r}: lease {lease.token} held by {lease.worker_id!r} "
+                    f"was lost (current token {rec.lease_token}, owner {rec.lease_owner!r})"
+                )
+            return rec
+
+    def claim(
+        self,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        item_ids: Sequence[str] | None = None,
+    ) -> list[Lease]:
+        now = utcnow()
+        expires = now + timedelta(seconds=lease_seconds)
+        with self._lock:
+            if item_ids is not None:
+                candidates = [self._items[i] for i in item_ids if i in self._items]
+            else:
+                candidates = sorted(
+                    (r for r in self._items.values() if r.due_at is not None and r.due_at <= now),
+                    key=lambda r: r.due_at or now,
+                )
+            leases: list[Lease] = []
+            for rec in candidates:
+                if len(leases) >= limit:
+                    break
+                if rec.lease_expires_at is not None and rec.lease_expires_at > now:
+                    continue
+                token = rec.lease_token + 1
+                self._remember(self._items, rec.id)
+                self._items[rec.id] = replace(
+                    rec, lease_owner=worker_id, lease_token=token, lease_expires_at=expires
+                )
+                leases.append(Lease(rec.id, worker_id, token, expires))
+            return leases
+
+    def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[Lease]:
+        expires = utcnow() + timedelta(seconds=lease_seconds)
+        out: list[Lease] = []
+        with self._lock:
+            for lease in leases:
+                rec = self._items.get(lease.item_id)
+                if rec is None or rec.lease_token != lease.token:
+                    continue
+                self._remember(self._items, rec.id)
+                self._items[rec.id] = replace(rec, lease_expires_at=expires)
+                out.append(replace(lease, expires_at=expires))
+        return out
+
+    def release(self, leases: Sequence[Lease]) -> None:
+        with self._lock:
+            for lease in leases:
+                rec = self._items.get(lease.item_id)
+                if rec is None or rec.lease_token != lease.token:
+                    continue
+                self._remember(self._items, rec.id)
+                self._items[rec.id] = replace(rec, lease_owner=None, lease_expires_at=None)
+
+    def prune(self, completed_before: datetime, limit: int = 500) -> list[str]:
+        with self._lock:
+            ids = [
+                r.id
+                for r in self._items.values()
+                if r.state == ItemState.COMPLETE
+                and r.updated_at is not None
+                and r.updated_at < completed_before
+            ][:limit]
+            with self.transaction():
+                for item_id in ids:
+                    self.delete_work_item(item_id)
+            return ids

@@ -1,0 +1,376 @@
+"""Building and validating the DAG of stages (networkx), and the `Workflow` API."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+
+from .errors import (
+    CycleError,
+    DuplicateStageError,
+    SelfDependencyError,
+    UnknownDependencyError,
+    UnknownItemError,
+    UnknownStageError,
+    WorkflowError,
+)
+from .events import EventBus, Subscription
+from .model import PendingReview, PipelineStatus, StageState, WorkItem
+from .quality import (
+    Approve,
+    ApproveWithEdits,
+    QualityGate,
+    Reject,
+    RetryBudget,
+    ReviewDecision,
+    ReviewPolicy,
+)
+from .stage import Stage, as_stage
+from .store.base import DEFAULT_MAX_ARTEFACT_BYTES, StateStore
+
+if TYPE_CHECKING:
+    from .engine import RunReport
+
+
+@dataclass(frozen=True)
+class ReviewTimeout:
+    seconds: float
+    on_timeout: ReviewDecision
+
+
+@dataclass
+class StageSpec:
+    """Everything the workflow knows about one stage."""
+
+    name: str
+    stage: Stage
+    gate: QualityGate | None = None
+    budget: RetryBudget = field(default_factory=RetryBudget)
+    policy: ReviewPolicy = ReviewPolicy.NEVER
+    review_timeout: ReviewTimeout | None = None
+
+
+def _closest(name: str, known: Sequence[str]) -> str:
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+class WorkflowBuilder:
+    """Collects stages, dependencies and policies; ``build()`` validates them."""
+
+    def __init__(self, name: str = "workflow"):
+        self.name = name
+        self._stages: dict[str, Stage] = {}
+        self._errors: list[WorkflowError] = []
+        self._deps: list[tuple[str, str]] = []
+        self._gates: dict[str, QualityGate] = {}
+        self._budgets: dict[str, RetryBudget] = {}
+        self._policies: dict[str, ReviewPolicy] = {}
+        self._timeouts: dict[str, ReviewTimeout] = {}
+        self._max_artefact_bytes = DEFAULT_MAX_ARTEFACT_BYTES
+        self._max_recoveries = 3
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self._stages)
+
+    def stage(self, name: str, stage: Any, *, needs: Sequence[str] = ()) -> WorkflowBuilder:
+        """Add a stage: a `Stage` instance or a function ``(item, ctx)``, sync or async."""
+        if name in self._stages:
+            self._errors.append(DuplicateStageError(f"stage {name!r} is defined twice"))
+            return self
+        self._stages[name] = as_stage(stage, name)
+        for dep in needs:
+            self.dependency(name, dep)
+        return self
+
+    def dependency(self, stage: str, depends_on: str) -> WorkflowBuilder:
+        """``stage`` runs after ``depends_on``."""
+        self._deps.append((stage, depends_on))
+        return self
+
+    def quality_gate(self, stage: str, gate: QualityGate) -> WorkflowBuilder:
+        self._gates[stage] = gate
+        return self
+
+    def retry_budget(self, stage: str, budget: RetryBudget) -> WorkflowBuilder:
+        self._budgets[stage] = budget
+        return self
+
+    def review_policy(self, stage: str, policy: ReviewPolicy) -> WorkflowBuilder:
+        self._policies[stage] = ReviewPolicy(policy)
+        return self
+
+    def review_timeout(
+        self, stage: str, seconds: float, on_timeout: ReviewDecision | None = None
+    ) -> WorkflowBuilder:
+        """Decide an unanswered review after ``seconds`` (default: reject "no answer")."""
+        if seconds <= 0:
+            raise ValueError(f"review_timeout for {stage!r} must be positive, not {seconds}")
+        decision = on_timeout if on_timeout is not None else Reject("no answer")
+        if not isinstance(decision, Approve | Reject | ApproveWithEdits):
+            raise TypeError("on_timeout must be Approve(), Reject(reason) or ApproveWithEdits(...)")
+        self._timeouts[stage] = ReviewTimeout(float(seconds), decision)
+        return self
+
+    def max_artefact_bytes(self, limit: int) -> WorkflowBuilder:
+        self._max_artefact_bytes = int(limit)
+        return self
+
+    def max_recoveries(self, limit: int) -> WorkflowBuilder:
+        """How many crashes mid-stage before the stage is FAILED ("recovery limit reached")."""
+        self._max_recoveries = int(limit)
+        return self
+
+    def build(self) -> Workflow:
+        if self._errors:
+            raise self._errors[0]
+        known = list(self._stages)
+        graph: nx.DiGraph[str] = nx.DiGraph()
+        graph.add_nodes_from(known)
+        for stage, dep in self._deps:
+            for name in (stage, dep):
+                if name not in self._stages:
+                    raise UnknownDependencyError(
+                        f"dependency {stage!r} -> {dep!r}: {name!r} is not a stage"
+                        f"{_closest(name, known)}"
+                    )
+            if stage == dep:
+                raise SelfDependencyError(f"stage {stage!r} depends on itself")
+            graph.add_edge(dep, stage)
+        try:
+            cycle = nx.find_cycle(graph)
+        except nx.NetworkXNoCycle:
+            cycle = None
+        if cycle:
+            names = [edge[0] for edge in cycle] + [cycle[0][0]]
+            raise CycleError(f"dependency cycle: {' -> '.join(names)}")
+        for what, mapping in (
+            ("quality gate", self._gates),
+            ("retry budget", self._budgets),
+            ("review policy", self._policies),
+            ("review timeout", self._timeouts),
+        ):
+            for name in mapping:
+                if name not in self._stages:
+                    raise UnknownStageError(
+                        f"{what} for {name!r}, which is not a stage{_closest(name, known)}"
+                    )
+        specs = {
+            name: StageSpec(
+                name=name,
+                stage=st,
+                gate=self._gates.get(name),
+                budget=self._budgets.get(name, RetryBudget()),
+                policy=self._policies.get(name, ReviewPolicy.NEVER),
+                review_timeout=self._timeouts.get(name),
+            )
+            for name, st in self._stages.items()
+        }
+        return Workflow(
+            self.name,
+            specs,
+            graph,
+            max_artefact_bytes=self._max_artefact_bytes,
+            max_recoveries=self._max_recoveries,
+        )
+
+
+class Workflow:
+    """A validated DAG of stages, and the operations that move items through it."""
+
+    def __init__(
+        self,
+        name: str,
+        specs: dict[str, StageSpec],
+        graph: nx.DiGraph[str],
+        *,
+        max_artefact_bytes: int = DEFAULT_MAX_ARTEFACT_BYTES,
+        max_recoveries: int = 3,
+    ):
+        self.name = name
+        self.specs = specs
+        self.graph = graph
+        self.max_artefact_bytes = max_artefact_bytes
+        self.max_recoveries = max_recoveries
+        order = {n: i for i, n in enumerate(specs)}
+        self._order = list(nx.lexicographical_topological_sort(graph, key=lambda n: order[n]))
+        self._deps = {n: sorted(graph.predecessors(n), key=order.__getitem__) for n in specs}
+        self._ancestors = {n: nx.ancestors(graph, n) for n in specs}
+        self.bus = EventBus()
+        from .engine import Engine
+
+        self._engine = Engine(self)
+
+    @staticmethod
+    def builder(name: str = "workflow") -> WorkflowBuilder:
+        return WorkflowBuilder(name)
+
+    # --- introspection -------------------------------------------------------
+    @property
+    def stages(self) -> list[str]:
+        """Stage names in topological order."""
+        return list(self._order)
+
+    def _check(self, stage: str) -> StageSpec:
+        spec = self.specs.get(stage)
+        if spec is None:
+            raise UnknownStageError(
+                f"workflow {self.name!r} has no stage {stage!r}{_closest(stage, self._order)}"
+            )
+        return spec
+
+    def dependencies(self, stage: str) -> list[str]:
+        self._check(stage)
+        return list(self._deps[stage])
+
+    def dependents(self, stage: str) -> list[str]:
+        self._check(stage)
+        return [n for n in self._order if stage in self._deps[n]]
+
+    def ancestors(self, stage: str) -> list[str]:
+        """Direct and indirect dependencies, in topological order."""
+        self._check(stage)
+        return [n for n in self._order if n in self._ancestors[stage]]
+
+    def root_stages(self) -> list[str]:
+        return [n for n in self._order if not self._deps[n]]
+
+    def leaf_stages(self) -> list[str]:
+        return [n for n in self._order if not any(n in self._deps[m] for m in self._order)]
+
+    def to_mermaid(self) -> str:
+        ids = {n: f"s{i}" for i, n in enumerate(self._order)}
+        lines = ["graph TD"]
+        for n in self._order:
+            lines.append(f'    {ids[n]}["{_mermaid_label(n)}"]')
+        for n in self._order:
+            for dep in self._deps[n]:
+                lines.append(f"    {ids[dep]} --> {ids[n]}")
+        return "\n".join(lines)
+
+    def to_dot(self) -> str:
+        lines = [f"digraph {_dot_id(self.name)} {{", "    rankdir=LR;"]
+        for n in self._order:
+            lines.append(f"    {_dot_id(n)};")
+        for n in self._order:
+            for dep in self._deps[n]:
+                lines.append(f"    {_dot_id(dep)} -> {_dot_id(n)};")
+        lines.append("}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name!r} stages={self._order}>"
+
+    # --- running -------------------------------------------------------------
+    async def advance(self, item: WorkItem, store: StateStore) -> PipelineStatus:
+        """Run every ready stage of ``item`` (independent ones concurrently) until none is ready."""
+        return await self._engine.advance(item, store)
+
+    async def run(
+        self,
+        store: StateStore,
+        items: Sequence[WorkItem] | None = None,
+        *,
+        concurrency: int = 8,
+        until_idle: bool = True,
+        lease_seconds: float = 60.0,
+        worker_id: str | None = None,
+    ) -> RunReport:
+        """Advance many items, at most ``concurrency`` stage executions in flight."""
+        return await self._engine.run(
+            store,
+            items,
+            concurrency=concurrency,
+            until_idle=until_idle,
+            lease_seconds=lease_seconds,
+            worker_id=worker_id,
+        )
+
+    async def resolve_review(
+        self,
+        item_id: str,
+        stage: str,
+        outcome: ReviewDecision,
+        store: StateStore,
+        reviewer: str | None = None,
+        comment: str | None = None,
+    ) -> PipelineStatus:
+        """Apply a person's decision to a stage AWAITING_REVIEW."""
+        return await self._engine.resolve_review(
+            item_id, stage, outcome, store, reviewer=reviewer, comment=comment
+        )
+
+    async def approve_review(
+        self,
+        item_id: str,
+        stage: str,
+        store: StateStore,
+        *,
+        reviewer: str | None = None,
+        comment: str | None = None,
+    ) -> PipelineStatus:
+        return await self.resolve_review(
+            item_id, stage, Approve(), store, reviewer=reviewer, comment=comment
+        )
+
+    async def reject_review(
+        self,
+        item_id: str,
+        stage: str,
+        reason: str,
+        store: StateStore,
+        *,
+        reviewer: str | None = None,
+        comment: str | None = None,
+    ) -> PipelineStatus:
+        return await self.resolve_review(
+            item_id, stage, Reject(reason), store, reviewer=reviewer, comment=comment
+        )
+
+    async def retry_stage(self, item_id: str, stage: str, store: StateStore) -> PipelineStatus:
+        """Put a FAILED stage back to PENDING (attempts keep counting, budget renewed)."""
+        return await self._engine.retry_stage(item_id, stage, store)
+
+    def status(self, item_id: str, store: StateStore) -> PipelineStatus:
+        rec = store.get_item(item_id)
+        if rec is None:
+            raise UnknownItemError(f"unknown item {item_id!r}")
+        states = store.get_all_stage_states(item_id)
+        return PipelineStatus(
+            item_id, {n: states.get(n) or StageState() for n in self._order}, rec.state
+        )
+
+    def summary(self, store: StateStore) -> dict[str, dict[str, int]]:
+        """Stage -> status -> number of items, from grouped queries (never loads items)."""
+        total = sum(store.count_items().values())
+        stored = store.summary()
+        out: dict[str, dict[str, int]] = {}
+        for name in self._order:
+            counts = dict(stored.get(name, {}))
+            pending = total - sum(counts.values())
+            counts["pending"] = counts.get("pending", 0) + max(pending, 0)
+            out[name] = {k: v for k, v in counts.items() if v}
+        return out
+
+    def pending_reviews(self, store: StateStore, stage: str | None = None) -> list[PendingReview]:
+        if stage is not None:
+            self._check(stage)
+        return [r for r in store.pending_reviews(stage) if r.stage in self.specs]
+
+    def subscribe(self, maxsize: int = 1024) -> Subscription:
+        """An async iterator over this workflow's events (bounded; lagging yields `Lagged`)."""
+        return self.bus.subscribe(maxsize)
+
+
+def _mermaid_label(name: str) -> str:
+    return name.replace('"', "#quot;")
+
+
+def _dot_id(name: str) -> str:
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
