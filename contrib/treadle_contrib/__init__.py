@@ -1,0 +1,1 @@
+"""Light plugins that ship with treadle and register only through entry points."""

@@ -1,0 +1,56 @@
+"""Sessions: tests, lint, typecheck, docs, bench, plugins (`nox -l` lists them)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+ROOT = Path(__file__).parent
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite (unit, integration, CLI, crash, multi-worker, store contract)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *(session.posargs or ["-q"]), env={"PYTHONFAULTHANDLER": "1"})
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check + ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy on treadle_core."""
+    session.install("-e", ".", "mypy>=1.10", "types-networkx")
+    session.run("mypy", "treadle_core")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks (W1, W3, ...) in tests/benchmarks; figures are ratios to a same-run baseline."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "tests.benchmarks", *session.posargs, env={"PYTHONPATH": str(ROOT)})
+
+
+@nox.session(python=PYTHON)
+def plugins(session: nox.Session) -> None:
+    """Install each distribution under plugins/ beside treadle in a fresh venv and run its tests."""
+    dists = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
+    if not dists:
+        session.skip("no plugin distributions under plugins/")
+    for dist in dists:
+        if dist.name == "treadle-ui" and os.environ.get("TREADLE_SKIP_UI"):
+            continue
+        session.install("-e", ".[dev]", "-e", f"{dist}[test]")
+        session.run("pytest", "-q", str(dist / "tests"))
