@@ -316,7 +316,10 @@ class Engine:
     ) -> tuple[dict[str, StageState], list[Event]]:
         """Inside a write: recompute the item's aggregate state, journal the events."""
         states = store.get_all_stage_states(rec.id)
-        state, due_at = self.aggregate(states, utcnow())
+        now = utcnow()
+        state, due_at = self.aggregate(states, now)
+        if state == rec.state == ItemState.READY and rec.due_at is not None and rec.due_at <= now:
+            due_at = rec.due_at  # still ready: keep its place in the queue
         events = list(events)
         if state == ItemState.COMPLETE and rec.state != ItemState.COMPLETE:
             events.append(WorkflowCompleted(item_id=rec.id))

@@ -55,7 +55,7 @@ class Event:
             kwargs[key] = value
         if cls is UnknownEvent:
             kwargs["type_name"] = d.get("type", "")
-            kwargs["payload"] = {k: v for k, v in d.items() if k not in names}
+            kwargs["payload"] = {k: v for k, v in d.items() if k not in names and k != "type"}
         return cls(**kwargs)
 
 
@@ -179,14 +179,19 @@ class StoredEvent:
     event: Event
 
 
+@dataclass
+class _Gap:
+    missed: int
+
+
 class Subscription:
     """An async iterator over events; bounded, so a slow reader never blocks the engine."""
 
     def __init__(self, bus: EventBus, maxsize: int):
         self._bus = bus
         self._maxsize = maxsize
-        self._queue: deque[Event] = deque()
-        self._missed = 0
+        self._queue: deque[Event | _Gap] = deque()
+        self._markers = 0
         self._lock = threading.Lock()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
@@ -195,8 +200,14 @@ class Subscription:
         with self._lock:
             if self._closed:
                 return
-            if len(self._queue) >= self._maxsize:
-                self._missed += 1
+            if len(self._queue) - self._markers >= self._maxsize:
+                # Dropped where it happened, so the reader learns of the gap in order.
+                tail = self._queue[-1] if self._queue else None
+                if isinstance(tail, _Gap):
+                    tail.missed += 1
+                else:
+                    self._queue.append(_Gap(1))
+                    self._markers += 1
             else:
                 self._queue.append(event)
             self._wake()
@@ -221,12 +232,13 @@ class Subscription:
     def get_nowait(self) -> Event | Lagged | None:
         """The next event (or Lagged marker) if one is queued, else None."""
         with self._lock:
-            if self._missed:
-                missed, self._missed = self._missed, 0
-                return Lagged(missed)
-            if self._queue:
-                return self._queue.popleft()
-            return None
+            if not self._queue:
+                return None
+            head = self._queue.popleft()
+            if isinstance(head, _Gap):
+                self._markers -= 1
+                return Lagged(head.missed)
+            return head
 
     def __aiter__(self) -> Subscription:
         return self
@@ -239,7 +251,7 @@ class Subscription:
             with self._lock:
                 if self._closed:
                     raise StopAsyncIteration
-                if self._queue or self._missed:
+                if self._queue:
                     continue
                 self._waiter = asyncio.get_running_loop().create_future()
                 waiter = self._waiter

@@ -1,0 +1,473 @@
+"""Advancing items through the DAG (SPEC §2, §3.2, §3.5)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from _util import journal, snapshot
+from treadle_core import (
+    ArtefactNotSerialisableError,
+    ArtefactTooLargeError,
+    Complete,
+    Failed,
+    Item,
+    ItemState,
+    MemoryStateStore,
+    NeedsReview,
+    Retry,
+    RetryBudget,
+    Skipped,
+    Stage,
+    StageContext,
+    StageOutput,
+    StageOutputError,
+    StageStatus,
+    UnknownItemError,
+    WorkItem,
+    Workflow,
+)
+
+
+def chain(*stages):
+    b = Workflow.builder("t")
+    prev = None
+    for name, fn in stages:
+        b.stage(name, fn)
+        if prev:
+            b.dependency(name, prev)
+        prev = name
+    return b.build()
+
+
+async def test_advance_runs_stages_in_dependency_order_and_completes():
+    order = []
+
+    async def a(item, ctx):
+        order.append("a")
+
+    async def b(item, ctx):
+        order.append("b")
+
+    wf = chain(("a", a), ("b", b))
+    store = MemoryStateStore()
+    status = await wf.advance(Item("x"), store)
+    assert order == ["a", "b"]
+    assert status.is_complete and status.progress == 100.0
+    assert store.get_item("x").state == ItemState.COMPLETE
+    assert journal(store)[-1] == "WorkflowCompleted"
+
+
+async def test_independent_ready_stages_run_concurrently():
+    left_started, right_started = asyncio.Event(), asyncio.Event()
+
+    async def root(item, ctx):
+        pass
+
+    async def left(item, ctx):
+        left_started.set()
+        await asyncio.wait_for(right_started.wait(), 2)
+
+    async def right(item, ctx):
+        right_started.set()
+        await asyncio.wait_for(left_started.wait(), 2)
+
+    wf = (
+        Workflow.builder()
+        .stage("root", root)
+        .stage("left", left, needs=["root"])
+        .stage("right", right, needs=["root"])
+        .build()
+    )
+    status = await wf.advance(Item("x"), MemoryStateStore())
+    assert status.is_complete, str(status)
+
+
+async def test_sync_function_stage_runs_in_a_thread_without_blocking_the_loop():
+    gate = threading.Event()
+    seen = {}
+
+    def blocking(item, ctx):
+        seen["thread"] = threading.get_ident()
+        assert gate.wait(2), "the loop was blocked: the async stage never ran"
+
+    async def releaser(item, ctx):
+        await asyncio.sleep(0.01)
+        gate.set()
+
+    wf = Workflow.builder().stage("blocking", blocking).stage("releaser", releaser).build()
+    status = await wf.advance(Item("x"), MemoryStateStore())
+    assert status.is_complete
+    assert seen["thread"] != threading.get_ident()
+
+
+async def test_run_advances_every_item_in_the_store_within_the_concurrency_limit():
+    live = 0
+    peak = 0
+
+    async def work(item, ctx):
+        nonlocal live, peak
+        live += 1
+        peak = max(peak, live)
+        await asyncio.sleep(0.01)
+        live -= 1
+
+    wf = chain(("a", work), ("b", work))
+    store = MemoryStateStore()
+    for i in range(30):
+        store.save_work_item_data(f"i{i}", {"n": i})
+    report = await wf.run(store, concurrency=4)
+    assert peak == 4
+    assert report.executions == 60
+    assert store.count_items() == {ItemState.COMPLETE: 30}
+
+
+async def test_run_with_items_registers_them_and_passes_their_data():
+    seen = []
+
+    def work(item, ctx):
+        seen.append((item.id, item.data["n"]))
+
+    wf = chain(("a", work))
+    store = MemoryStateStore()
+    await wf.run(store, [Item("p", {"n": 1}), Item("q", {"n": 2})])
+    assert sorted(seen) == [("p", 1), ("q", 2)]
+    assert store.get_work_item_data("q") == {"n": 2}
+
+
+async def test_run_without_items_builds_items_from_stored_data():
+    seen = []
+
+    def work(item, ctx):
+        seen.append((type(item).__name__, item.id, item.data))
+
+    wf = chain(("a", work))
+    store = MemoryStateStore()
+    store.save_work_item_data("doc", {"path": "a.txt"})
+    await wf.run(store)
+    assert seen == [("Item", "doc", {"path": "a.txt"})]
+
+
+async def test_upstream_holds_artefacts_of_direct_and_indirect_dependencies():
+    seen = {}
+
+    async def a(item, ctx):
+        return StageOutput(Complete(), artefact={"a": 1})
+
+    async def b(item, ctx):
+        return StageOutput(Complete(), artefact=[2])
+
+    async def c(item, ctx):
+        seen.update(ctx.upstream)
+
+    wf = chain(("a", a), ("b", b), ("c", c))
+    await wf.advance(Item("x"), MemoryStateStore())
+    assert seen == {"a": {"a": 1}, "b": [2]}
+
+
+async def test_none_and_bare_outcomes_are_accepted():
+    async def none(item, ctx):
+        return None
+
+    async def bare(item, ctx):
+        return Complete()
+
+    wf = chain(("none", none), ("bare", bare))
+    assert (await wf.advance(Item("x"), MemoryStateStore())).is_complete
+
+
+async def test_skipped_stage_satisfies_dependents():
+    ran = []
+
+    async def skip(item, ctx):
+        return Skipped("not a PDF")
+
+    async def after(item, ctx):
+        ran.append(True)
+
+    wf = chain(("skip", skip), ("after", after))
+    store = MemoryStateStore()
+    status = await wf.advance(Item("x"), store)
+    assert status.stages["skip"].status == StageStatus.SKIPPED
+    assert ran == [True] and status.is_complete
+    assert "StageSkipped" in journal(store)
+
+
+async def test_failed_is_permanent_and_blocks_dependents():
+    calls = []
+
+    async def boom(item, ctx):
+        calls.append(ctx.attempt)
+        return Failed("bad input")
+
+    async def after(item, ctx):
+        calls.append("after")
+
+    wf = (
+        Workflow.builder()
+        .stage("boom", boom)
+        .stage("after", after, needs=["boom"])
+        .retry_budget("boom", RetryBudget(max_attempts=3))
+        .build()
+    )
+    store = MemoryStateStore()
+    status = await wf.advance(Item("x"), store)
+    assert calls == [1]
+    assert status.failed_stages == ["boom"]
+    assert status.stages["boom"].error == "bad input"
+    assert status.stages["after"].status == StageStatus.PENDING
+    assert store.get_item("x").state == ItemState.FAILED
+
+
+async def test_exception_is_a_retry_with_traceback_recorded():
+    async def flaky(item, ctx):
+        if ctx.attempt == 1:
+            raise ConnectionError("network down")
+        return StageOutput(Complete(), artefact="ok")
+
+    wf = Workflow.builder().stage("flaky", flaky).retry_budget("flaky", RetryBudget(max_attempts=2)).build()
+    store = MemoryStateStore()
+    status = await wf.advance(Item("x"), store)
+    assert status.is_complete
+    first = store.get_attempts("x", "flaky")[0]
+    assert first.outcome == "error"
+    assert first.error.startswith("ConnectionError: network down")
+    assert "Traceback" in first.error
+    assert first.feedback.summary == "ConnectionError: network down"
+
+
+async def test_never_retry_on_makes_an_exception_permanent():
+    calls = []
+
+    async def picky(item, ctx):
+        calls.append(1)
+        raise KeyError("missing")
+
+    wf = (
+        Workflow.builder()
+        .stage("picky", picky)
+        .retry_budget("picky", RetryBudget(max_attempts=3, never_retry_on=(KeyError,)))
+        .build()
+    )
+    status = await wf.advance(Item("x"), MemoryStateStore())
+    assert calls == [1]
+    assert status.failed_stages == ["picky"]
+
+
+async def test_retry_on_narrows_retryable_exceptions():
+    calls = []
+
+    async def picky(item, ctx):
+        calls.append(1)
+        raise ValueError("no")
+
+    wf = (
+        Workflow.builder()
+        .stage("picky", picky)
+        .retry_budget("picky", RetryBudget(max_attempts=3, retry_on=(ConnectionError,)))
+        .build()
+    )
+    status = await wf.advance(Item("x"), MemoryStateStore())
+    assert calls == [1] and status.failed_stages == ["picky"]
+
+
+async def test_wrong_return_type_raises_type_error_and_leaves_store_unchanged():
+    async def ok(item, ctx):
+        return StageOutput(Complete(), artefact=1)
+
+    async def wrong(item, ctx):
+        return 42
+
+    wf = chain(("ok", ok), ("wrong", wrong))
+    store = MemoryStateStore()
+    with pytest.raises(StageOutputError, match=r"stage 'wrong' returned a value of type int") as err:
+        await wf.advance(Item("x"), store)
+    assert isinstance(err.value, TypeError)
+    # "ok" committed before "wrong" started; a second try changes nothing
+    assert store.get_stage_state("x", "ok").status == StageStatus.COMPLETE
+    before = snapshot(store, ["x"], wf.stages)
+    with pytest.raises(StageOutputError):
+        await wf.advance(Item("x"), store)
+    assert snapshot(store, ["x"], wf.stages) == before
+    assert store.get_stage_state("x", "wrong").status == StageStatus.PENDING
+    assert store.get_stage_state("x", "wrong").attempt == 0
+    assert store.get_attempts("x", "wrong") == []
+
+
+@pytest.mark.parametrize(
+    "artefact, error",
+    [({"f": object()}, ArtefactNotSerialisableError), ("x" * 2000, ArtefactTooLargeError)],
+    ids=["not-serialisable", "too-large"],
+)
+async def test_bad_artefact_raises_and_leaves_store_unchanged(artefact, error):
+    async def produce(item, ctx):
+        return StageOutput(Complete(), artefact=artefact)
+
+    wf = Workflow.builder().stage("produce", produce).max_artefact_bytes(1000).build()
+    store = MemoryStateStore()
+    store.save_work_item_data("x", {})
+    before = snapshot(store, ["x"], wf.stages)
+    with pytest.raises(error, match="item 'x' stage 'produce'"):
+        await wf.advance(Item("x"), store)
+    assert snapshot(store, ["x"], wf.stages) == before
+
+
+async def test_too_large_artefact_message_says_to_store_it_elsewhere():
+    async def produce(item, ctx):
+        return StageOutput(Complete(), artefact="x" * 100)
+
+    wf = Workflow.builder().stage("produce", produce).max_artefact_bytes(10).build()
+    with pytest.raises(ArtefactTooLargeError, match="store the payload elsewhere"):
+        await wf.advance(Item("x"), MemoryStateStore())
+
+
+async def test_artefact_with_to_json_is_stored_as_json():
+    class Doc:
+        def to_json(self):
+            return {"title": "T"}
+
+    async def produce(item, ctx):
+        return StageOutput(Complete(), artefact=Doc(), summary="one doc")
+
+    wf = Workflow.builder().stage("produce", produce).build()
+    store = MemoryStateStore()
+    await wf.advance(Item("x"), store)
+    assert store.get_stage_state("x", "produce").artefact == {"title": "T"}
+    assert store.get_attempts("x", "produce")[0].summary == "one doc"
+
+
+async def test_stage_metadata_is_persisted_with_the_state():
+    async def meta(item, ctx):
+        ctx.metadata["pages"] = 3
+
+    wf = Workflow.builder().stage("meta", meta).build()
+    store = MemoryStateStore()
+    await wf.advance(Item("x"), store)
+    assert store.get_stage_state("x", "meta").metadata == {"pages": 3}
+
+
+async def test_stage_hooks_run_around_execute():
+    calls = []
+
+    class Hooked(Stage):
+        async def before_execute(self, item: WorkItem, ctx: StageContext) -> None:
+            calls.append(("before", ctx.attempt))
+
+        async def execute(self, item: WorkItem, ctx: StageContext) -> Complete:
+            calls.append(("execute", ctx.attempt))
+            return Complete()
+
+        async def after_execute(self, item: WorkItem, ctx: StageContext, output: StageOutput) -> None:
+            calls.append(("after", type(output.outcome).__name__))
+
+    wf = Workflow.builder().stage("h", Hooked()).build()
+    await wf.advance(Item("x"), MemoryStateStore())
+    assert calls == [("before", 1), ("execute", 1), ("after", "Complete")]
+
+
+async def test_context_carries_item_stage_attempt_and_state():
+    seen = {}
+
+    async def look(item, ctx):
+        seen.update(item_id=ctx.item_id, stage=ctx.stage, attempt=ctx.attempt, status=ctx.state.status,
+                    subtask=ctx.subtask, feedback=ctx.feedback)
+
+    wf = Workflow.builder().stage("look", look).build()
+    await wf.advance(Item("doc-1"), MemoryStateStore())
+    assert seen == {"item_id": "doc-1", "stage": "look", "attempt": 1, "status": StageStatus.RUNNING,
+                    "subtask": None, "feedback": None}
+
+
+async def test_work_item_protocol_object_is_accepted():
+    class Doc:
+        def __init__(self, id):
+            self.id = id
+
+    seen = []
+
+    async def look(item, ctx):
+        seen.append(item)
+
+    wf = Workflow.builder().stage("look", look).build()
+    doc = Doc("d1")
+    store = MemoryStateStore()
+    await wf.advance(doc, store)
+    assert seen == [doc]
+    assert store.get_work_item_data("d1") == {}
+
+
+async def test_status_reports_progress_failed_and_review_stages():
+    async def ok(item, ctx):
+        pass
+
+    async def review(item, ctx):
+        return NeedsReview("look")
+
+    async def bad(item, ctx):
+        return Failed("nope")
+
+    wf = Workflow.builder().stage("ok", ok).stage("review", review).stage("bad", bad).stage(
+        "later", ok, needs=["ok"]).build()
+    store = MemoryStateStore()
+    await wf.advance(Item("x"), store)
+    status = wf.status("x", store)
+    assert status.progress == 50.0
+    assert status.failed_stages == ["bad"]
+    assert status.review_stages == ["review"]
+    assert not status.is_complete
+    d = status.to_dict()
+    assert d["stages"]["bad"]["error"] == "nope" and d["progress"] == 50.0
+    text = str(status)
+    assert "x: 50% complete" in text and "error: nope" in text and "awaiting_review" in text
+
+
+async def test_status_of_unknown_item_raises():
+    wf = chain(("a", lambda item, ctx: None))
+    with pytest.raises(UnknownItemError, match="unknown item 'ghost'"):
+        wf.status("ghost", MemoryStateStore())
+
+
+async def test_summary_counts_items_per_stage_and_status():
+    async def review(item, ctx):
+        if item.id == "b":
+            return NeedsReview()
+
+    wf = chain(("first", review), ("second", lambda item, ctx: None))
+    store = MemoryStateStore()
+    for i in "abc":
+        store.save_work_item_data(i, {})
+    await wf.run(store)
+    store.save_work_item_data("d", {})
+    assert wf.summary(store) == {
+        "first": {"complete": 2, "awaiting_review": 1, "pending": 1},
+        "second": {"complete": 2, "pending": 2},
+    }
+
+
+async def test_item_leased_elsewhere_is_not_advanced():
+    calls = []
+
+    async def a(item, ctx):
+        calls.append(1)
+
+    wf = chain(("a", a))
+    store = MemoryStateStore()
+    store.save_work_item_data("x", {})
+    store.claim("other-worker", 1, 60, ["x"])
+    status = await wf.advance(Item("x"), store)
+    assert calls == [] and status.stages["a"].status == StageStatus.PENDING
+
+
+async def test_retry_outcome_uses_the_budget_then_fails():
+    async def again(item, ctx):
+        return Retry(f"try {ctx.attempt}")
+
+    wf = Workflow.builder().stage("again", again).retry_budget("again", RetryBudget(max_attempts=3)).build()
+    store = MemoryStateStore()
+    status = await wf.advance(Item("x"), store)
+    assert status.stages["again"].attempt == 3
+    assert status.stages["again"].status == StageStatus.FAILED
+    assert status.stages["again"].error == "try 3"
+    assert [a.error for a in store.get_attempts("x", "again")] == ["try 1", "try 2", "try 3"]
