@@ -6,8 +6,8 @@ import asyncio
 import threading
 
 import pytest
-
 from _util import journal, snapshot
+
 from treadle_core import (
     ArtefactNotSerialisableError,
     ArtefactTooLargeError,
@@ -26,8 +26,8 @@ from treadle_core import (
     StageOutputError,
     StageStatus,
     UnknownItemError,
-    WorkItem,
     Workflow,
+    WorkItem,
 )
 
 
@@ -227,7 +227,12 @@ async def test_exception_is_a_retry_with_traceback_recorded():
             raise ConnectionError("network down")
         return StageOutput(Complete(), artefact="ok")
 
-    wf = Workflow.builder().stage("flaky", flaky).retry_budget("flaky", RetryBudget(max_attempts=2)).build()
+    wf = (
+        Workflow.builder()
+        .stage("flaky", flaky)
+        .retry_budget("flaky", RetryBudget(max_attempts=2))
+        .build()
+    )
     store = MemoryStateStore()
     status = await wf.advance(Item("x"), store)
     assert status.is_complete
@@ -282,7 +287,9 @@ async def test_wrong_return_type_raises_type_error_and_leaves_store_unchanged():
 
     wf = chain(("ok", ok), ("wrong", wrong))
     store = MemoryStateStore()
-    with pytest.raises(StageOutputError, match=r"stage 'wrong' returned a value of type int") as err:
+    with pytest.raises(
+        StageOutputError, match=r"stage 'wrong' returned a value of type int"
+    ) as err:
         await wf.advance(Item("x"), store)
     assert isinstance(err.value, TypeError)
     # "ok" committed before "wrong" started; a second try changes nothing
@@ -359,7 +366,9 @@ async def test_stage_hooks_run_around_execute():
             calls.append(("execute", ctx.attempt))
             return Complete()
 
-        async def after_execute(self, item: WorkItem, ctx: StageContext, output: StageOutput) -> None:
+        async def after_execute(
+            self, item: WorkItem, ctx: StageContext, output: StageOutput
+        ) -> None:
             calls.append(("after", type(output.outcome).__name__))
 
     wf = Workflow.builder().stage("h", Hooked()).build()
@@ -371,13 +380,25 @@ async def test_context_carries_item_stage_attempt_and_state():
     seen = {}
 
     async def look(item, ctx):
-        seen.update(item_id=ctx.item_id, stage=ctx.stage, attempt=ctx.attempt, status=ctx.state.status,
-                    subtask=ctx.subtask, feedback=ctx.feedback)
+        seen.update(
+            item_id=ctx.item_id,
+            stage=ctx.stage,
+            attempt=ctx.attempt,
+            status=ctx.state.status,
+            subtask=ctx.subtask,
+            feedback=ctx.feedback,
+        )
 
     wf = Workflow.builder().stage("look", look).build()
     await wf.advance(Item("doc-1"), MemoryStateStore())
-    assert seen == {"item_id": "doc-1", "stage": "look", "attempt": 1, "status": StageStatus.RUNNING,
-                    "subtask": None, "feedback": None}
+    assert seen == {
+        "item_id": "doc-1",
+        "stage": "look",
+        "attempt": 1,
+        "status": StageStatus.RUNNING,
+        "subtask": None,
+        "feedback": None,
+    }
 
 
 async def test_work_item_protocol_object_is_accepted():
@@ -408,8 +429,14 @@ async def test_status_reports_progress_failed_and_review_stages():
     async def bad(item, ctx):
         return Failed("nope")
 
-    wf = Workflow.builder().stage("ok", ok).stage("review", review).stage("bad", bad).stage(
-        "later", ok, needs=["ok"]).build()
+    wf = (
+        Workflow.builder()
+        .stage("ok", ok)
+        .stage("review", review)
+        .stage("bad", bad)
+        .stage("later", ok, needs=["ok"])
+        .build()
+    )
     store = MemoryStateStore()
     await wf.advance(Item("x"), store)
     status = wf.status("x", store)
@@ -464,7 +491,12 @@ async def test_retry_outcome_uses_the_budget_then_fails():
     async def again(item, ctx):
         return Retry(f"try {ctx.attempt}")
 
-    wf = Workflow.builder().stage("again", again).retry_budget("again", RetryBudget(max_attempts=3)).build()
+    wf = (
+        Workflow.builder()
+        .stage("again", again)
+        .retry_budget("again", RetryBudget(max_attempts=3))
+        .build()
+    )
     store = MemoryStateStore()
     status = await wf.advance(Item("x"), store)
     assert status.stages["again"].attempt == 3

@@ -19,8 +19,8 @@ from treadle_core import (
     StageFailed,
     StageOutputError,
     StageStarted,
-    WorkflowCompleted,
     Workflow,
+    WorkflowCompleted,
 )
 from treadle_core.events import EVENT_TYPES, RetryScheduled, UnknownEvent
 

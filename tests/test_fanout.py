@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 
 from _util import journal
+
 from treadle_core import (
     Complete,
     ExhaustedAction,
@@ -53,7 +54,9 @@ async def test_subtasks_run_concurrently_and_their_artefacts_are_collected():
     status = await wf.advance(Item("x"), store)
     assert status.is_complete
     st = status.stages["enrich"]
-    assert [(t.id, t.status, t.attempt) for t in st.subtasks] == [(s, StageStatus.COMPLETE, 1) for s in SOURCES]
+    assert [(t.id, t.status, t.attempt) for t in st.subtasks] == [
+        (s, StageStatus.COMPLETE, 1) for s in SOURCES
+    ]
     assert st.artefact == {s: {"source": s} for s in SOURCES}
     assert seen == [st.artefact]
     kinds = journal(store)
@@ -140,7 +143,9 @@ async def test_exhausted_subtasks_escalate_the_stage_when_asked():
             raise RuntimeError("down")
         return StageOutput(Complete(), artefact="A")
 
-    wf, seen = enrich_pipeline(enrich, RetryBudget(max_attempts=2, on_exhausted=ExhaustedAction.ESCALATE))
+    wf, seen = enrich_pipeline(
+        enrich, RetryBudget(max_attempts=2, on_exhausted=ExhaustedAction.ESCALATE)
+    )
     store = MemoryStateStore()
     status = await wf.advance(Item("x"), store)
     assert status.review_stages == ["enrich"]

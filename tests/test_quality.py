@@ -6,8 +6,8 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-
 from _util import journal
+
 from treadle_core import (
     Accepted,
     Complete,
@@ -98,7 +98,9 @@ async def test_rejected_output_is_retried_with_feedback():
     assert attempts[0].feedback.summary == "too short: 3 < 8"
     assert attempts[0].artefact == "xxx"
     kinds = journal(store)
-    assert "QualityCheckFailed" in kinds and "RetryAttempt" in kinds and "QualityCheckPassed" in kinds
+    assert (
+        "QualityCheckFailed" in kinds and "RetryAttempt" in kinds and "QualityCheckPassed" in kinds
+    )
 
 
 async def test_quality_context_has_attempt_budget_and_previous_attempts():
@@ -139,16 +141,25 @@ async def test_exhausted_budget_escalates_to_review_when_asked():
     assert store.get_stage_state("x", "s").artefact == "x" * 8
 
 
-@pytest.mark.parametrize("policy", [ReviewPolicy.ON_ESCALATION, ReviewPolicy.ON_ESCALATION_OR_UNCERTAIN])
+@pytest.mark.parametrize(
+    "policy", [ReviewPolicy.ON_ESCALATION, ReviewPolicy.ON_ESCALATION_OR_UNCERTAIN]
+)
 async def test_escalation_policy_escalates_when_budget_runs_out(policy):
     wf = build(writer([]), gate=MinLength(100), budget=RetryBudget(max_attempts=1), policy=policy)
     status = await wf.advance(Item("x"), MemoryStateStore())
     assert status.review_stages == ["s"]
 
 
-@pytest.mark.parametrize("policy", [ReviewPolicy.ON_UNCERTAIN, ReviewPolicy.ON_ESCALATION_OR_UNCERTAIN])
+@pytest.mark.parametrize(
+    "policy", [ReviewPolicy.ON_UNCERTAIN, ReviewPolicy.ON_ESCALATION_OR_UNCERTAIN]
+)
 async def test_uncertain_verdict_goes_to_a_person_under_on_uncertain(policy):
-    wf = build(writer([]), gate=Always(Uncertain("cannot tell")), budget=RetryBudget(max_attempts=3), policy=policy)
+    wf = build(
+        writer([]),
+        gate=Always(Uncertain("cannot tell")),
+        budget=RetryBudget(max_attempts=3),
+        policy=policy,
+    )
     store = MemoryStateStore()
     status = await wf.advance(Item("x"), store)
     assert status.review_stages == ["s"]
@@ -158,14 +169,18 @@ async def test_uncertain_verdict_goes_to_a_person_under_on_uncertain(policy):
 
 async def test_uncertain_verdict_without_policy_is_treated_as_rejected_with_reason():
     seen = []
-    wf = build(writer(seen), gate=Always(Uncertain("cannot tell")), budget=RetryBudget(max_attempts=2))
+    wf = build(
+        writer(seen), gate=Always(Uncertain("cannot tell")), budget=RetryBudget(max_attempts=2)
+    )
     status = await wf.advance(Item("x"), MemoryStateStore())
     assert status.stages["s"].status == StageStatus.FAILED
     assert seen[1].summary == "cannot tell"
 
 
 async def test_gate_that_raises_becomes_uncertain_with_the_error():
-    wf = build(writer([]), gate=Always(RuntimeError("gate broke")), policy=ReviewPolicy.ON_UNCERTAIN)
+    wf = build(
+        writer([]), gate=Always(RuntimeError("gate broke")), policy=ReviewPolicy.ON_UNCERTAIN
+    )
     store = MemoryStateStore()
     status = await wf.advance(Item("x"), store)
     assert status.review_stages == ["s"]
@@ -188,13 +203,23 @@ async def test_all_of_merges_feedback_of_every_rejection():
     assert isinstance(verdict, Rejected)
     assert verdict.feedback.summary == "too short; no heading"
     assert [c.name for c in verdict.feedback.failed_criteria] == ["len", "heading"]
-    assert isinstance(await all_of(Always(Accepted()), Always(Accepted())).evaluate(Item("x"), "s", StageOutput(), None), Accepted)
+    assert isinstance(
+        await all_of(Always(Accepted()), Always(Accepted())).evaluate(
+            Item("x"), "s", StageOutput(), None
+        ),
+        Accepted,
+    )
 
 
 async def test_any_of_accepts_when_one_gate_accepts_else_merges():
     rej = Always(Rejected(QualityFeedback("a")))
-    assert isinstance(await any_of(rej, Always(Accepted())).evaluate(Item("x"), "s", StageOutput(), None), Accepted)
-    verdict = await any_of(rej, Always(Rejected(QualityFeedback("b")))).evaluate(Item("x"), "s", StageOutput(), None)
+    assert isinstance(
+        await any_of(rej, Always(Accepted())).evaluate(Item("x"), "s", StageOutput(), None),
+        Accepted,
+    )
+    verdict = await any_of(rej, Always(Rejected(QualityFeedback("b")))).evaluate(
+        Item("x"), "s", StageOutput(), None
+    )
     assert verdict.feedback.summary == "a; b"
 
 
@@ -263,7 +288,9 @@ async def test_attempt_timeout_covers_the_gate_too():
             await asyncio.sleep(10)
             return Accepted()
 
-    wf = build(writer([]), gate=SlowGate(), budget=RetryBudget(max_attempts=1, attempt_timeout=0.05))
+    wf = build(
+        writer([]), gate=SlowGate(), budget=RetryBudget(max_attempts=1, attempt_timeout=0.05)
+    )
     status = await asyncio.wait_for(wf.advance(Item("x"), MemoryStateStore()), 5)
     assert status.stages["s"].error == "attempt timed out after 0.05 s"
 
@@ -296,6 +323,8 @@ async def test_next_attempt_waits_until_due_even_across_calls():
     await wf.advance(Item("x"), store)
     assert calls == [1]
     st = store.get_stage_state("x", "s")
-    store.save_stage_state("x", "s", st.replace(next_attempt_at=st.next_attempt_at - timedelta(seconds=61)))
+    store.save_stage_state(
+        "x", "s", st.replace(next_attempt_at=st.next_attempt_at - timedelta(seconds=61))
+    )
     await wf.advance(Item("x"), store)
     assert calls == [1, 2]

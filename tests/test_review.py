@@ -7,8 +7,8 @@ import threading
 from datetime import timedelta
 
 import pytest
-
 from _util import journal, snapshot
+
 from treadle_core import (
     Approve,
     ApproveWithEdits,
@@ -34,7 +34,9 @@ def review_pipeline(seen=None, timeout=None):
         return StageOutput(Complete(), artefact={"text": "draft"})
 
     async def approve(item, ctx):
-        return StageOutput(NeedsReview("is the draft right?", {"words": 1}), artefact=ctx.upstream["draft"])
+        return StageOutput(
+            NeedsReview("is the draft right?", {"words": 1}), artefact=ctx.upstream["draft"]
+        )
 
     async def publish(item, ctx):
         if seen is not None:
@@ -87,11 +89,17 @@ async def test_approve_with_edits_hands_the_edited_artefact_downstream():
     wf = review_pipeline(seen)
     store = MemoryStateStore()
     await wf.advance(Item("x"), store)
-    await wf.resolve_review("x", "approve", ApproveWithEdits({"text": "edited"}, note="typo"), store, reviewer="ann")
+    await wf.resolve_review(
+        "x", "approve", ApproveWithEdits({"text": "edited"}, note="typo"), store, reviewer="ann"
+    )
     await wf.advance(Item("x"), store)
     assert seen[0]["approve"] == {"text": "edited"}
     review = store.get_reviews("x")[0]
-    assert (review.decision, review.edited_artefact, review.note) == ("approve_with_edits", {"text": "edited"}, "typo")
+    assert (review.decision, review.edited_artefact, review.note) == (
+        "approve_with_edits",
+        {"text": "edited"},
+        "typo",
+    )
 
 
 async def test_resolving_a_stage_not_awaiting_review_raises_and_changes_nothing():
@@ -100,7 +108,9 @@ async def test_resolving_a_stage_not_awaiting_review_raises_and_changes_nothing(
     await wf.advance(Item("x"), store)
     before = snapshot(store, ["x"], wf.stages)
     events_before = journal(store)
-    with pytest.raises(ReviewError, match="item 'x' stage 'draft' is complete, not awaiting review"):
+    with pytest.raises(
+        ReviewError, match="item 'x' stage 'draft' is complete, not awaiting review"
+    ):
         await wf.approve_review("x", "draft", store)
     with pytest.raises(ReviewError, match="stage 'publish' is pending"):
         await wf.reject_review("x", "publish", "no", store)
@@ -196,7 +206,7 @@ async def test_a_person_answering_first_means_the_timeout_never_applies():
 
 async def test_timeout_and_person_racing_apply_exactly_one_decision():
     wf = review_pipeline(timeout=(0.05, Reject("no answer")))
-    for i in range(5):
+    for _ in range(5):
         store = MemoryStateStore()
         await wf.advance(Item("x"), store)
         await asyncio.sleep(0.06)

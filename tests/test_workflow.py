@@ -15,9 +15,9 @@ from treadle_core import (
     StageContext,
     UnknownDependencyError,
     UnknownStageError,
-    WorkItem,
     Workflow,
     WorkflowError,
+    WorkItem,
     stage,
 )
 
@@ -87,7 +87,9 @@ def test_cycle_is_reported_with_its_stages_in_order():
 
 def test_unknown_dependency_names_the_closest_stage():
     b = Workflow.builder().stage("extract", noop).stage("load", noop).dependency("load", "extrac")
-    with pytest.raises(UnknownDependencyError, match=r"'extrac' is not a stage \(did you mean 'extract'\?\)"):
+    with pytest.raises(
+        UnknownDependencyError, match=r"'extrac' is not a stage \(did you mean 'extract'\?\)"
+    ):
         b.build()
 
 
@@ -148,7 +150,12 @@ def test_to_mermaid_lists_nodes_and_edges():
 def test_to_dot_is_a_digraph_with_every_edge():
     text = diamond().to_dot()
     assert text.startswith('digraph "docs" {')
-    for edge in ['"parse" -> "left"', '"parse" -> "right"', '"left" -> "join"', '"right" -> "join"']:
+    for edge in [
+        '"parse" -> "left"',
+        '"parse" -> "right"',
+        '"left" -> "join"',
+        '"right" -> "join"',
+    ]:
         assert edge in text
 
 

@@ -42,10 +42,10 @@ from .events import (
     StageSkipped,
     StageStarted,
     StoredEvent,
+    Subscription,
     SubTaskCompleted,
     SubTaskFailed,
     SubTaskStarted,
-    Subscription,
     WorkflowCompleted,
 )
 from .model import (
@@ -109,9 +109,9 @@ __all__ = [
     "Escalated",
     "Event",
     "ExhaustedAction",
+    "Failed",
     "FanOut",
     "FanOutStarted",
-    "Failed",
     "InvalidTransitionError",
     "Item",
     "ItemRecord",
@@ -178,5 +178,6 @@ __all__ = [
     "WorkflowError",
     "all_of",
     "any_of",
+    "open_store",
     "stage",
 ]

@@ -11,6 +11,7 @@ committed, so nothing depends on a transition before it is durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -72,10 +73,8 @@ class Committer:
                         break
                     batch.append(nxt)
                 for (_, fut, loop), (ok, value) in zip(batch, self._apply(batch), strict=True):
-                    try:
+                    with contextlib.suppress(RuntimeError):  # the caller's loop is gone
                         loop.call_soon_threadsafe(_resolve, fut, ok, value)
-                    except RuntimeError:  # the caller's loop is gone
-                        pass
                 if stop:
                     return
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -232,9 +233,10 @@ class _Session:
             held = list(self.leases.values())
             if not held:
                 continue
-            seconds = self.lease_seconds
             try:
-                renewed = await self.committer.submit(lambda s: s.renew(held, seconds))
+                renewed = await self.committer.submit(
+                    functools.partial(_renew, leases=held, seconds=self.lease_seconds)
+                )
             except Exception:
                 log.exception("renewing leases failed; will retry")
                 continue
@@ -668,7 +670,10 @@ class Engine:
                 error="the process running this attempt died",
             )
             if recoveries >= self.wf.max_recoveries:
-                error = f"recovery limit reached: the stage was running when its process died {recoveries} times"
+                error = (
+                    "recovery limit reached: the stage was running when its process died "
+                    f"{recoveries} times"
+                )
                 new = st.replace(
                     status=StageStatus.FAILED,
                     error=error,
@@ -739,14 +744,7 @@ class Engine:
                 f"no decision within {spec.review_timeout.seconds:g} s",
                 deadline=st.review_deadline,
             )
-            lease = run.lease
-
-            def fenced(
-                store: StateStore, write: Any = write
-            ) -> tuple[dict[str, StageState], list[Event]]:
-                store.lock_item(run.item_id, lease)
-                return write(store)  # type: ignore[no-any-return]
-
+            fenced = functools.partial(_fenced, item_id=run.item_id, lease=run.lease, write=write)
             try:
                 states, events = await run.session.committer.submit(fenced)
             except ReviewError:  # a person answered first
@@ -975,7 +973,9 @@ class Engine:
         if to_review is not None:
             prompt, context = to_review
             new = self._awaiting(spec, base, prompt, context, now)
-            events.append(ReviewRequired(item_id=item_id, stage=name, prompt=prompt, context=context))
+            events.append(
+                ReviewRequired(item_id=item_id, stage=name, prompt=prompt, context=context)
+            )
         elif error is None:
             new = base.replace(status=StageStatus.COMPLETE, error=None)
             events.append(StageCompleted(item_id=item_id, stage=name))
@@ -995,7 +995,8 @@ class Engine:
                     )
                 )
         elif retry and self._escalates(spec):
-            reason = f"retry budget exhausted after {attempt - running.budget_start} attempts: {error.splitlines()[0]}"
+            used = attempt - running.budget_start
+            reason = f"retry budget exhausted after {used} attempts: {error.splitlines()[0]}"
             new = self._awaiting(spec, base.replace(error=error), reason, {}, now)
             events.append(Escalated(item_id=item_id, stage=name, reason=reason))
             events.append(ReviewRequired(item_id=item_id, stage=name, prompt=reason, context={}))
@@ -1215,9 +1216,7 @@ class Engine:
         failed = [t.id for t in subs if t.status == StageStatus.FAILED]
         if pending:
             times = [t.next_attempt_at for t in pending if t.next_attempt_at is not None]
-            new = base.replace(
-                status=StageStatus.PENDING, next_attempt_at=min(times, default=None)
-            )
+            new = base.replace(status=StageStatus.PENDING, next_attempt_at=min(times, default=None))
         elif failed:
             error = f"subtasks failed: {', '.join(failed)}"
             if self._escalates(spec):
@@ -1246,7 +1245,7 @@ async def _all_or_cancel(coros: list[Any]) -> None:
     """Run coroutines concurrently; on the first error cancel the rest, then raise it."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     except BaseException:
         for t in tasks:
             t.cancel()
@@ -1257,7 +1256,22 @@ async def _all_or_cancel(coros: list[Any]) -> None:
     await asyncio.gather(*pending, return_exceptions=True)
     for t in tasks:
         if t.done() and not t.cancelled() and t.exception() is not None:
-            raise t.exception()  # type: ignore[misc]
+            raise t.exception()  # type: ignore[misc,unused-ignore]
+
+
+def _renew(store: StateStore, *, leases: list[Lease], seconds: float) -> list[Lease]:
+    return store.renew(leases, seconds)
+
+
+def _fenced(
+    store: StateStore,
+    *,
+    item_id: str,
+    lease: Lease | None,
+    write: Callable[[StateStore], tuple[dict[str, StageState], list[Event]]],
+) -> tuple[dict[str, StageState], list[Event]]:
+    store.lock_item(item_id, lease)
+    return write(store)
 
 
 def _in_transaction(store: StateStore, fn: Callable[[StateStore], Any]) -> Any:

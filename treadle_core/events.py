@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -217,10 +218,8 @@ class Subscription:
         if waiter is not None and not waiter.done():
             self._waiter = None
             loop = waiter.get_loop()
-            try:
+            with contextlib.suppress(RuntimeError):  # its loop is closed
                 loop.call_soon_threadsafe(_set_done, waiter)
-            except RuntimeError:  # its loop is closed
-                pass
 
     def close(self) -> None:
         """Stop receiving; a pending ``async for`` ends."""

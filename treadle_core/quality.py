@@ -51,7 +51,9 @@ class QualityFeedback:
         return cls(
             summary=d.get("summary", ""),
             failed_criteria=[
-                CriterionResult(c["name"], c.get("expected"), c.get("actual"), c.get("passed", False))
+                CriterionResult(
+                    c["name"], c.get("expected"), c.get("actual"), c.get("passed", False)
+                )
                 for c in d.get("failed_criteria") or []
             ],
             guidance=d.get("guidance"),
@@ -214,7 +216,9 @@ class RetryBudget:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError(f"RetryBudget.max_attempts must be at least 1, not {self.max_attempts}")
+            raise ValueError(
+                f"RetryBudget.max_attempts must be at least 1, not {self.max_attempts}"
+            )
         if self.delay < 0 or self.backoff <= 0 or self.jitter < 0:
             raise ValueError("RetryBudget delay and jitter must be >= 0 and backoff > 0")
         if self.attempt_timeout is not None and self.attempt_timeout <= 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -23,12 +22,10 @@ class Stage:
     async def execute(self, item: WorkItem, ctx: StageContext) -> StageResult:
         raise NotImplementedError(f"{type(self).__name__}.execute is not implemented")
 
-    async def before_execute(self, item: WorkItem, ctx: StageContext) -> None:  # noqa: B027
+    async def before_execute(self, item: WorkItem, ctx: StageContext) -> None:
         """Called before each attempt."""
 
-    async def after_execute(  # noqa: B027
-        self, item: WorkItem, ctx: StageContext, output: StageOutput
-    ) -> None:
+    async def after_execute(self, item: WorkItem, ctx: StageContext, output: StageOutput) -> None:
         """Called after each attempt that returned (not raised)."""
 
 
@@ -42,24 +39,25 @@ class FunctionStage(Stage):
         self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
         )
-        functools.update_wrapper(self, fn, updated=())  # type: ignore[arg-type]
 
     async def execute(self, item: WorkItem, ctx: StageContext) -> StageResult:
         if self._is_async:
-            return await self.fn(item, ctx)  # type: ignore[no-any-return]
+            return await self.fn(item, ctx)  # type: ignore[no-any-return,unused-ignore]
         return await asyncio.to_thread(self.fn, item, ctx)
 
     def __repr__(self) -> str:
         return f"<stage {self.name} {self.fn!r}>"
 
 
-def stage(name: str | None = None) -> Callable[[F], F]:
-    """Mark a function ``(item, ctx)`` as a stage: ``@stage("parse")``."""
+def stage(name: str | Callable[..., Any] | None = None) -> Any:
+    """Mark a function ``(item, ctx)`` as a stage: ``@stage("parse")`` or bare ``@stage``."""
 
     def mark(fn: F) -> F:
-        fn.__treadle_stage__ = name or fn.__name__  # type: ignore[attr-defined]
+        fn.__treadle_stage__ = name if isinstance(name, str) else fn.__name__  # type: ignore[attr-defined]
         return fn
 
+    if callable(name):
+        return mark(name)
     return mark
 
 
