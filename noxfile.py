@@ -40,7 +40,7 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks (W1, W3, ...) in tests/benchmarks; figures are ratios to a same-run baseline."""
     session.install("-e", ".[dev]")
-    session.run("python", "-m", "tests.benchmarks", *session.posargs, env={"PYTHONPATH": str(ROOT)})
+    session.run("python", "tests/benchmarks/run.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

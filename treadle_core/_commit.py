@@ -43,13 +43,20 @@ class Committer:
         self._thread = threading.Thread(target=self._loop, name="treadle-writer", daemon=True)
         self._thread.start()
 
-    async def submit(self, fn: Callable[[StateStore], T]) -> T:
-        """Run ``fn(store)`` in a transaction on the writer thread; return once committed."""
+    def enqueue(self, fn: Callable[[StateStore], T]) -> asyncio.Future[T]:
+        """Queue ``fn(store)`` now; the future resolves once its transaction committed.
+
+        Writes are applied in the order they were queued.
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put((fn, fut, loop))
+        return fut
+
+    async def submit(self, fn: Callable[[StateStore], T]) -> T:
+        """Run ``fn(store)`` in a transaction on the writer thread; return once committed."""
         # Shielded: a cancelled caller must not forget a write that may still commit.
-        return await asyncio.shield(fut)
+        return await asyncio.shield(self.enqueue(fn))
 
     async def close(self) -> None:
         self._queue.put(None)

@@ -163,14 +163,18 @@ class _ItemRun:
         self.item_id = item.id
         self.lease = lease
         self.states: dict[str, StageState] = {}
+        self._submitted = 0
+        self._applied = 0
 
-    async def write(
+    def start_write(
         self,
         stage: str | None,
         state: StageState | None,
         events: list[Event],
         attempt: AttemptRecord | None = None,
-    ) -> None:
+    ) -> asyncio.Future[None]:
+        """Queue a transition now (writes apply in queue order); await the result to know
+        it committed."""
         engine, item_id, lease = self.engine, self.item_id, self.lease
 
         def apply(store: StateStore) -> tuple[dict[str, StageState], list[Event]]:
@@ -181,9 +185,26 @@ class _ItemRun:
                 store.record_attempt(item_id, stage, attempt)
             return engine.finish_write(store, rec, events)
 
-        states, done = await self.session.committer.submit(apply)
-        self.states = states
-        self.engine.wf.bus.publish(done)
+        self._submitted += 1
+        seq = self._submitted
+        committed = self.session.committer.enqueue(apply)
+
+        async def finish() -> None:
+            states, done = await asyncio.shield(committed)
+            if seq > self._applied:  # callers may resume out of order; keep the newest
+                self.states, self._applied = states, seq
+            self.engine.wf.bus.publish(done)
+
+        return asyncio.ensure_future(finish())
+
+    async def write(
+        self,
+        stage: str | None,
+        state: StageState | None,
+        events: list[Event],
+        attempt: AttemptRecord | None = None,
+    ) -> None:
+        await self.start_write(stage, state, events, attempt)
 
 
 class _Session:
@@ -755,11 +776,12 @@ class Engine:
 
     async def _execute_stage(self, run: _ItemRun, name: str) -> None:
         spec = self.wf.specs[name]
+        prev = run.states.get(name) or StageState()
+        if prev.subtasks and not all(t.status.is_done for t in prev.subtasks):
+            await self._resume_fanout(run, spec, prev)
+            return
+        # A slot covers the attempt, not the commit of its result.
         async with run.session.slots:
-            prev = run.states.get(name) or StageState()
-            if prev.subtasks and not all(t.status.is_done for t in prev.subtasks):
-                await self._resume_fanout(run, spec, prev)
-                return
             attempt = prev.attempt + 1
             now = utcnow()
             running = prev.replace(
@@ -785,7 +807,10 @@ class Engine:
                         feedback_summary=feedback.summary if feedback else None,
                     )
                 )
-            await run.write(name, running, events)
+            # Pipelined: the attempt starts while RUNNING commits. The writer applies writes
+            # in order, so RUNNING is durable before the result, and the result before
+            # any dependent starts; a lost lease refuses both.
+            running_write = run.start_write(name, running, events)
             ctx = StageContext(
                 item_id=run.item_id,
                 stage=name,
@@ -799,10 +824,14 @@ class Engine:
             try:
                 result = await self._attempt(run, spec, ctx, max_attempts)
             except BaseException:
+                await asyncio.gather(running_write, return_exceptions=True)
                 await self._abandon(run, name, prev)
                 raise
-            run.session.executions += 1
+        run.session.executions += 1
+        try:
             await self._decide(run, spec, running, ctx, result, max_attempts)
+        finally:
+            await running_write
 
     async def _abandon(self, run: _ItemRun, name: str, prev: StageState) -> None:
         """Put a stage back as it was before an attempt that will never finish here."""
@@ -1065,8 +1094,6 @@ class Engine:
 
     async def _run_subtasks(self, run: _ItemRun, spec: StageSpec, state: StageState) -> None:
         holder = {"state": state}
-        # The stage's own slot is lent to its subtasks: each takes a slot of its own.
-        run.session.slots.release()
         try:
             while True:
                 now = utcnow()
@@ -1083,8 +1110,6 @@ class Engine:
             # Abandoned mid-fan-out: the stage goes back to PENDING, finished subtasks stay.
             await self._abandon(run, spec.name, holder["state"].replace(status=StageStatus.PENDING))
             raise
-        finally:
-            await run.session.slots.acquire()
         await self._finish_fanout(run, spec, holder["state"])
 
     async def _run_subtask(
@@ -1127,84 +1152,84 @@ class Engine:
             except BaseException:
                 await self._abandon(run, name, update(prev_sub))
                 raise
-            run.session.executions += 1
-            now = utcnow()
-            out = result.output
-            outcome = out.outcome if out is not None else None
-            error: str | None = None
-            feedback: QualityFeedback | None = None
-            retry = False
-            status = StageStatus.COMPLETE
-            match outcome:
-                case None:
-                    error = result.error or "attempt failed"
-                    feedback = QualityFeedback(summary=error.splitlines()[0])
-                    retry = result.retryable
-                case Complete():
-                    if isinstance(result.verdict, Rejected):
-                        feedback = result.verdict.feedback
-                        error = f"quality gate rejected the output: {feedback.summary}"
-                        retry = True
-                    elif isinstance(result.verdict, Uncertain):
-                        feedback = QualityFeedback(summary=result.verdict.reason)
-                        error = f"quality gate is uncertain: {result.verdict.reason}"
-                        retry = True
-                case Skipped():
-                    status = StageStatus.SKIPPED
-                case Failed(err):
-                    error = err
-                case Retry(err):
-                    error, retry = err, True
-                    feedback = QualityFeedback(summary=err)
-                case FanOut() | NeedsReview():
-                    error = (
-                        f"subtask {sub_id!r} returned {type(outcome).__name__}, "
-                        "which a subtask cannot do"
-                    )
-            events: list[Event] = []
-            next_at = None
-            if error is None:
-                events.append(SubTaskCompleted(item_id=run.item_id, stage=name, subtask=sub_id))
-            elif retry and attempt < max_attempts:
-                status = StageStatus.PENDING
-                delay = spec.budget.delay_for(attempt - sub.budget_start)
-                next_at = now + timedelta(seconds=delay) if delay > 0 else None
-                if next_at is not None:
-                    events.append(
-                        RetryScheduled(
-                            item_id=run.item_id,
-                            stage=name,
-                            attempt=attempt + 1,
-                            max_attempts=max_attempts,
-                            retry_at=next_at,
-                        )
-                    )
-            else:
-                status = StageStatus.FAILED
-                events.append(
-                    SubTaskFailed(item_id=run.item_id, stage=name, subtask=sub_id, error=error)
+        run.session.executions += 1
+        now = utcnow()
+        out = result.output
+        outcome = out.outcome if out is not None else None
+        error: str | None = None
+        feedback: QualityFeedback | None = None
+        retry = False
+        status = StageStatus.COMPLETE
+        match outcome:
+            case None:
+                error = result.error or "attempt failed"
+                feedback = QualityFeedback(summary=error.splitlines()[0])
+                retry = result.retryable
+            case Complete():
+                if isinstance(result.verdict, Rejected):
+                    feedback = result.verdict.feedback
+                    error = f"quality gate rejected the output: {feedback.summary}"
+                    retry = True
+                elif isinstance(result.verdict, Uncertain):
+                    feedback = QualityFeedback(summary=result.verdict.reason)
+                    error = f"quality gate is uncertain: {result.verdict.reason}"
+                    retry = True
+            case Skipped():
+                status = StageStatus.SKIPPED
+            case Failed(err):
+                error = err
+            case Retry(err):
+                error, retry = err, True
+                feedback = QualityFeedback(summary=err)
+            case FanOut() | NeedsReview():
+                error = (
+                    f"subtask {sub_id!r} returned {type(outcome).__name__}, "
+                    "which a subtask cannot do"
                 )
-            sub = _subtask(
-                sub,
-                status=status,
-                error=error,
-                artefact=result.artefact,
-                metadata=ctx.metadata,
-                next_attempt_at=next_at,
+        events: list[Event] = []
+        next_at = None
+        if error is None:
+            events.append(SubTaskCompleted(item_id=run.item_id, stage=name, subtask=sub_id))
+        elif retry and attempt < max_attempts:
+            status = StageStatus.PENDING
+            delay = spec.budget.delay_for(attempt - sub.budget_start)
+            next_at = now + timedelta(seconds=delay) if delay > 0 else None
+            if next_at is not None:
+                events.append(
+                    RetryScheduled(
+                        item_id=run.item_id,
+                        stage=name,
+                        attempt=attempt + 1,
+                        max_attempts=max_attempts,
+                        retry_at=next_at,
+                    )
+                )
+        else:
+            status = StageStatus.FAILED
+            events.append(
+                SubTaskFailed(item_id=run.item_id, stage=name, subtask=sub_id, error=error)
             )
-            record = AttemptRecord(
-                attempt=attempt,
-                started_at=started,
-                completed_at=now,
-                outcome=outcome_name(outcome) if outcome is not None else "error",
-                summary=out.summary if out is not None else None,
-                artefact=result.artefact,
-                verdict=verdict_name(result.verdict),
-                feedback=feedback,
-                error=error,
-                subtask=sub_id,
-            )
-            await run.write(name, update(sub), events, record)
+        sub = _subtask(
+            sub,
+            status=status,
+            error=error,
+            artefact=result.artefact,
+            metadata=ctx.metadata,
+            next_attempt_at=next_at,
+        )
+        record = AttemptRecord(
+            attempt=attempt,
+            started_at=started,
+            completed_at=now,
+            outcome=outcome_name(outcome) if outcome is not None else "error",
+            summary=out.summary if out is not None else None,
+            artefact=result.artefact,
+            verdict=verdict_name(result.verdict),
+            feedback=feedback,
+            error=error,
+            subtask=sub_id,
+        )
+        await run.write(name, update(sub), events, record)
 
     async def _finish_fanout(self, run: _ItemRun, spec: StageSpec, state: StageState) -> None:
         name, now = spec.name, utcnow()

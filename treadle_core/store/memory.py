@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -24,7 +25,7 @@ from ..model import (
     StageStatus,
     utcnow,
 )
-from .base import StateStore
+from .base import StateStore, dumps
 
 
 class MemoryStateStore(StateStore):
@@ -34,8 +35,9 @@ class MemoryStateStore(StateStore):
         self._lock = threading.RLock()
         self._items: dict[str, ItemRecord] = {}
         self._data: dict[str, dict[str, Any]] = {}
-        self._states: dict[str, dict[str, StageState]] = {}
-        self._attempts: dict[tuple[str, str], list[AttemptRecord]] = {}
+        # Values are kept as JSON text: copies for free, and only JSON is ever stored.
+        self._states: dict[str, dict[str, str]] = {}
+        self._attempts: dict[tuple[str, str], list[str]] = {}
         self._reviews: dict[str, list[tuple[str, ReviewRecord]]] = {}
         self._events: list[StoredEvent] = []
         self._next_event_id = 1
@@ -155,30 +157,38 @@ class MemoryStateStore(StateStore):
                 self._remember(self._states, item_id)
                 states = self._states[item_id] = {}
             self._remember(states, stage)
-            states[stage] = copy.deepcopy(state)
+            states[stage] = dumps(state.to_dict())
 
     def get_stage_state(self, item_id: str, stage: str) -> StageState | None:
         with self._lock:
             state = self._states.get(item_id, {}).get(stage)
-            return None if state is None else copy.deepcopy(state)
+        return None if state is None else StageState.from_dict(json.loads(state))
 
     def get_all_stage_states(self, item_id: str) -> dict[str, StageState]:
         with self._lock:
-            return copy.deepcopy(self._states.get(item_id, {}))
+            states = dict(self._states.get(item_id, {}))
+        return {k: StageState.from_dict(json.loads(v)) for k, v in states.items()}
 
     def summary(self) -> dict[str, dict[str, int]]:
         with self._lock:
             out: dict[str, dict[str, int]] = {}
             for states in self._states.values():
-                for stage, st in states.items():
+                for stage, text in states.items():
+                    status = json.loads(text)["status"]
                     per = out.setdefault(stage, {})
-                    per[str(st.status)] = per.get(str(st.status), 0) + 1
+                    per[status] = per.get(status, 0) + 1
             return out
 
     def pending_reviews(
         self, stage: str | None = None, limit: int | None = None
     ) -> list[PendingReview]:
         with self._lock:
+            waiting = [
+                (item_id, name, StageState.from_dict(json.loads(text)))
+                for item_id, states in self._states.items()
+                for name, text in states.items()
+                if (stage is None or name == stage) and '"status":"awaiting_review"' in text
+            ]
             found = [
                 PendingReview(
                     item_id,
@@ -189,9 +199,8 @@ class MemoryStateStore(StateStore):
                     st.review_deadline,
                     st.attempt,
                 )
-                for item_id, states in self._states.items()
-                for name, st in states.items()
-                if st.status == StageStatus.AWAITING_REVIEW and (stage is None or name == stage)
+                for item_id, name, st in waiting
+                if st.status == StageStatus.AWAITING_REVIEW
             ]
         found.sort(key=lambda r: (r.since is None, r.since, r.item_id, r.stage))
         return found if limit is None else found[:limit]
@@ -201,11 +210,12 @@ class MemoryStateStore(StateStore):
         with self._lock:
             key = (item_id, stage)
             self._remember(self._attempts, key)
-            self._attempts.setdefault(key, []).append(copy.deepcopy(record))
+            self._attempts.setdefault(key, []).append(dumps(record.to_dict()))
 
     def get_attempts(self, item_id: str, stage: str) -> list[AttemptRecord]:
         with self._lock:
-            return copy.deepcopy(self._attempts.get((item_id, stage), []))
+            texts = list(self._attempts.get((item_id, stage), []))
+        return [AttemptRecord.from_dict(json.loads(t)) for t in texts]
 
     def record_review(self, item_id: str, stage: str, record: ReviewRecord) -> None:
         with self._lock:

@@ -1,0 +1,142 @@
+"""Treadle benchmarks: `nox -s bench` (or `python tests/benchmarks/run.py [names...]`).
+
+Figures are reported as ratios against baselines measured in the same run,
+because the machine is shared and noisy.
+
+W1  2,000 items x 4 no-op stages on a fresh, durable SQLite file: transitions/s,
+    beside the raw-sqlite3 limit (the same state + event rows written with the
+    standard library alone, one commit per transition, same pragmas).
+W3  500 items x 3 stages that each await 20 ms, concurrency 50 (ideal 0.6 s):
+    efficiency = ideal / actual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from treadle_core import Item, Workflow, open_store
+
+STAGES = 4
+
+
+def build(n_stages: int, fn) -> Workflow:
+    b = Workflow.builder("bench")
+    for i in range(n_stages):
+        b.stage(f"s{i}", fn, needs=[f"s{i - 1}"] if i else [])
+    return b.build()
+
+
+async def noop(item, ctx):
+    return None
+
+
+async def sleepy(item, ctx):
+    await asyncio.sleep(0.02)
+
+
+def raw_sqlite_limit(path: Path, transitions: int) -> float:
+    """Transitions/s writing the same rows with sqlite3 alone, one commit per transition."""
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    con.execute(
+        "CREATE TABLE stage_states (item_id TEXT, stage TEXT, status TEXT, attempt INT, "
+        "updated_at REAL, data TEXT, PRIMARY KEY (item_id, stage))"
+    )
+    con.execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, item_id TEXT, stage TEXT, type TEXT, "
+        "at REAL, data TEXT)"
+    )
+    state = json.dumps({"status": "running", "attempt": 1, "metadata": {}, "subtasks": []})
+    event = json.dumps({"type": "StageStarted", "item_id": "x", "stage": "s0", "attempt": 1})
+    start = time.perf_counter()
+    for n in range(transitions):
+        item, stage = f"i{n // (2 * STAGES)}", f"s{(n // 2) % STAGES}"
+        now = time.time()
+        con.execute("BEGIN IMMEDIATE")
+        con.execute(
+            "INSERT INTO stage_states VALUES (?,?,?,?,?,?) ON CONFLICT(item_id, stage) "
+            "DO UPDATE SET status=excluded.status, attempt=excluded.attempt, "
+            "updated_at=excluded.updated_at, data=excluded.data",
+            (item, stage, "running", 1, now, state),
+        )
+        con.execute(
+            "INSERT INTO events (item_id, stage, type, at, data) VALUES (?,?,?,?,?)",
+            (item, stage, "StageStarted", now, event),
+        )
+        con.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    con.close()
+    return transitions / elapsed
+
+
+def w1(items: int = 2000) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        transitions = items * STAGES * 2
+        raw = raw_sqlite_limit(Path(tmp) / "raw.db", transitions)
+        store = open_store(f"sqlite:///{tmp}/w1.db")
+        wf = build(STAGES, noop)
+        with store.transaction():
+            for i in range(items):
+                store.save_work_item_data(f"i{i}", {"n": i})
+        start = time.perf_counter()
+        report = asyncio.run(wf.run(store, concurrency=8))
+        elapsed = time.perf_counter() - start
+        assert report.executions == items * STAGES, report
+        assert wf.summary(store) == {f"s{i}": {"complete": items} for i in range(STAGES)}
+        store.close()
+    rate = transitions / elapsed
+    return {
+        "items": items,
+        "transitions": transitions,
+        "seconds": round(elapsed, 3),
+        "transitions_per_s": round(rate),
+        "raw_sqlite_per_s": round(raw),
+        "ratio_to_raw": round(rate / raw, 3),
+    }
+
+
+def w3(items: int = 500) -> dict[str, float]:
+    ideal = items * 3 * 0.02 / 50
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(f"sqlite:///{tmp}/w3.db")
+        wf = build(3, sleepy)
+        with store.transaction():
+            for i in range(items):
+                store.save_work_item_data(f"i{i}", {})
+        start = time.perf_counter()
+        asyncio.run(wf.run(store, concurrency=50))
+        elapsed = time.perf_counter() - start
+        store.close()
+    return {
+        "items": items,
+        "seconds": round(elapsed, 3),
+        "ideal_seconds": round(ideal, 3),
+        "efficiency": round(ideal / elapsed, 3),
+    }
+
+
+BENCHES = {"w1": w1, "w3": w3}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "names", nargs="*", help=f"benchmarks to run (default: {', '.join(BENCHES)})"
+    )
+    args = parser.parse_args(argv)
+    for name in args.names or list(BENCHES):
+        result = BENCHES[name]()
+        print(f"{name}: {json.dumps(result)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
