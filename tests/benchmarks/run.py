@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from treadle_core import Item, Workflow, open_store
+from treadle_core import Workflow, open_store
 
 STAGES = 4
 
