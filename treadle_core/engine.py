@@ -189,13 +189,16 @@ class _ItemRun:
         seq = self._submitted
         committed = self.session.committer.enqueue(apply)
 
-        async def finish() -> None:
-            states, done = await asyncio.shield(committed)
-            if seq > self._applied:  # callers may resume out of order; keep the newest
+        def on_commit(fut: asyncio.Future[tuple[dict[str, StageState], list[Event]]]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                return
+            states, done = fut.result()
+            if seq > self._applied:  # writes resolve in order; keep the newest view anyway
                 self.states, self._applied = states, seq
             self.engine.wf.bus.publish(done)
 
-        return asyncio.ensure_future(finish())
+        committed.add_done_callback(on_commit)
+        return committed  # type: ignore[return-value]
 
     async def write(
         self,
@@ -204,7 +207,7 @@ class _ItemRun:
         events: list[Event],
         attempt: AttemptRecord | None = None,
     ) -> None:
-        await self.start_write(stage, state, events, attempt)
+        await asyncio.shield(self.start_write(stage, state, events, attempt))
 
 
 class _Session:
@@ -422,7 +425,8 @@ class Engine:
                 while stop is None or not stop.is_set():
                     room = 2 * concurrency - len(tasks)
                     leases: list[Lease] = []
-                    if room > 0:
+                    # Claim in batches: one claim transaction per quarter of the window.
+                    if room > 0 and (room >= max(concurrency // 2, 1) or len(tasks) < concurrency):
                         if local is None:
                             leases = await session.claim(room)
                         else:
@@ -824,14 +828,14 @@ class Engine:
             try:
                 result = await self._attempt(run, spec, ctx, max_attempts)
             except BaseException:
-                await asyncio.gather(running_write, return_exceptions=True)
+                await asyncio.gather(asyncio.shield(running_write), return_exceptions=True)
                 await self._abandon(run, name, prev)
                 raise
         run.session.executions += 1
         try:
             await self._decide(run, spec, running, ctx, result, max_attempts)
         finally:
-            await running_write
+            await asyncio.shield(running_write)
 
     async def _abandon(self, run: _ItemRun, name: str, prev: StageState) -> None:
         """Put a stage back as it was before an attempt that will never finish here."""
