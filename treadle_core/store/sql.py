@@ -1,14 +1,1011 @@
-"""Placeholder: SqlStateStore is being written."""
+"""`SqlStateStore`: the durable store on peewee (SQLite, PostgreSQL, MySQL/MariaDB).
+
+Everything is kept as JSON text and epoch-seconds floats, so one schema serves the
+three databases. The schema is versioned: ``MIGRATIONS`` is a plain list of
+functions, the version is how many of them have run, and ``treadle_schema`` records
+it (the way simonw/llm does it).
+
+Concurrency: each thread gets its own connection (peewee's thread-local state).
+SQLite runs in WAL mode, so readers never wait for the writer, and every write
+transaction starts with ``BEGIN IMMEDIATE``, so writers in several processes take
+turns instead of failing on lock upgrades. PostgreSQL and MySQL lock item rows
+with ``SELECT ... FOR UPDATE`` and claim with ``SKIP LOCKED``.
+"""
+
 from __future__ import annotations
 
+import json
+import os
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .base import StateStore
+import peewee
+
+from ..errors import LeaseLostError, SchemaVersionError, StoreError, UnknownItemError
+from ..events import Event, StoredEvent
+from ..model import (
+    AttemptRecord,
+    ItemRecord,
+    ItemState,
+    Lease,
+    PendingReview,
+    ReviewRecord,
+    StageState,
+    StageStatus,
+    from_ts,
+    to_ts,
+    utcnow,
+)
+from .base import StateStore, dumps
+from .memory import MemoryStateStore
+
+DEFAULT_URL = "sqlite:///.treadle/state.db"
+
+#: Rows per batch when iterating, and values per ``IN (...)`` list.
+_BATCH = 500
+
+_SYNCHRONOUS = ("off", "normal", "full", "extra")
+_SQLITE_OPTIONS = ("synchronous", "busy_timeout")
 
 
-class SqlStateStore(StateStore):  # type: ignore[misc]
-    pass
+def _now() -> float:
+    return utcnow().timestamp()
 
 
-def open_store(url: str | None = None, **kw: Any) -> StateStore:
-    raise NotImplementedError
+# --- dialects -----------------------------------------------------------------
+
+
+def _dialect(db: peewee.Database) -> str:
+    if isinstance(db, peewee.SqliteDatabase):
+        return "sqlite"
+    if isinstance(db, peewee.PostgresqlDatabase):
+        return "postgres"
+    if isinstance(db, peewee.MySQLDatabase):
+        return "mysql"
+    raise StoreError(f"SqlStateStore does not support {type(db).__name__}")
+
+
+#: Column types per dialect; JSON may be up to the artefact limit (1 MiB), which
+#: MySQL's TEXT (64 KiB) cannot hold.
+_TYPES = {
+    "sqlite": {
+        "text": "TEXT",
+        "double": "REAL",
+        "serial": "INTEGER PRIMARY KEY",
+        # AUTOINCREMENT: an event id is never reused, even after the newest is deleted,
+        # so a reader following the journal by id never misses an entry.
+        "journal_serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "table": "",
+    },
+    "postgres": {
+        "text": "TEXT",
+        "double": "DOUBLE PRECISION",
+        "serial": "BIGSERIAL PRIMARY KEY",
+        "journal_serial": "BIGSERIAL PRIMARY KEY",
+        "table": "",
+    },
+    "mysql": {
+        "text": "LONGTEXT",
+        "double": "DOUBLE",
+        "serial": "BIGINT AUTO_INCREMENT PRIMARY KEY",
+        "journal_serial": "BIGINT AUTO_INCREMENT PRIMARY KEY",
+        # Binary collation: item ids and stage names are case-sensitive, as everywhere else.
+        "table": " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    },
+}
+
+# MySQL cannot roll DDL back, so a migration interrupted there is re-run; these
+# errors mean "already done": duplicate column, duplicate index name.
+_MYSQL_ALREADY_DONE = {1060, 1061}
+
+
+def _ddl(db: peewee.Database, sql: str) -> None:
+    """Run one DDL statement; ``{text}``, ``{double}``... are filled in for the dialect."""
+    dialect = _dialect(db)
+    try:
+        db.execute_sql(sql.format(**_TYPES[dialect]))
+    except peewee.DatabaseError as exc:
+        code = exc.args[0] if exc.args else None
+        if dialect == "mysql" and code in _MYSQL_ALREADY_DONE:
+            return
+        raise
+
+
+# --- migrations -----------------------------------------------------------------
+# Never edit a migration that has shipped: databases out there already ran it.
+# Add a new function at the end instead.
+
+
+def m001_initial(db: peewee.Database) -> None:
+    """Items, stage states, attempts, reviews and the event journal."""
+    _ddl(
+        db,
+        "CREATE TABLE IF NOT EXISTS items ("
+        " id VARCHAR(255) NOT NULL PRIMARY KEY,"
+        " data {text} NOT NULL,"
+        " state VARCHAR(32) NOT NULL,"
+        " due_at {double},"
+        " lease_owner VARCHAR(255),"
+        " lease_token INTEGER NOT NULL DEFAULT 0,"
+        " lease_expires_at {double},"
+        " created_at {double} NOT NULL,"
+        " updated_at {double} NOT NULL"
+        "){table}",
+    )
+    _ddl(db, "CREATE INDEX items_due_at ON items (due_at)")
+    _ddl(db, "CREATE INDEX items_state ON items (state)")
+    _ddl(db, "CREATE INDEX items_created ON items (created_at, id)")
+    _ddl(
+        db,
+        "CREATE TABLE IF NOT EXISTS stage_states ("
+        " item_id VARCHAR(255) NOT NULL,"
+        " stage VARCHAR(255) NOT NULL,"
+        " status VARCHAR(32) NOT NULL,"
+        " attempt INTEGER NOT NULL,"
+        " updated_at {double},"
+        " data {text} NOT NULL,"
+        " PRIMARY KEY (item_id, stage)"
+        "){table}",
+    )
+    _ddl(
+        db,
+        "CREATE TABLE IF NOT EXISTS attempts ("
+        " id {serial},"
+        " item_id VARCHAR(255) NOT NULL,"
+        " stage VARCHAR(255) NOT NULL,"
+        " data {text} NOT NULL"
+        "){table}",
+    )
+    _ddl(db, "CREATE INDEX attempts_item_stage ON attempts (item_id, stage)")
+    _ddl(
+        db,
+        "CREATE TABLE IF NOT EXISTS reviews ("
+        " id {serial},"
+        " item_id VARCHAR(255) NOT NULL,"
+        " stage VARCHAR(255) NOT NULL,"
+        " data {text} NOT NULL"
+        "){table}",
+    )
+    _ddl(db, "CREATE INDEX reviews_item ON reviews (item_id)")
+    _ddl(
+        db,
+        "CREATE TABLE IF NOT EXISTS events ("
+        " id {journal_serial},"
+        " item_id VARCHAR(255) NOT NULL,"
+        " stage VARCHAR(255),"
+        " type VARCHAR(64) NOT NULL,"
+        " at {double} NOT NULL,"
+        " data {text} NOT NULL"
+        "){table}",
+    )
+    _ddl(db, "CREATE INDEX events_item ON events (item_id, id)")
+
+
+def m002_stage_state_queries(db: peewee.Database) -> None:
+    """``next_attempt_at`` as a column; indexes for the review queue and the summary."""
+    _ddl(db, "ALTER TABLE stage_states ADD COLUMN next_attempt_at {double}")
+    _ddl(db, "CREATE INDEX stage_states_review ON stage_states (status, updated_at)")
+    _ddl(db, "CREATE INDEX stage_states_summary ON stage_states (stage, status)")
+    p = db.param
+    after: tuple[str, str] = ("", "")
+    while True:
+        rows = db.execute_sql(
+            "SELECT item_id, stage, data FROM stage_states"
+            f" WHERE item_id > {p} OR (item_id = {p} AND stage > {p})"
+            f" ORDER BY item_id, stage LIMIT {_BATCH}",
+            (after[0], after[0], after[1]),
+        ).fetchall()
+        if not rows:
+            return
+        for item_id, stage, data in rows:
+            at = json.loads(data).get("next_attempt_at")
+            if at is not None:
+                db.execute_sql(
+                    f"UPDATE stage_states SET next_attempt_at = {p}"
+                    f" WHERE item_id = {p} AND stage = {p}",
+                    (at, item_id, stage),
+                )
+        after = (rows[-1][0], rows[-1][1])
+
+
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [
+    m001_initial,
+    m002_stage_state_queries,
+]
+
+
+# --- URLs -------------------------------------------------------------------------
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _sqlite_path(url: str) -> str:
+    rest = url.partition(":")[2]
+    rest = rest.split("?", 1)[0]
+    if not rest.startswith("///"):
+        name = rest.lstrip("/") or "state.db"
+        raise StoreError(
+            f"store URL {url!r}: SQLite URLs take three slashes: sqlite:///{name} "
+            f"(relative path) or sqlite:////abs/path/{name.rsplit('/', 1)[-1]} (absolute)"
+        )
+    path = unquote(rest[3:])
+    if not path:
+        raise StoreError(
+            f"store URL {url!r} names no file: use sqlite:///.treadle/state.db, "
+            "or sqlite:///:memory: for a throwaway database"
+        )
+    return path
+
+
+def _options(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The URL's query parameters, overridden by keyword options."""
+    merged: dict[str, Any] = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+    merged.update(options)
+    return merged
+
+
+def _sqlite_database(url: str, options: dict[str, Any]) -> tuple[peewee.Database, bool]:
+    path = _sqlite_path(url)
+    opts = _options(url, options)
+    unknown = sorted(set(opts) - set(_SQLITE_OPTIONS))
+    if unknown:
+        raise StoreError(
+            f"store URL {_redact(url)!r}: unknown SQLite option {unknown[0]!r}; "
+            f"known options: {', '.join(_SQLITE_OPTIONS)}"
+        )
+    synchronous = str(opts.get("synchronous", "full")).lower()
+    if synchronous not in _SYNCHRONOUS:
+        raise StoreError(
+            f"store URL {_redact(url)!r}: synchronous={synchronous!r} is not one of "
+            f"{', '.join(_SYNCHRONOUS)} (full is the default and survives power loss)"
+        )
+    try:
+        busy_timeout = float(opts.get("busy_timeout", 30))
+    except ValueError:
+        raise StoreError(
+            f"store URL {_redact(url)!r}: busy_timeout takes seconds, "
+            f"like busy_timeout=30, not {opts['busy_timeout']!r}"
+        ) from None
+    memory = path == ":memory:"
+    pragmas = [("busy_timeout", int(busy_timeout * 1000)), ("synchronous", synchronous.upper())]
+    if memory:
+        # One connection shared by every thread (each new connection to ":memory:"
+        # would be a new, empty database); the store serialises its use.
+        db = peewee.SqliteDatabase(
+            ":memory:",
+            pragmas=pragmas,
+            thread_safe=False,
+            timeout=busy_timeout,
+            check_same_thread=False,
+        )
+        return db, True
+    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    db = peewee.SqliteDatabase(
+        str(Path(path).expanduser()),
+        pragmas=pragmas,
+        timeout=busy_timeout,
+        # close() may close a connection another thread opened.
+        check_same_thread=False,
+    )
+    return db, False
+
+
+def _server_params(url: str, options: dict[str, Any], example: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    database = unquote(parts.path.lstrip("/"))
+    if not database:
+        raise StoreError(f"store URL {_redact(url)!r} names no database: use {example}")
+    params: dict[str, Any] = {"database": database}
+    if parts.hostname:
+        params["host"] = parts.hostname
+    try:
+        port = parts.port
+    except ValueError:
+        raise StoreError(f"store URL {_redact(url)!r} has a bad port: use {example}") from None
+    if port:
+        params["port"] = port
+    if parts.username:
+        params["user"] = unquote(parts.username)
+    if parts.password is not None:
+        params["password"] = unquote(parts.password)
+    for key, value in _options(url, options).items():
+        params[key] = int(value) if isinstance(value, str) and value.isdigit() else value
+    return params
+
+
+def _postgres_database(url: str, options: dict[str, Any]) -> peewee.Database:
+    if getattr(peewee, "psycopg2", None) is None and getattr(peewee, "psycopg", None) is None:
+        raise StoreError(
+            f"store URL {_redact(url)!r} needs a PostgreSQL driver: pip install 'treadle[postgres]'"
+        )
+    params = _server_params(url, options, "postgresql://user@localhost:5432/treadle")
+    return peewee.PostgresqlDatabase(params.pop("database"), **params)
+
+
+def _mysql_database(url: str, options: dict[str, Any]) -> peewee.Database:
+    if getattr(peewee, "mysql", None) is None:
+        raise StoreError(
+            f"store URL {_redact(url)!r} needs a MySQL driver: pip install 'treadle[mysql]'"
+        )
+    params = _server_params(url, options, "mysql://user@localhost:3306/treadle")
+    if "client_flag" not in params:
+        from pymysql.constants import CLIENT  # the driver peewee found above
+
+        # Affected rows = rows matched (as on SQLite and PostgreSQL), not rows changed.
+        params["client_flag"] = CLIENT.FOUND_ROWS
+    # READ COMMITTED, as on PostgreSQL: locking reads take no gap locks, so claims
+    # never block inserts of new items.
+    params.setdefault("init_command", "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    return peewee.MySQLDatabase(params.pop("database"), **params)
+
+
+# --- the store --------------------------------------------------------------------
+
+_ITEM_COLUMNS = (
+    "id, state, due_at, lease_owner, lease_token, lease_expires_at, created_at, updated_at"
+)
+
+
+def _item(row: Sequence[Any]) -> ItemRecord:
+    return ItemRecord(
+        id=row[0],
+        state=ItemState(row[1]),
+        due_at=from_ts(row[2]),
+        lease_owner=row[3],
+        lease_token=row[4],
+        lease_expires_at=from_ts(row[5]),
+        created_at=from_ts(row[6]),
+        updated_at=from_ts(row[7]),
+    )
+
+
+def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    for i in range(0, len(values), _BATCH):
+        yield values[i : i + _BATCH]
+
+
+class SqlStateStore(StateStore):
+    """The durable store: ``sqlite:///path``, ``postgresql://...`` or ``mysql://...``."""
+
+    durable = True
+
+    def __init__(self, url: str | None = None, **options: Any) -> None:
+        url = url or os.environ.get("TREADLE_STORE") or DEFAULT_URL
+        self.url = url
+        scheme = url.partition(":")[0].lower()
+        self._shared = False
+        self._db: peewee.Database
+        if scheme == "sqlite":
+            self._db, self._shared = _sqlite_database(url, options)
+        elif scheme in ("postgresql", "postgres"):
+            self._db = _postgres_database(url, options)
+        elif scheme == "mysql":
+            self._db = _mysql_database(url, options)
+        else:
+            raise StoreError(
+                f"SqlStateStore cannot open {_redact(url)!r}: it takes sqlite:///, "
+                "postgresql:// or mysql:// URLs (open_store() knows the others)"
+            )
+        self.dialect = _dialect(self._db)
+        self.durable = not self._shared
+        # A ":memory:" database has one connection for all threads: take turns on it.
+        self._guard: AbstractContextManager[Any] = (
+            threading.RLock() if self._shared else nullcontext()
+        )
+        self._connections: dict[int, Any] = {}
+        self._connections_lock = threading.Lock()
+        self._created_lock = threading.Lock()
+        self._last_created = 0.0
+        self._prepare_sql()
+        try:
+            self._connect()
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> SqlStateStore:
+        return self
+
+    def __repr__(self) -> str:
+        return f"SqlStateStore({_redact(self.url)!r})"
+
+    # --- connections -----------------------------------------------------------
+    def _connect(self) -> None:
+        try:
+            self._open_thread_connection()
+        except peewee.DatabaseError as exc:
+            raise StoreError(f"cannot open store {_redact(self.url)!r}: {exc}") from exc
+        if self.dialect == "mysql":
+            version = self._db.server_version or (0,)
+            is_maria = version >= (10,)
+            self._skip_locked = version >= ((10, 6) if is_maria else (8, 0, 1))
+        else:
+            self._skip_locked = True
+        self._prepare_locking()
+
+    def _track(self, conn: Any) -> None:
+        """Remember each thread's connection so ``close()`` can close them all."""
+        ident = threading.get_ident()
+        with self._connections_lock:
+            alive = {t.ident for t in threading.enumerate()}
+            for other in [i for i in self._connections if i not in alive or i == ident]:
+                stale = self._connections.pop(other)
+                if stale is not conn:
+                    _close_quietly(stale)
+            self._connections[ident] = conn
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        db = self._db
+        if db.is_closed():
+            self._open_thread_connection()
+        return db.execute_sql(sql, params)
+
+    def _open_thread_connection(self) -> None:
+        self._db.connect(reuse_if_open=True)
+        self._track(self._db.connection())
+
+    def release_thread(self) -> None:
+        """Close the calling thread's connection (a thread that stops using the store)."""
+        if self._shared or self._db.is_closed() or self._db.in_transaction():
+            return
+        conn = self._db.connection()
+        with self._connections_lock:
+            if self._connections.get(threading.get_ident()) is conn:
+                del self._connections[threading.get_ident()]
+        self._db.close()
+
+    def close(self) -> None:
+        """Close every connection this store opened, in any thread."""
+        with self._connections_lock:
+            conns, self._connections = list(self._connections.values()), {}
+        own = None if self._db.is_closed() else self._db.connection()
+        for conn in conns:
+            if conn is not own:
+                _close_quietly(conn)
+        if own is not None:
+            if self._db.in_transaction():
+                self._db.rollback()
+            self._db.close()
+
+    # --- SQL text ------------------------------------------------------------------
+    def _prepare_sql(self) -> None:
+        """The hot statements, written once per store in the dialect's parameter style."""
+        d = self.dialect
+        q = self._q
+        values = "?, ?, ?, ?, ?, ?, ?"
+        if d == "mysql":
+            self._sql_save_item = q(
+                "INSERT INTO items (id, data, state, due_at, lease_token, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, 0, ?, ?) ON DUPLICATE KEY UPDATE data = VALUES(data)"
+            )
+            self._sql_save_state = q(
+                "INSERT INTO stage_states"
+                " (item_id, stage, status, attempt, updated_at, next_attempt_at, data)"
+                f" SELECT {values} FROM DUAL WHERE EXISTS (SELECT 1 FROM items WHERE id = ?)"
+                " ON DUPLICATE KEY UPDATE status = VALUES(status), attempt = VALUES(attempt),"
+                " updated_at = VALUES(updated_at), next_attempt_at = VALUES(next_attempt_at),"
+                " data = VALUES(data)"
+            )
+        else:
+            self._sql_save_item = q(
+                "INSERT INTO items (id, data, state, due_at, lease_token, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, 0, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data"
+            )
+            self._sql_save_state = q(
+                "INSERT INTO stage_states"
+                " (item_id, stage, status, attempt, updated_at, next_attempt_at, data)"
+                f" SELECT {values} WHERE EXISTS (SELECT 1 FROM items WHERE id = ?)"
+                " ON CONFLICT (item_id, stage) DO UPDATE SET status = excluded.status,"
+                " attempt = excluded.attempt, updated_at = excluded.updated_at,"
+                " next_attempt_at = excluded.next_attempt_at, data = excluded.data"
+            )
+        self._sql_get_item = q(f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?")
+        self._sql_set_state = q(
+            "UPDATE items SET state = ?, due_at = ?, updated_at = ? WHERE id = ?"
+        )
+        self._sql_get_state = q("SELECT data FROM stage_states WHERE item_id = ? AND stage = ?")
+        self._sql_all_states = q("SELECT stage, data FROM stage_states WHERE item_id = ?")
+        self._sql_record_attempt = q("INSERT INTO attempts (item_id, stage, data) VALUES (?, ?, ?)")
+        self._sql_record_review = q("INSERT INTO reviews (item_id, stage, data) VALUES (?, ?, ?)")
+        self._sql_event_row = q("(?, ?, ?, ?, ?)")
+        self._sql_renew = q(
+            "UPDATE items SET lease_expires_at = ? WHERE id = ? AND lease_token = ?"
+        )
+        self._sql_release = q(
+            "UPDATE items SET lease_owner = NULL, lease_expires_at = NULL"
+            " WHERE id = ? AND lease_token = ?"
+        )
+
+    def _prepare_locking(self) -> None:
+        if self.dialect == "sqlite":
+            # BEGIN IMMEDIATE already holds the database's write lock.
+            self._for_update = self._for_update_skip = ""
+        else:
+            self._for_update = " FOR UPDATE"
+            self._for_update_skip = (
+                " FOR UPDATE SKIP LOCKED" if self._skip_locked else " FOR UPDATE"
+            )
+        self._sql_lock_item = self._q(
+            f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?{self._for_update}"
+        )
+        self._sql_claim_due = self._q(
+            "SELECT id, lease_token FROM items WHERE due_at <= ?"
+            " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
+            f" ORDER BY due_at LIMIT ?{self._for_update_skip}"
+        )
+
+    def _q(self, sql: str) -> str:
+        return sql if self.dialect == "sqlite" else sql.replace("?", self._db.param)
+
+    def _marks(self, n: int) -> str:
+        return ", ".join([self._db.param] * n)
+
+    # --- schema ----------------------------------------------------------------------
+    def _read_version(self) -> int | None:
+        """The recorded schema version; None when there is no ``treadle_schema`` table."""
+        try:
+            row = self._run("SELECT MAX(version) FROM treadle_schema").fetchone()
+        except peewee.DatabaseError:
+            return None
+        return int(row[0] or 0)
+
+    def _check_version(self, version: int) -> None:
+        if version > len(MIGRATIONS):
+            raise SchemaVersionError(
+                f"database at {_redact(self.url)} has schema version {version}, this Treadle "
+                f"understands up to {len(MIGRATIONS)}; upgrade treadle (pip install -U treadle)"
+            )
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        if self.dialect == "mysql":
+            # MySQL commits DDL implicitly: a named lock serialises migrating processes,
+            # and the version is recorded after each migration.
+            got = self._run("SELECT GET_LOCK('treadle_schema', 300)").fetchone()[0]
+            if got != 1:
+                raise StoreError(
+                    f"store {_redact(self.url)!r}: timed out waiting for another process "
+                    "to finish migrating the schema; try again"
+                )
+            try:
+                yield
+            finally:
+                self._run("SELECT RELEASE_LOCK('treadle_schema')")
+            return
+        with self.transaction():
+            if self.dialect == "postgres":
+                self._run("SELECT pg_advisory_xact_lock(7265340)")
+            yield
+
+    def _migrate(self) -> None:
+        version = self._read_version()
+        if version is not None:
+            self._check_version(version)
+        if version != len(MIGRATIONS):
+            with self._migration_lock():
+                self._run("CREATE TABLE IF NOT EXISTS treadle_schema (version INTEGER NOT NULL)")
+                version = self._read_version() or 0
+                self._check_version(version)
+                for n in range(version, len(MIGRATIONS)):
+                    MIGRATIONS[n](self._db)
+                    self._run("DELETE FROM treadle_schema")
+                    self._run(self._q("INSERT INTO treadle_schema (version) VALUES (?)"), (n + 1,))
+        if self.dialect == "sqlite" and not self._shared:
+            # Persistent in the file; set only once the schema is known to be ours.
+            self._run("PRAGMA journal_mode=WAL")
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        return self._read_version() or 0
+
+    # --- transactions -------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._guard:
+            db = self._db
+            if db.is_closed():
+                self._open_thread_connection()
+            # peewee's transaction() joins an enclosing one (no savepoints): the
+            # outermost block commits or rolls back everything, as in MemoryStateStore.
+            txn = (
+                db.transaction(lock_type="IMMEDIATE")
+                if self.dialect == "sqlite"
+                else db.transaction()
+            )
+            with txn:
+                yield
+
+    # --- items -------------------------------------------------------------------------
+    def _created_at(self, now: float) -> float:
+        """Creation times strictly increase within a store, so "oldest first" is exact."""
+        with self._created_lock:
+            now = max(now, self._last_created + 1e-6)
+            self._last_created = now
+            return now
+
+    def save_work_item_data(self, item_id: str, data: dict[str, Any]) -> None:
+        now = _now()
+        created = self._created_at(now)
+        with self._guard:
+            self._run(
+                self._sql_save_item,
+                (item_id, dumps(data), ItemState.READY.value, now, created, created),
+            )
+
+    def get_work_item_data(self, item_id: str) -> dict[str, Any] | None:
+        with self._guard:
+            row = self._run(self._q("SELECT data FROM items WHERE id = ?"), (item_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def delete_work_item(self, item_id: str) -> None:
+        with self.transaction():
+            self._delete_items([item_id])
+
+    def _delete_items(self, ids: Sequence[str]) -> None:
+        for chunk in _chunks(ids):
+            marks = self._marks(len(chunk))
+            for table in ("stage_states", "attempts", "reviews", "events"):
+                self._run(f"DELETE FROM {table} WHERE item_id IN ({marks})", chunk)
+            self._run(f"DELETE FROM items WHERE id IN ({marks})", chunk)
+
+    def list_work_items(self, state: ItemState | None = None) -> Iterator[str]:
+        where = "" if state is None else "state = ? AND "
+        first = self._q(
+            f"SELECT id, created_at FROM items {'' if state is None else 'WHERE state = ?'}"
+            f" ORDER BY created_at, id LIMIT {_BATCH}"
+        )
+        more = self._q(
+            f"SELECT id, created_at FROM items WHERE {where}"
+            "(created_at > ? OR (created_at = ? AND id > ?))"
+            f" ORDER BY created_at, id LIMIT {_BATCH}"
+        )
+        prefix: tuple[Any, ...] = () if state is None else (state.value,)
+        with self._guard:
+            rows = self._run(first, prefix).fetchall()
+        while rows:
+            for row in rows:
+                yield row[0]
+            if len(rows) < _BATCH:
+                return
+            last_id, last_created = rows[-1]
+            with self._guard:
+                rows = self._run(more, (*prefix, last_created, last_created, last_id)).fetchall()
+
+    def get_item(self, item_id: str) -> ItemRecord | None:
+        with self._guard:
+            row = self._run(self._sql_get_item, (item_id,)).fetchone()
+        return None if row is None else _item(row)
+
+    def set_item_state(self, item_id: str, state: ItemState, due_at: datetime | None) -> None:
+        with self._guard:
+            cur = self._run(self._sql_set_state, (state.value, to_ts(due_at), _now(), item_id))
+        if cur.rowcount == 0:
+            raise UnknownItemError(f"unknown item {item_id!r}")
+
+    def count_items(self) -> dict[ItemState, int]:
+        with self._guard:
+            rows = self._run("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall()
+        return {ItemState(state): int(n) for state, n in rows}
+
+    def next_due_at(self, states: Collection[ItemState] | None = None) -> datetime | None:
+        now = _now()
+        filter_ = ""
+        params: tuple[str, ...] = ()
+        if states is not None:
+            if not states:
+                return None
+            filter_ = f" AND state IN ({self._marks(len(states))})"
+            params = tuple(s.value for s in states)
+        # Free items are claimable at due_at; leased ones when both due and expired.
+        sql = self._q(
+            "SELECT (SELECT MIN(due_at) FROM items WHERE due_at IS NOT NULL"
+            f" AND (lease_expires_at IS NULL OR lease_expires_at <= ?){filter_}),"
+            " (SELECT MIN(CASE WHEN lease_expires_at > due_at THEN lease_expires_at"
+            " ELSE due_at END) FROM items WHERE due_at IS NOT NULL"
+            f" AND lease_expires_at > ?{filter_})"
+        )
+        with self._guard:
+            free, leased = self._run(sql, (now, *params, now, *params)).fetchone()
+        found = [t for t in (free, leased) if t is not None]
+        return from_ts(min(found)) if found else None
+
+    # --- stage states -----------------------------------------------------------------
+    def save_stage_state(self, item_id: str, stage: str, state: StageState) -> None:
+        with self._guard:
+            cur = self._run(
+                self._sql_save_state,
+                (
+                    item_id,
+                    stage,
+                    state.status.value,
+                    state.attempt,
+                    to_ts(state.updated_at),
+                    to_ts(state.next_attempt_at),
+                    dumps(state.to_dict()),
+                    item_id,
+                ),
+            )
+        if cur.rowcount == 0:
+            raise UnknownItemError(f"unknown item {item_id!r}")
+
+    def get_stage_state(self, item_id: str, stage: str) -> StageState | None:
+        with self._guard:
+            row = self._run(self._sql_get_state, (item_id, stage)).fetchone()
+        return None if row is None else StageState.from_dict(json.loads(row[0]))
+
+    def get_all_stage_states(self, item_id: str) -> dict[str, StageState]:
+        with self._guard:
+            rows = self._run(self._sql_all_states, (item_id,)).fetchall()
+        return {stage: StageState.from_dict(json.loads(data)) for stage, data in rows}
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        with self._guard:
+            rows = self._run(
+                "SELECT stage, status, COUNT(*) FROM stage_states GROUP BY stage, status"
+            ).fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for stage, status, n in rows:
+            out.setdefault(stage, {})[status] = int(n)
+        return out
+
+    def pending_reviews(
+        self, stage: str | None = None, limit: int | None = None
+    ) -> list[PendingReview]:
+        # Two index-ordered queries instead of one "NULLS LAST" sort, which each
+        # database spells (and optimises) differently: dated entries, then undated.
+        params: tuple[Any, ...] = (StageStatus.AWAITING_REVIEW.value,)
+        where = "status = ?"
+        if stage is not None:
+            where += " AND stage = ?"
+            params += (stage,)
+        found: list[PendingReview] = []
+        for dated in (True, False):
+            remaining = None if limit is None else limit - len(found)
+            if remaining is not None and remaining <= 0:
+                break
+            sql = (
+                f"SELECT item_id, stage, data FROM stage_states WHERE {where} AND updated_at"
+                + (" IS NOT NULL ORDER BY updated_at, item_id, stage" if dated else " IS NULL")
+                + ("" if dated else " ORDER BY item_id, stage")
+                + ("" if remaining is None else f" LIMIT {int(remaining)}")
+            )
+            with self._guard:
+                rows = self._run(self._q(sql), params).fetchall()
+            for item_id, name, data in rows:
+                st = StageState.from_dict(json.loads(data))
+                found.append(
+                    PendingReview(
+                        item_id,
+                        name,
+                        st.updated_at,
+                        st.review_prompt,
+                        dict(st.review_context),
+                        st.review_deadline,
+                        st.attempt,
+                    )
+                )
+        return found
+
+    # --- attempts, reviews, journal -----------------------------------------------------
+    def record_attempt(self, item_id: str, stage: str, record: AttemptRecord) -> None:
+        with self._guard:
+            self._run(self._sql_record_attempt, (item_id, stage, dumps(record.to_dict())))
+
+    def get_attempts(self, item_id: str, stage: str) -> list[AttemptRecord]:
+        with self._guard:
+            rows = self._run(
+                self._q("SELECT data FROM attempts WHERE item_id = ? AND stage = ? ORDER BY id"),
+                (item_id, stage),
+            ).fetchall()
+        return [AttemptRecord.from_dict(json.loads(row[0])) for row in rows]
+
+    def record_review(self, item_id: str, stage: str, record: ReviewRecord) -> None:
+        with self._guard:
+            self._run(self._sql_record_review, (item_id, stage, dumps(record.to_dict())))
+
+    def get_reviews(self, item_id: str, stage: str | None = None) -> list[ReviewRecord]:
+        sql = "SELECT data FROM reviews WHERE item_id = ?"
+        params: tuple[str, ...] = (item_id,)
+        if stage is not None:
+            sql += " AND stage = ?"
+            params += (stage,)
+        sql += " ORDER BY id"
+        with self._guard:
+            rows = self._run(self._q(sql), params).fetchall()
+        return [ReviewRecord.from_dict(json.loads(row[0])) for row in rows]
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        rows = [(e.item_id, e.stage, e.kind, to_ts(e.at), dumps(e.to_dict())) for e in events]
+        # SQLite allows 32766 parameters per statement: 5 per row stays well under.
+        per = 200
+        with self._guard:
+            for i in range(0, len(rows), per):
+                chunk = rows[i : i + per]
+                self._run(
+                    "INSERT INTO events (item_id, stage, type, at, data) VALUES "
+                    + ", ".join([self._sql_event_row] * len(chunk)),
+                    [v for row in chunk for v in row],
+                )
+
+    def read_events(
+        self, item_id: str | None = None, after: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        sql = "SELECT id, data FROM events WHERE id > ?"
+        params: tuple[Any, ...] = (after,)
+        if item_id is not None:
+            sql += " AND item_id = ?"
+            params += (item_id,)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._guard:
+            rows = self._run(self._q(sql), params).fetchall()
+        return [StoredEvent(int(id_), Event.from_dict(json.loads(data))) for id_, data in rows]
+
+    # --- leases ---------------------------------------------------------------------------
+    def lock_item(self, item_id: str, lease: Lease | None = None) -> ItemRecord:
+        with self._guard:
+            row = self._run(self._sql_lock_item, (item_id,)).fetchone()
+        if row is None:
+            raise UnknownItemError(f"unknown item {item_id!r}")
+        rec = _item(row)
+        if lease is not None and rec.lease_token != lease.token:
+            raise LeaseLostError(
+                f"item {item_id!r}: lease {lease.token} held by {lease.worker_id!r} "
+                f"was lost (current token {rec.lease_token}, owner {rec.lease_owner!r})"
+            )
+        return rec
+
+    def claim(
+        self,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        item_ids: Sequence[str] | None = None,
+    ) -> list[Lease]:
+        if limit <= 0 or (item_ids is not None and not item_ids):
+            return []
+        now = utcnow()
+        expires = now + timedelta(seconds=lease_seconds)
+        now_ts = now.timestamp()
+        with self.transaction():
+            if item_ids is None:
+                found = self._run(self._sql_claim_due, (now_ts, now_ts, limit)).fetchall()
+            else:
+                wanted = list(dict.fromkeys(item_ids))
+                tokens: dict[str, int] = {}
+                for chunk in _chunks(wanted):
+                    sql = self._q(
+                        f"SELECT id, lease_token FROM items WHERE id IN ({self._marks(len(chunk))})"
+                        " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
+                    )
+                    rows = self._run(sql + self._for_update_skip, (*chunk, now_ts)).fetchall()
+                    tokens.update((item_id, token) for item_id, token in rows)
+                found = [(i, tokens[i]) for i in wanted if i in tokens][:limit]
+            if not found:
+                return []
+            ids = [item_id for item_id, _ in found]
+            for chunk in _chunks(ids):
+                self._run(
+                    self._q(
+                        "UPDATE items SET lease_owner = ?, lease_token = lease_token + 1,"
+                        " lease_expires_at = ?"
+                    )
+                    + f" WHERE id IN ({self._marks(len(chunk))})",
+                    (worker_id, expires.timestamp(), *chunk),
+                )
+        return [Lease(item_id, worker_id, token + 1, expires) for item_id, token in found]
+
+    def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[Lease]:
+        if not leases:
+            return []
+        expires = utcnow() + timedelta(seconds=lease_seconds)
+        renewed: list[Lease] = []
+        with self.transaction():
+            for lease in leases:
+                cur = self._run(self._sql_renew, (expires.timestamp(), lease.item_id, lease.token))
+                if cur.rowcount:
+                    renewed.append(Lease(lease.item_id, lease.worker_id, lease.token, expires))
+        return renewed
+
+    def release(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+        with self.transaction():
+            for lease in leases:
+                self._run(self._sql_release, (lease.item_id, lease.token))
+
+    def prune(self, completed_before: datetime, limit: int = 500) -> list[str]:
+        if limit <= 0:
+            return []
+        with self.transaction():
+            rows = self._run(
+                self._q(
+                    "SELECT id FROM items WHERE state = ? AND updated_at < ?"
+                    f" ORDER BY updated_at LIMIT ?{self._for_update_skip}"
+                ),
+                (ItemState.COMPLETE.value, completed_before.timestamp(), limit),
+            ).fetchall()
+            ids = [row[0] for row in rows]
+            self._delete_items(ids)
+        return ids
+
+
+def _close_quietly(conn: Any) -> None:
+    # Already closed, or its server is gone: nothing is left to release.
+    with suppress(Exception):
+        conn.close()
+
+
+# --- opening stores by URL ----------------------------------------------------------
+
+
+def _memory_store(url: str, **options: Any) -> StateStore:
+    if options:
+        raise StoreError(f"memory:// takes no options (got {', '.join(sorted(options))})")
+    return MemoryStateStore()
+
+
+StoreFactory = Callable[..., StateStore]
+
+#: URL scheme -> ``factory(url, **options)``; plugins add schemes through `register_scheme`.
+STORE_SCHEMES: dict[str, StoreFactory] = {
+    "sqlite": SqlStateStore,
+    "postgresql": SqlStateStore,
+    "postgres": SqlStateStore,
+    "mysql": SqlStateStore,
+    "memory": _memory_store,
+}
+
+
+def register_scheme(scheme: str, factory: StoreFactory) -> None:
+    """Make ``open_store`` open ``scheme://...`` URLs with ``factory(url, **options)``."""
+    scheme = scheme.lower().removesuffix("://")
+    if not scheme or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+        raise ValueError(f"{scheme!r} is not a URL scheme (like 'redis' or 'sqlite')")
+    STORE_SCHEMES[scheme] = factory
+
+
+def open_store(url: str | None = None, **options: Any) -> StateStore:
+    """The store a URL names; default ``$TREADLE_STORE``, else ``sqlite:///.treadle/state.db``."""
+    url = url or os.environ.get("TREADLE_STORE") or DEFAULT_URL
+    known = ", ".join(f"{s}://" for s in sorted(STORE_SCHEMES))
+    scheme, sep, _ = url.partition(":")
+    if not sep or not scheme.isascii() or len(scheme) < 2:
+        # No scheme, or a Windows drive letter ("C:\..."): most likely a file path.
+        raise StoreError(
+            f"store URL {url!r} has no scheme; for a SQLite file write sqlite:///{url} "
+            f"(known schemes: {known})"
+        )
+    factory = STORE_SCHEMES.get(scheme.lower())
+    if factory is None:
+        raise StoreError(
+            f"store URL {_redact(url)!r}: unknown scheme {scheme!r}; known schemes: {known} "
+            "(a plugin may add more: see `treadle plugins list`)"
+        )
+    return factory(url, **options)
+
+
+__all__ = [
+    "DEFAULT_URL",
+    "MIGRATIONS",
+    "STORE_SCHEMES",
+    "SqlStateStore",
+    "open_store",
+    "register_scheme",
+]

@@ -1,0 +1,608 @@
+"""SqlStateStore beyond the contract: URLs, SQLite settings, migrations, processes, threads."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import peewee
+import pytest
+
+from treadle_core.errors import SchemaVersionError, StoreError
+from treadle_core.events import StageStarted
+from treadle_core.model import AttemptRecord, ItemState, StageState, StageStatus, utcnow
+from treadle_core.store import sql
+from treadle_core.store.memory import MemoryStateStore
+from treadle_core.store.sql import MIGRATIONS, SqlStateStore, open_store, register_scheme
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/state.db"
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[SqlStateStore]:
+    with SqlStateStore(sqlite_url) as store:
+        yield store
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    fixture = "pg_url" if request.param == "postgres" else "mysql_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
+def server_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue("pg_url" if request.param == "postgres" else "mysql_url")
+    return url
+
+
+def pragma(store: SqlStateStore, name: str) -> Any:
+    return store._run(f"PRAGMA {name}").fetchone()[0]
+
+
+# --- URLs ---------------------------------------------------------------------------
+
+
+def test_sqlite_url_with_two_slashes_names_the_fix() -> None:
+    with pytest.raises(StoreError, match=r"SQLite URLs take three slashes: sqlite:///x\.db"):
+        open_store("sqlite://x.db")
+
+
+def test_sqlite_url_without_a_file_names_the_fix() -> None:
+    with pytest.raises(StoreError, match=r"names no file: use sqlite:///\.treadle/state\.db"):
+        open_store("sqlite:///")
+
+
+def test_url_without_a_scheme_suggests_sqlite() -> None:
+    with pytest.raises(StoreError, match=r"has no scheme; .* sqlite:///state\.db"):
+        open_store("state.db")
+
+
+def test_unknown_scheme_lists_the_known_ones() -> None:
+    with pytest.raises(StoreError) as err:
+        open_store("redis://localhost/0")
+    message = str(err.value)
+    assert "unknown scheme 'redis'" in message
+    for scheme in ("memory://", "mysql://", "postgres://", "postgresql://", "sqlite://"):
+        assert scheme in message
+
+
+@pytest.mark.parametrize(
+    ("query", "complaint"),
+    [
+        ("synchronous=sometimes", "synchronous='sometimes' is not one of off, normal, full"),
+        ("journal=wal", "unknown SQLite option 'journal'; known options: synchronous"),
+        ("busy_timeout=soon", "busy_timeout takes seconds"),
+    ],
+)
+def test_bad_sqlite_options_are_refused(tmp_path: Path, query: str, complaint: str) -> None:
+    with pytest.raises(StoreError, match=complaint):
+        open_store(f"sqlite:///{tmp_path}/state.db?{query}")
+    assert not (tmp_path / "state.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "fix"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432", "postgresql://user@localhost:5432/treadle"),
+        ("mysql://root@127.0.0.1", "mysql://user@localhost:3306/treadle"),
+    ],
+)
+def test_server_url_without_a_database_names_the_fix(url: str, fix: str) -> None:
+    with pytest.raises(StoreError, match=f"names no database: use {fix}"):
+        open_store(url)
+
+
+def test_missing_postgres_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peewee, "psycopg2", None)
+    monkeypatch.setattr(peewee, "psycopg", None)
+    with pytest.raises(StoreError, match=r"pip install 'treadle\[postgres\]'"):
+        open_store("postgres://u@localhost/db")
+
+
+def test_missing_mysql_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peewee, "mysql", None)
+    with pytest.raises(StoreError, match=r"pip install 'treadle\[mysql\]'"):
+        open_store("mysql://u@localhost/db")
+
+
+def test_unreachable_server_is_a_store_error_without_the_password() -> None:
+    with pytest.raises(StoreError, match="cannot open store") as err:
+        open_store("postgresql://treadle:s3cret@127.0.0.1:1/db?connect_timeout=2")
+    assert "s3cret" not in str(err.value)
+    assert "treadle:***@127.0.0.1:1" in str(err.value)
+
+
+def test_memory_url_opens_a_memory_store() -> None:
+    assert isinstance(open_store("memory://"), MemoryStateStore)
+
+
+def test_registered_scheme_opens_through_its_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sql, "STORE_SCHEMES", dict(sql.STORE_SCHEMES))
+    calls: list[tuple[str, dict[str, Any]]] = []
+    made = MemoryStateStore()
+
+    def factory(url: str, **options: Any) -> MemoryStateStore:
+        calls.append((url, options))
+        return made
+
+    register_scheme("Acme", factory)
+    assert open_store("acme://bucket/x", region="eu") is made
+    assert calls == [("acme://bucket/x", {"region": "eu"})]
+    with pytest.raises(StoreError, match="acme://"):
+        open_store("nope://x")
+    with pytest.raises(ValueError, match="is not a URL scheme"):
+        register_scheme("bad scheme", factory)
+
+
+# --- SQLite files and settings ------------------------------------------------------------
+
+
+def test_sqlite_runs_in_wal_mode_with_busy_timeout_and_full_sync(
+    store: SqlStateStore, tmp_path: Path
+) -> None:
+    with sqlite3.connect(tmp_path / "state.db") as plain:
+        assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    seen: list[tuple[Any, Any]] = []
+
+    def in_thread() -> None:  # each thread's own connection gets the same settings
+        seen.append((pragma(store, "busy_timeout"), pragma(store, "synchronous")))
+        store.release_thread()
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert (pragma(store, "busy_timeout"), pragma(store, "synchronous")) == (30000, 2)
+    assert seen == [(30000, 2)]
+
+
+def test_url_and_options_override_sqlite_settings(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path}/a.db?synchronous=normal") as a:
+        assert isinstance(a, SqlStateStore) and pragma(a, "synchronous") == 1
+    with open_store(f"sqlite:///{tmp_path}/b.db", synchronous="off", busy_timeout=2) as b:
+        assert isinstance(b, SqlStateStore)
+        assert (pragma(b, "synchronous"), pragma(b, "busy_timeout")) == (0, 2000)
+
+
+def test_default_store_is_dot_treadle_state_db(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TREADLE_STORE", raising=False)
+    with open_store() as store:
+        assert isinstance(store, SqlStateStore) and store.durable
+        store.save_work_item_data("a", {})
+    assert (tmp_path / ".treadle" / "state.db").is_file()
+
+
+def test_treadle_store_variable_names_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TREADLE_STORE", "sqlite:///elsewhere/x.db")
+    with open_store():
+        pass
+    assert (tmp_path / "elsewhere" / "x.db").is_file()
+    assert not (tmp_path / ".treadle").exists()
+
+
+def test_relative_and_absolute_paths_and_missing_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open_store("sqlite:///rel/deeper/r.db"):
+        pass
+    assert (tmp_path / "rel" / "deeper" / "r.db").is_file()
+    absolute = tmp_path / "abs" / "a.db"
+    with open_store(f"sqlite:///{absolute}"):  # the path itself starts with "/"
+        pass
+    assert absolute.is_file()
+
+
+def test_in_memory_sqlite_is_one_database_for_every_thread() -> None:
+    with SqlStateStore("sqlite:///:memory:") as store:
+        assert not store.durable
+        store.save_work_item_data("a", {"n": 1})
+        seen: list[Any] = []
+        thread = threading.Thread(target=lambda: seen.append(store.get_work_item_data("a")))
+        thread.start()
+        thread.join()
+        assert seen == [{"n": 1}]
+
+
+# --- migrations ----------------------------------------------------------------------------
+
+# The schema as Treadle's first release wrote it, in plain SQLite.
+V1_SCHEMA = """
+CREATE TABLE treadle_schema (version INTEGER NOT NULL);
+INSERT INTO treadle_schema (version) VALUES (1);
+CREATE TABLE items (id VARCHAR(255) NOT NULL PRIMARY KEY, data TEXT NOT NULL,
+  state VARCHAR(32) NOT NULL, due_at REAL, lease_owner VARCHAR(255),
+  lease_token INTEGER NOT NULL DEFAULT 0, lease_expires_at REAL,
+  created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE INDEX items_due_at ON items (due_at);
+CREATE INDEX items_state ON items (state);
+CREATE INDEX items_created ON items (created_at, id);
+CREATE TABLE stage_states (item_id VARCHAR(255) NOT NULL, stage VARCHAR(255) NOT NULL,
+  status VARCHAR(32) NOT NULL, attempt INTEGER NOT NULL, updated_at REAL,
+  data TEXT NOT NULL, PRIMARY KEY (item_id, stage));
+CREATE TABLE attempts (id INTEGER PRIMARY KEY, item_id VARCHAR(255) NOT NULL,
+  stage VARCHAR(255) NOT NULL, data TEXT NOT NULL);
+CREATE INDEX attempts_item_stage ON attempts (item_id, stage);
+CREATE TABLE reviews (id INTEGER PRIMARY KEY, item_id VARCHAR(255) NOT NULL,
+  stage VARCHAR(255) NOT NULL, data TEXT NOT NULL);
+CREATE INDEX reviews_item ON reviews (item_id);
+CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, item_id VARCHAR(255) NOT NULL,
+  stage VARCHAR(255), type VARCHAR(64) NOT NULL, at REAL NOT NULL, data TEXT NOT NULL);
+CREATE INDEX events_item ON events (item_id, id);
+"""
+
+
+def _v1_rows(t: float) -> list[tuple[str, tuple[Any, ...]]]:
+    state = StageState(
+        StageStatus.PENDING, attempt=1, next_attempt_at=utcnow(), updated_at=utcnow()
+    )
+    return [
+        (
+            "INSERT INTO items VALUES (?, ?, 'scheduled', ?, NULL, 3, NULL, ?, ?)",
+            ("doc-1", '{"path": "a.pdf"}', t + 60, t, t),
+        ),
+        (
+            "INSERT INTO stage_states VALUES ('doc-1', 'extract', 'pending', 1, ?, ?)",
+            (t, json.dumps(state.to_dict())),
+        ),
+    ]
+
+
+def test_v1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    t = utcnow().timestamp()
+    with sqlite3.connect(path) as old:
+        old.executescript(V1_SCHEMA)
+        for statement, params in _v1_rows(t):
+            old.execute(statement, params)
+    old.close()
+    with SqlStateStore(f"sqlite:///{path}") as store:
+        assert store.schema_version() == len(MIGRATIONS) >= 2
+        rec = store.get_item("doc-1")
+        assert rec is not None and (rec.state, rec.lease_token) == (ItemState.SCHEDULED, 3)
+        assert store.get_work_item_data("doc-1") == {"path": "a.pdf"}
+        state = store.get_stage_state("doc-1", "extract")
+        assert state is not None and state.attempt == 1
+        assert store.next_due_at() == rec.due_at
+    with sqlite3.connect(path) as plain:
+        (backfilled,) = plain.execute("SELECT next_attempt_at FROM stage_states").fetchone()
+        indexes = {row[1] for row in plain.execute("PRAGMA index_list(stage_states)")}
+    plain.close()
+    assert state.next_attempt_at is not None and backfilled == state.next_attempt_at.timestamp()
+    assert {"stage_states_review", "stage_states_summary"} <= indexes
+
+
+def test_fresh_database_records_the_current_version(store: SqlStateStore, sqlite_url: str) -> None:
+    assert store.schema_version() == len(MIGRATIONS)
+    store.save_work_item_data("a", {})
+    with SqlStateStore(sqlite_url) as again:  # opening again runs nothing
+        assert again.schema_version() == len(MIGRATIONS)
+        assert again.get_work_item_data("a") == {}
+
+
+def _set_version(path: Path, version: int) -> None:
+    with sqlite3.connect(path) as plain:
+        plain.execute("UPDATE treadle_schema SET version = ?", (version,))
+    plain.close()
+
+
+def test_newer_database_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    with SqlStateStore(f"sqlite:///{path}") as store:
+        store.save_work_item_data("a", {"n": 1})
+    _set_version(path, len(MIGRATIONS) + 3)
+    before = path.read_bytes()
+    with pytest.raises(SchemaVersionError) as err:
+        SqlStateStore(f"sqlite:///{path}")
+    assert str(err.value) == (
+        f"database at sqlite:///{path} has schema version {len(MIGRATIONS) + 3}, this Treadle "
+        f"understands up to {len(MIGRATIONS)}; upgrade treadle (pip install -U treadle)"
+    )
+    assert path.read_bytes() == before
+    assert not Path(f"{path}-wal").exists()
+
+
+def test_newer_rollback_journal_database_is_not_switched_to_wal(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    with sqlite3.connect(path) as plain:
+        plain.executescript(V1_SCHEMA)
+    plain.close()
+    _set_version(path, 99)
+    before = path.read_bytes()
+    with pytest.raises(SchemaVersionError, match="schema version 99"):
+        open_store(f"sqlite:///{path}")
+    assert path.read_bytes() == before
+    with sqlite3.connect(path) as plain:
+        assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    plain.close()
+
+
+def test_failed_migration_leaves_the_database_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(V1_SCHEMA)
+    old.close()
+
+    def broken(db: peewee.Database) -> None:
+        db.execute_sql("CREATE TABLE half_done (x INTEGER)")
+        raise RuntimeError("migration 3 broke")
+
+    monkeypatch.setattr(sql, "MIGRATIONS", [*MIGRATIONS, broken])
+    with pytest.raises(RuntimeError, match="migration 3 broke"):
+        SqlStateStore(f"sqlite:///{path}")
+    with sqlite3.connect(path) as plain:
+        assert plain.execute("SELECT version FROM treadle_schema").fetchall() == [(1,)]
+        tables = {row[0] for row in plain.execute("SELECT name FROM sqlite_master")}
+        columns = {row[1] for row in plain.execute("PRAGMA table_info(stage_states)")}
+    plain.close()
+    assert "half_done" not in tables and "next_attempt_at" not in columns
+
+
+def test_server_database_at_v1_is_migrated_in_place(server_url: str) -> None:
+    store = SqlStateStore(server_url)
+    store.save_work_item_data("doc-1", {"path": "a.pdf"})
+    store.save_stage_state("doc-1", "extract", StageState(StageStatus.RUNNING, attempt=1))
+    # Take the database back to version 1: drop what migration 2 added.
+    db = store._db
+    for index in ("stage_states_review", "stage_states_summary"):
+        db.execute_sql(
+            f"DROP INDEX {index} ON stage_states"
+            if store.dialect == "mysql"
+            else f"DROP INDEX {index}"
+        )
+    db.execute_sql("ALTER TABLE stage_states DROP COLUMN next_attempt_at")
+    db.execute_sql("UPDATE treadle_schema SET version = 1")
+    store.close()
+    with SqlStateStore(server_url) as again:
+        assert again.schema_version() == len(MIGRATIONS)
+        assert again.get_work_item_data("doc-1") == {"path": "a.pdf"}
+        assert again.summary() == {"extract": {"running": 1}}
+        again._run("SELECT next_attempt_at FROM stage_states").fetchall()
+
+
+def test_newer_server_database_is_refused(server_url: str) -> None:
+    with SqlStateStore(server_url) as store:
+        store._run("UPDATE treadle_schema SET version = 42")
+    with pytest.raises(SchemaVersionError, match="has schema version 42, this Treadle"):
+        SqlStateStore(server_url)
+
+
+# --- statements per call ------------------------------------------------------------
+
+
+def test_hot_path_calls_are_one_statement_each(any_url: str) -> None:
+    with SqlStateStore(any_url) as store:
+        store.save_work_item_data("a", {})
+        (lease,) = store.claim("w1", 1, 60)
+        statements: list[str] = []
+        store._db.query_hooks.append(lambda event: statements.append(event.sql))
+
+        def count(call: Callable[[], object]) -> int:
+            del statements[:]
+            call()
+            return len(statements)
+
+        attempt = AttemptRecord(1, None, None, "complete")
+        events = [StageStarted(item_id="a", stage="x")] * 3
+        with store.transaction():
+            transition = [
+                count(lambda: store.lock_item("a", lease)),
+                count(lambda: store.save_stage_state("a", "x", StageState())),
+                count(lambda: store.record_attempt("a", "x", attempt)),
+                count(lambda: store.get_all_stage_states("a")),
+                count(lambda: store.set_item_state("a", ItemState.RUNNING, None)),
+                count(lambda: store.append_events(events)),
+            ]
+        queries = [count(store.summary), count(store.count_items), count(store.next_due_at)]
+    assert transition == [1] * 6
+    assert queries == [1] * 3
+
+
+# --- processes and threads --------------------------------------------------------------
+
+# Each process opens its store, then waits for the go file, so their work overlaps.
+START = """
+import os, sys, time
+from treadle_core.store.sql import SqlStateStore
+
+store = SqlStateStore(sys.argv[1])
+while not os.path.exists(sys.argv[-1]):
+    time.sleep(0.001)
+"""
+
+CLAIMER = START + textwrap.dedent(
+    """
+    import json
+    claimed = []
+    while leases := store.claim(sys.argv[2], 2, 60):
+        claimed.extend(lease.item_id for lease in leases)
+    store.close()
+    print(json.dumps(claimed))
+    """
+)
+
+COUNTER = START + textwrap.dedent(
+    """
+    for _ in range(int(sys.argv[2])):
+        with store.transaction():
+            store.lock_item("counter")
+            n = store.get_work_item_data("counter")["n"]
+            store.save_work_item_data("counter", {"n": n + 1})
+    store.close()
+    """
+)
+
+
+def _run_processes(go: Path, script: str, *argv_lists: list[str]) -> list[str]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *argv, str(go)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in argv_lists
+    ]
+    go.touch()
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        outputs.append(out)
+    return outputs
+
+
+def test_claims_from_processes_never_share_an_item(
+    store: SqlStateStore, sqlite_url: str, tmp_path: Path
+) -> None:
+    ids = [f"item-{n:03d}" for n in range(300)]
+    with store.transaction():
+        for item_id in ids:
+            store.save_work_item_data(item_id, {})
+    outputs = _run_processes(tmp_path / "go", CLAIMER, *([sqlite_url, f"w{n}"] for n in range(4)))
+    per_process = [json.loads(out) for out in outputs]
+    assert sorted(i for claimed in per_process for i in claimed) == ids
+    assert sum(1 for claimed in per_process if claimed) >= 2, "the processes never overlapped"
+
+
+def test_write_transactions_from_processes_lose_no_update(
+    store: SqlStateStore, sqlite_url: str, tmp_path: Path
+) -> None:
+    store.save_work_item_data("counter", {"n": 0})
+    _run_processes(tmp_path / "go", COUNTER, *([sqlite_url, "40"] for _ in range(4)))
+    assert store.get_work_item_data("counter") == {"n": 160}
+
+
+def test_claims_from_threads_sharing_a_store_never_share_an_item(any_url: str) -> None:
+    ids = [f"item-{n:03d}" for n in range(200)]
+    with SqlStateStore(any_url) as store:
+        with store.transaction():
+            for item_id in ids:
+                store.save_work_item_data(item_id, {})
+        claimed: list[list[str]] = [[] for _ in range(6)]
+        errors: list[BaseException] = []
+        start = threading.Barrier(len(claimed))
+
+        def work(n: int) -> None:
+            try:
+                start.wait()
+                while leases := store.claim(f"w{n}", 1, 60):
+                    claimed[n].extend(lease.item_id for lease in leases)
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                store.release_thread()
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(len(claimed))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert sorted(i for per in claimed for i in per) == ids
+
+
+def test_claim_skips_an_item_a_writer_has_locked(server_url: str) -> None:
+    with SqlStateStore(server_url) as store:
+        store.save_work_item_data("busy", {})
+        store.save_work_item_data("free", {})
+        locked, go_on = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with store.transaction():
+                store.lock_item("busy")
+                locked.set()
+                go_on.wait(30)
+            store.release_thread()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            assert locked.wait(30)
+            # SKIP LOCKED: no waiting for the writer, and no double claim.
+            assert [lease.item_id for lease in store.claim("w1", 10, 60)] == ["free"]
+        finally:
+            go_on.set()
+            thread.join()
+        assert [lease.item_id for lease in store.claim("w1", 10, 60)] == ["busy"]
+
+
+def test_reads_do_not_wait_for_an_open_write_transaction(sqlite_url: str) -> None:
+    with SqlStateStore(sqlite_url, busy_timeout=1) as store:
+        store.save_work_item_data("a", {"v": 1})
+        seen: list[Any] = []
+        with store.transaction():
+            store.save_work_item_data("a", {"v": 2})
+            thread = threading.Thread(target=lambda: seen.append(store.get_work_item_data("a")))
+            thread.start()
+            thread.join()
+        assert seen == [{"v": 1}]
+        assert store.get_work_item_data("a") == {"v": 2}
+
+
+def test_release_thread_closes_only_the_callers_connection(store: SqlStateStore) -> None:
+    store.save_work_item_data("a", {})
+    closed: list[bool] = []
+
+    def in_thread() -> None:
+        store.get_item("a")
+        store.release_thread()
+        closed.append(store._db.is_closed())
+        assert store.get_item("a") is not None  # opens a new one on demand
+        store.release_thread()
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert closed == [True]
+    assert not store._db.is_closed()
+
+
+def test_close_closes_the_connections_of_every_thread(sqlite_url: str, tmp_path: Path) -> None:
+    store = SqlStateStore(sqlite_url)
+    store.save_work_item_data("a", {})
+    threads = [threading.Thread(target=store.get_item, args=("a",)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wal = tmp_path / "state.db-wal"
+    assert wal.exists()
+    store.close()
+    # SQLite removes the WAL file when the last connection to the database closes.
+    assert not wal.exists()

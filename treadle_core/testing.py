@@ -1,0 +1,759 @@
+"""Test helpers for Treadle users and plugin authors; first of all the store contract.
+
+Every `StateStore` must pass `StoreContract`. Subclass it in a test module and give
+it a ``store`` fixture yielding a fresh, empty store; a durable store also
+overrides ``reopen`` with a fixture returning a callable that opens another store
+object on the same data (as another process would)::
+
+    class TestMyStore(StoreContract):
+        @pytest.fixture
+        def store(self, tmp_path):
+            with MyStore(tmp_path / "db") as store:
+                yield store
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from .errors import LeaseLostError, UnknownItemError
+from .events import (
+    Event,
+    FanOutStarted,
+    RetryScheduled,
+    ReviewRequired,
+    StageCompleted,
+    StageFailed,
+    StageStarted,
+    SubTaskFailed,
+)
+from .model import (
+    AttemptRecord,
+    ItemState,
+    ReviewRecord,
+    StageState,
+    StageStatus,
+    SubTask,
+    utcnow,
+)
+from .quality import CriterionResult, QualityFeedback
+from .store.base import StateStore
+
+Reopen = Callable[[], StateStore]
+
+
+def _wait_until_after(moment: datetime) -> None:
+    """Return once the clock has moved past ``moment`` (clocks may tick coarsely)."""
+    while utcnow() <= moment:
+        time.sleep(0.001)
+
+
+def _close_to(value: datetime | None, expected: datetime, slack: float = 5.0) -> bool:
+    return value is not None and abs((value - expected).total_seconds()) <= slack
+
+
+class StoreContract:
+    """The behaviour every `StateStore` shares; subclass it with a ``store`` fixture."""
+
+    @pytest.fixture
+    def store(self) -> Iterator[StateStore]:
+        raise NotImplementedError("a StoreContract subclass provides a `store` fixture")
+        yield  # pragma: no cover
+
+    @pytest.fixture
+    def reopen(self) -> Reopen | None:
+        """A callable opening another store on the same data; None: the store is not durable."""
+        return None
+
+    # --- helpers ---------------------------------------------------------------------
+    @staticmethod
+    def add(store: StateStore, *item_ids: str, **data: Any) -> None:
+        for item_id in item_ids:
+            store.save_work_item_data(item_id, dict(data))
+
+    @staticmethod
+    def full_state() -> StageState:
+        t = datetime(2024, 5, 17, 9, 30, 15, 123456).astimezone()
+        return StageState(
+            status=StageStatus.AWAITING_REVIEW,
+            attempt=3,
+            started_at=t,
+            completed_at=t + timedelta(seconds=2.5),
+            error="Retry: timed out\nTraceback ...",
+            next_attempt_at=t + timedelta(minutes=5),
+            subtasks=[
+                SubTask(
+                    "page-1",
+                    StageStatus.COMPLETE,
+                    attempt=1,
+                    metadata={"pages": [1, 2]},
+                    artefact={"text": "héllo"},
+                ),
+                SubTask(
+                    "page-2",
+                    StageStatus.FAILED,
+                    attempt=2,
+                    error="boom",
+                    next_attempt_at=t + timedelta(seconds=30),
+                    budget_start=1,
+                ),
+            ],
+            metadata={"model": "x-1", "cost": 0.25, "tags": ["a", "b"], "none": None},
+            artefact={"summary": "ok", "scores": [1, 2.5, None], "nested": {"deep": True}},
+            updated_at=t + timedelta(seconds=3),
+            review_deadline=t + timedelta(days=1),
+            review_prompt="Is this right?",
+            review_context={"diff": "+a\n-b", "n": 2},
+            budget_start=2,
+            recoveries=1,
+        )
+
+    # --- items --------------------------------------------------------------------------
+    def test_new_item_is_ready_and_due_now(self, store: StateStore) -> None:
+        before = utcnow()
+        store.save_work_item_data("doc-1", {"path": "a.pdf"})
+        after = utcnow()
+        rec = store.get_item("doc-1")
+        assert rec is not None
+        assert rec.state == ItemState.READY
+        assert rec.due_at is not None and before <= rec.due_at <= after
+        assert (rec.lease_owner, rec.lease_token, rec.lease_expires_at) == (None, 0, None)
+        assert rec.created_at is not None and before <= rec.created_at
+        assert store.get_work_item_data("doc-1") == {"path": "a.pdf"}
+
+    def test_saving_data_again_only_updates_data(self, store: StateStore) -> None:
+        self.add(store, "doc-1", v=1)
+        later = utcnow() + timedelta(hours=1)
+        store.set_item_state("doc-1", ItemState.SCHEDULED, later)
+        store.save_work_item_data("doc-1", {"v": 2})
+        rec = store.get_item("doc-1")
+        assert rec is not None
+        assert (rec.state, rec.due_at) == (ItemState.SCHEDULED, later)
+        assert store.get_work_item_data("doc-1") == {"v": 2}
+
+    def test_item_data_round_trips_json(self, store: StateStore) -> None:
+        data = {"s": "naïve ☃", "n": 3, "f": 0.1, "b": False, "z": None, "l": [1, [2, {"x": "y"}]]}
+        store.save_work_item_data("doc-1", data)
+        assert store.get_work_item_data("doc-1") == data
+
+    def test_unknown_item_has_no_record_and_no_data(self, store: StateStore) -> None:
+        assert store.get_item("nope") is None
+        assert store.get_work_item_data("nope") is None
+        assert store.get_stage_state("nope", "extract") is None
+        assert store.get_all_stage_states("nope") == {}
+
+    def test_item_ids_are_case_sensitive_and_unicode(self, store: StateStore) -> None:
+        self.add(store, "Doc", which="upper")
+        self.add(store, "doc", which="lower")
+        self.add(store, "dóc/ü 1", which="unicode")
+        assert store.get_work_item_data("Doc") == {"which": "upper"}
+        assert store.get_work_item_data("doc") == {"which": "lower"}
+        assert store.get_work_item_data("dóc/ü 1") == {"which": "unicode"}
+
+    def test_set_item_state_records_state_and_due_at(self, store: StateStore) -> None:
+        self.add(store, "doc-1")
+        due = utcnow() + timedelta(minutes=3)
+        store.set_item_state("doc-1", ItemState.SCHEDULED, due)
+        rec = store.get_item("doc-1")
+        assert rec is not None and (rec.state, rec.due_at) == (ItemState.SCHEDULED, due)
+        store.set_item_state("doc-1", ItemState.COMPLETE, None)
+        rec = store.get_item("doc-1")
+        assert rec is not None and (rec.state, rec.due_at) == (ItemState.COMPLETE, None)
+
+    def test_set_item_state_of_unknown_item_raises(self, store: StateStore) -> None:
+        with pytest.raises(UnknownItemError):
+            store.set_item_state("nope", ItemState.RUNNING, None)
+        assert store.get_item("nope") is None
+
+    def test_list_work_items_oldest_first(self, store: StateStore) -> None:
+        self.add(store, "c", "a", "b")
+        assert list(store.list_work_items()) == ["c", "a", "b"]
+
+    def test_list_work_items_filters_by_state(self, store: StateStore) -> None:
+        self.add(store, "a", "b", "c")
+        store.set_item_state("b", ItemState.FAILED, None)
+        assert list(store.list_work_items(ItemState.READY)) == ["a", "c"]
+        assert list(store.list_work_items(ItemState.FAILED)) == ["b"]
+        assert list(store.list_work_items(ItemState.COMPLETE)) == []
+
+    def test_list_work_items_goes_past_a_thousand(self, store: StateStore) -> None:
+        ids = [f"item-{n:05d}" for n in range(1234)]
+        with store.transaction():
+            self.add(store, *ids)
+        assert list(store.list_work_items()) == ids
+
+    def test_count_items_per_state(self, store: StateStore) -> None:
+        assert store.count_items() == {}
+        self.add(store, "a", "b", "c", "d")
+        store.set_item_state("c", ItemState.COMPLETE, None)
+        store.set_item_state("d", ItemState.COMPLETE, None)
+        assert store.count_items() == {ItemState.READY: 2, ItemState.COMPLETE: 2}
+
+    def test_delete_work_item_removes_everything(self, store: StateStore) -> None:
+        for item_id in ("gone", "kept"):
+            self.add(store, item_id)
+            store.save_stage_state(item_id, "extract", StageState(StageStatus.COMPLETE))
+            store.record_attempt(item_id, "extract", AttemptRecord(1, None, None, "complete"))
+            store.record_review(item_id, "extract", ReviewRecord("approve", "ann", None, utcnow()))
+            store.append_events([StageCompleted(item_id=item_id, stage="extract")])
+        store.delete_work_item("gone")
+        assert store.get_item("gone") is None
+        assert store.get_work_item_data("gone") is None
+        assert store.get_all_stage_states("gone") == {}
+        assert store.get_attempts("gone", "extract") == []
+        assert store.get_reviews("gone") == []
+        assert [e.event.item_id for e in store.read_events()] == ["kept"]
+        assert list(store.list_work_items()) == ["kept"]
+        assert store.summary() == {"extract": {"complete": 1}}
+        assert len(store.get_attempts("kept", "extract")) == 1
+        assert len(store.get_reviews("kept")) == 1
+
+    def test_delete_unknown_item_does_nothing(self, store: StateStore) -> None:
+        self.add(store, "kept")
+        store.delete_work_item("nope")
+        assert list(store.list_work_items()) == ["kept"]
+
+    # --- stage states ------------------------------------------------------------------
+    def test_state_round_trips_every_field(self, store: StateStore) -> None:
+        self.add(store, "doc-1")
+        state = self.full_state()
+        store.save_stage_state("doc-1", "extract", state)
+        assert store.get_stage_state("doc-1", "extract") == state
+        assert store.get_all_stage_states("doc-1") == {"extract": state}
+
+    def test_artefact_near_the_size_limit_round_trips(self, store: StateStore) -> None:
+        self.add(store, "doc-1")
+        big = {"text": "x" * 1_000_000}
+        store.save_stage_state("doc-1", "extract", StageState(StageStatus.COMPLETE, artefact=big))
+        store.record_attempt("doc-1", "extract", AttemptRecord(1, None, None, "ok", artefact=big))
+        state = store.get_stage_state("doc-1", "extract")
+        assert state is not None and state.artefact == big
+        assert store.get_attempts("doc-1", "extract")[0].artefact == big
+
+    def test_save_stage_state_replaces_the_previous_one(self, store: StateStore) -> None:
+        self.add(store, "doc-1")
+        store.save_stage_state("doc-1", "extract", StageState(StageStatus.RUNNING, attempt=1))
+        store.save_stage_state("doc-1", "extract", StageState(StageStatus.FAILED, attempt=2))
+        assert store.get_stage_state("doc-1", "extract") == StageState(StageStatus.FAILED, 2)
+        assert store.summary() == {"extract": {"failed": 1}}
+
+    def test_save_stage_state_of_unknown_item_raises(self, store: StateStore) -> None:
+        with pytest.raises(UnknownItemError):
+            store.save_stage_state("nope", "extract", StageState())
+        assert store.get_stage_state("nope", "extract") is None
+        assert store.summary() == {}
+
+    def test_stored_state_is_a_copy(self, store: StateStore) -> None:
+        self.add(store, "doc-1")
+        state = StageState(metadata={"n": 1})
+        store.save_stage_state("doc-1", "extract", state)
+        state.metadata["n"] = 2
+        got = store.get_stage_state("doc-1", "extract")
+        assert got is not None and got.metadata == {"n": 1}
+        got.metadata["n"] = 3
+        again = store.get_stage_state("doc-1", "extract")
+        assert again is not None and again.metadata == {"n": 1}
+
+    def test_get_all_stage_states_returns_only_that_items_stages(self, store: StateStore) -> None:
+        self.add(store, "a", "b")
+        store.save_stage_state("a", "extract", StageState(StageStatus.COMPLETE))
+        store.save_stage_state("a", "parse", StageState(StageStatus.RUNNING, attempt=1))
+        store.save_stage_state("b", "extract", StageState(StageStatus.FAILED))
+        assert store.get_all_stage_states("a") == {
+            "extract": StageState(StageStatus.COMPLETE),
+            "parse": StageState(StageStatus.RUNNING, attempt=1),
+        }
+
+    def test_summary_counts_per_stage_and_status(self, store: StateStore) -> None:
+        self.add(store, "a", "b", "c")
+        store.save_stage_state("a", "extract", StageState(StageStatus.COMPLETE))
+        store.save_stage_state("b", "extract", StageState(StageStatus.COMPLETE))
+        store.save_stage_state("c", "extract", StageState(StageStatus.FAILED))
+        store.save_stage_state("a", "approve", StageState(StageStatus.AWAITING_REVIEW))
+        assert store.summary() == {
+            "extract": {"complete": 2, "failed": 1},
+            "approve": {"awaiting_review": 1},
+        }
+
+    def _await_review(self, store: StateStore, item_id: str, stage: str, since: Any) -> None:
+        store.save_stage_state(
+            item_id,
+            stage,
+            StageState(
+                StageStatus.AWAITING_REVIEW,
+                attempt=1,
+                updated_at=since,
+                review_prompt=f"check {item_id}",
+            ),
+        )
+
+    def test_pending_reviews_oldest_first(self, store: StateStore) -> None:
+        t = utcnow()
+        self.add(store, "a", "b", "c", "d")
+        self._await_review(store, "a", "approve", t + timedelta(seconds=2))
+        self._await_review(store, "b", "approve", t)
+        self._await_review(store, "c", "approve", t + timedelta(seconds=1))
+        store.save_stage_state("d", "approve", StageState(StageStatus.COMPLETE, updated_at=t))
+        found = store.pending_reviews()
+        assert [(r.item_id, r.since) for r in found] == [
+            ("b", t),
+            ("c", t + timedelta(seconds=1)),
+            ("a", t + timedelta(seconds=2)),
+        ]
+
+    def test_pending_reviews_without_a_time_come_last(self, store: StateStore) -> None:
+        t = utcnow()
+        self.add(store, "a", "b")
+        self._await_review(store, "a", "approve", None)
+        self._await_review(store, "b", "approve", t)
+        assert [r.item_id for r in store.pending_reviews()] == ["b", "a"]
+        assert [r.item_id for r in store.pending_reviews(limit=1)] == ["b"]
+
+    def test_pending_reviews_filter_by_stage_and_limit(self, store: StateStore) -> None:
+        t = utcnow()
+        self.add(store, "a", "b", "c")
+        for n, item_id in enumerate(("a", "b", "c")):
+            self._await_review(store, item_id, "approve", t + timedelta(seconds=n))
+        self._await_review(store, "a", "legal", t)
+        assert [(r.item_id, r.stage) for r in store.pending_reviews("legal")] == [("a", "legal")]
+        assert [r.item_id for r in store.pending_reviews("approve", limit=2)] == ["a", "b"]
+        assert len(store.pending_reviews()) == 4
+        assert store.pending_reviews("nope") == []
+
+    def test_pending_review_carries_prompt_context_and_deadline(self, store: StateStore) -> None:
+        self.add(store, "doc-1")
+        state = self.full_state()
+        store.save_stage_state("doc-1", "approve", state)
+        (review,) = store.pending_reviews()
+        assert review.item_id == "doc-1" and review.stage == "approve"
+        assert review.since == state.updated_at
+        assert review.prompt == "Is this right?"
+        assert review.context == {"diff": "+a\n-b", "n": 2}
+        assert review.deadline == state.review_deadline
+        assert review.attempt == 3
+
+    # --- attempts, reviews, journal -----------------------------------------------------
+    def test_attempts_round_trip_in_order(self, store: StateStore) -> None:
+        self.add(store, "doc-1")
+        t = utcnow()
+        feedback = QualityFeedback(
+            "too short",
+            [CriterionResult("min-length", 200, 12, False)],
+            guidance={"hint": "include the abstract"},
+        )
+        records = [
+            AttemptRecord(1, t, t + timedelta(seconds=1), "retry", error="Timeout"),
+            AttemptRecord(
+                2,
+                t,
+                None,
+                "complete",
+                summary="12 chars",
+                artefact={"text": "short"},
+                verdict="rejected",
+                feedback=feedback,
+            ),
+            AttemptRecord(1, t, t, "complete", subtask="page-1"),
+        ]
+        for rec in records:
+            store.record_attempt("doc-1", "extract", rec)
+        store.record_attempt("doc-1", "parse", AttemptRecord(1, t, t, "complete"))
+        assert store.get_attempts("doc-1", "extract") == records
+        assert store.get_attempts("doc-1", "parse") == [AttemptRecord(1, t, t, "complete")]
+        assert store.get_attempts("doc-1", "nope") == []
+
+    def test_reviews_round_trip_and_filter_by_stage(self, store: StateStore) -> None:
+        self.add(store, "doc-1")
+        t = utcnow()
+        first = ReviewRecord("reject", "ann", "no", t, reason="wrong total", note="escalated")
+        second = ReviewRecord(
+            "approve_with_edits", None, None, t + timedelta(seconds=1), edited_artefact={"v": 2}
+        )
+        third = ReviewRecord("approve", "bob", "fine", t + timedelta(seconds=2))
+        store.record_review("doc-1", "approve", first)
+        store.record_review("doc-1", "legal", third)
+        store.record_review("doc-1", "approve", second)
+        assert store.get_reviews("doc-1") == [first, third, second]
+        assert store.get_reviews("doc-1", "approve") == [first, second]
+        assert store.get_reviews("doc-1", "nope") == []
+
+    def test_events_round_trip_in_order(self, store: StateStore) -> None:
+        self.add(store, "doc-1")
+        t = utcnow()
+        events: list[Event] = [
+            StageStarted(item_id="doc-1", stage="extract", at=t, attempt=2),
+            RetryScheduled(
+                item_id="doc-1",
+                stage="extract",
+                at=t,
+                attempt=2,
+                max_attempts=3,
+                retry_at=t + timedelta(seconds=4),
+            ),
+            ReviewRequired(item_id="doc-1", stage="approve", at=t, prompt="ok?", context={"a": 1}),
+            FanOutStarted(item_id="doc-1", stage="pages", at=t, subtasks=["p1", "p2"]),
+            SubTaskFailed(item_id="doc-1", stage="pages", at=t, subtask="p2", error="bad"),
+        ]
+        store.append_events(events[:2])
+        store.append_events(events[2:])
+        stored = store.read_events()
+        assert [s.event for s in stored] == events
+        ids = [s.id for s in stored]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids) and ids[0] > 0
+
+    def test_read_events_after_limit_and_item(self, store: StateStore) -> None:
+        self.add(store, "a", "b")
+        store.append_events(
+            [StageStarted(item_id=i, stage="extract") for i in ("a", "b", "a", "b", "a")]
+        )
+        store.append_events([])
+        all_events = store.read_events()
+        assert [e.event.item_id for e in all_events] == ["a", "b", "a", "b", "a"]
+        second = all_events[1].id
+        assert [e.id for e in store.read_events(after=second)] == [e.id for e in all_events[2:]]
+        assert [e.id for e in store.read_events(limit=2)] == [e.id for e in all_events[:2]]
+        only_a = store.read_events("a", after=all_events[0].id, limit=1)
+        assert [e.id for e in only_a] == [all_events[2].id]
+        assert store.read_events(after=all_events[-1].id) == []
+
+    def test_event_ids_keep_growing_after_deletes(self, store: StateStore) -> None:
+        self.add(store, "a", "b")
+        store.append_events([StageStarted(item_id="a"), StageStarted(item_id="b")])
+        last = store.read_events()[-1].id
+        store.delete_work_item("b")
+        store.append_events([StageCompleted(item_id="a")])
+        newest = store.read_events(after=last)
+        assert [type(e.event) for e in newest] == [StageCompleted]
+
+    # --- transactions -------------------------------------------------------------------
+    def test_transaction_commits_every_write(self, store: StateStore) -> None:
+        with store.transaction():
+            self.add(store, "doc-1")
+            store.save_stage_state("doc-1", "extract", StageState(StageStatus.RUNNING))
+            store.append_events([StageStarted(item_id="doc-1", stage="extract")])
+        assert store.get_stage_state("doc-1", "extract") == StageState(StageStatus.RUNNING)
+        assert len(store.read_events("doc-1")) == 1
+
+    def test_transaction_rolls_back_every_write_on_error(self, store: StateStore) -> None:
+        self.add(store, "old")
+        store.save_stage_state("old", "extract", StageState(StageStatus.COMPLETE))
+        store.append_events([StageCompleted(item_id="old", stage="extract")])
+        before_events = store.read_events()
+        t = utcnow()
+        with pytest.raises(RuntimeError, match="boom"), store.transaction():
+            self.add(store, "new")
+            store.save_work_item_data("old", {"changed": True})
+            store.set_item_state("old", ItemState.FAILED, None)
+            store.save_stage_state("old", "extract", StageState(StageStatus.FAILED))
+            store.save_stage_state("new", "extract", StageState(StageStatus.RUNNING))
+            store.record_attempt("old", "extract", AttemptRecord(1, t, t, "failed"))
+            store.record_review("old", "extract", ReviewRecord("reject", "ann", None, t))
+            store.append_events([StageFailed(item_id="old", stage="extract", error="x")])
+            store.claim("w1", 10, 60)
+            raise RuntimeError("boom")
+        assert store.get_item("new") is None
+        assert list(store.list_work_items()) == ["old"]
+        rec = store.get_item("old")
+        assert rec is not None and rec.state == ItemState.READY and rec.lease_owner is None
+        assert store.get_work_item_data("old") == {}
+        assert store.get_stage_state("old", "extract") == StageState(StageStatus.COMPLETE)
+        assert store.get_attempts("old", "extract") == []
+        assert store.get_reviews("old") == []
+        assert store.read_events() == before_events
+        assert store.summary() == {"extract": {"complete": 1}}
+
+    def test_transaction_rolls_back_a_delete(self, store: StateStore) -> None:
+        self.add(store, "doc-1", v=1)
+        store.save_stage_state("doc-1", "extract", StageState(StageStatus.COMPLETE))
+        store.append_events([StageCompleted(item_id="doc-1", stage="extract")])
+        with pytest.raises(RuntimeError), store.transaction():
+            store.delete_work_item("doc-1")
+            raise RuntimeError("boom")
+        assert store.get_work_item_data("doc-1") == {"v": 1}
+        assert store.get_stage_state("doc-1", "extract") == StageState(StageStatus.COMPLETE)
+        assert len(store.read_events("doc-1")) == 1
+
+    def test_nested_transaction_joins_outer(self, store: StateStore, reopen: Reopen | None) -> None:
+        other = None if reopen is None else reopen()
+        with pytest.raises(RuntimeError), store.transaction():
+            with store.transaction():
+                self.add(store, "inner")
+            # The inner block's end commits nothing on its own.
+            assert store.get_item("inner") is not None
+            if other is not None:
+                assert other.get_item("inner") is None
+            raise RuntimeError("outer fails")
+        assert store.get_item("inner") is None
+        with store.transaction(), store.transaction():
+            self.add(store, "kept")
+        assert store.get_item("kept") is not None
+        if other is not None:
+            assert other.get_item("kept") is not None
+
+    # --- leases ----------------------------------------------------------------------------
+    def _due(self, store: StateStore, item_id: str, seconds_from_now: float) -> datetime:
+        self.add(store, item_id)
+        due = utcnow() + timedelta(seconds=seconds_from_now)
+        store.set_item_state(item_id, ItemState.READY, due)
+        return due
+
+    def test_claim_leases_due_items_earliest_first(self, store: StateStore) -> None:
+        self._due(store, "later", -10)
+        self._due(store, "first", -30)
+        self._due(store, "second", -20)
+        self._due(store, "future", 3600)
+        self.add(store, "done")
+        store.set_item_state("done", ItemState.COMPLETE, None)
+        before = utcnow()
+        leases = store.claim("w1", 2, 60)
+        assert [(lease.item_id, lease.worker_id, lease.token) for lease in leases] == [
+            ("first", "w1", 1),
+            ("second", "w1", 1),
+        ]
+        assert _close_to(leases[0].expires_at, before + timedelta(seconds=60))
+        rec = store.get_item("first")
+        assert rec is not None
+        assert (rec.lease_owner, rec.lease_token) == ("w1", 1)
+        assert rec.lease_expires_at == leases[0].expires_at
+        assert [lease.item_id for lease in store.claim("w2", 10, 60)] == ["later"]
+
+    def test_claim_skips_items_not_yet_due(self, store: StateStore) -> None:
+        self._due(store, "future", 3600)
+        self.add(store, "nothing-to-do")
+        store.set_item_state("nothing-to-do", ItemState.AWAITING_REVIEW, None)
+        assert store.claim("w1", 10, 60) == []
+        rec = store.get_item("future")
+        assert rec is not None and rec.lease_owner is None and rec.lease_token == 0
+
+    def test_claim_skips_items_under_live_lease(self, store: StateStore) -> None:
+        self.add(store, "a", "b")
+        (lease,) = store.claim("w1", 1, 60)
+        assert lease.item_id == "a"
+        assert [lease.item_id for lease in store.claim("w2", 10, 60)] == ["b"]
+        assert store.claim("w3", 10, 60) == []
+        assert store.claim("w3", 10, 60, item_ids=["a", "b"]) == []
+        rec = store.get_item("a")
+        assert rec is not None and (rec.lease_owner, rec.lease_token) == ("w1", 1)
+
+    def test_claim_takes_over_expired_lease_with_new_token(self, store: StateStore) -> None:
+        self.add(store, "a")
+        (old,) = store.claim("w1", 1, 0)  # expires at once
+        (new,) = store.claim("w2", 1, 60)
+        assert (new.item_id, new.worker_id, new.token) == ("a", "w2", old.token + 1)
+        rec = store.get_item("a")
+        assert rec is not None and (rec.lease_owner, rec.lease_token) == ("w2", new.token)
+
+    def test_claim_named_items_whether_due_or_not(self, store: StateStore) -> None:
+        self._due(store, "a", 3600)
+        self._due(store, "b", 3600)
+        self.add(store, "c", "held")
+        store.set_item_state("c", ItemState.COMPLETE, None)
+        store.claim("w0", 1, 60, item_ids=["held"])
+        leases = store.claim("w1", 10, 60, item_ids=["b", "nope", "held", "a", "c"])
+        assert [(lease.item_id, lease.token) for lease in leases] == [("b", 1), ("a", 1), ("c", 1)]
+        assert [x.item_id for x in store.claim("w2", 1, 60, item_ids=["b", "a", "c"])] == []
+
+    def test_claim_named_items_respects_limit(self, store: StateStore) -> None:
+        self.add(store, "a", "b", "c")
+        leases = store.claim("w1", 2, 60, item_ids=["c", "b", "a"])
+        assert [lease.item_id for lease in leases] == ["c", "b"]
+        rec = store.get_item("a")
+        assert rec is not None and rec.lease_owner is None
+
+    def test_lock_item_returns_the_record_for_the_current_lease(self, store: StateStore) -> None:
+        self.add(store, "a")
+        (lease,) = store.claim("w1", 1, 60)
+        with store.transaction():
+            rec = store.lock_item("a", lease)
+            plain = store.lock_item("a")
+        assert rec == plain == store.get_item("a")
+        assert (rec.lease_owner, rec.lease_token) == ("w1", lease.token)
+
+    def test_lock_item_refuses_stale_lease_token(self, store: StateStore) -> None:
+        self.add(store, "a")
+        (stale,) = store.claim("w1", 1, 0)
+        store.claim("w2", 1, 60)
+        with pytest.raises(LeaseLostError, match="'a'"), store.transaction():
+            store.lock_item("a", stale)
+            store.save_stage_state("a", "extract", StageState(StageStatus.COMPLETE))
+        assert store.get_stage_state("a", "extract") is None
+
+    def test_lock_item_of_unknown_item_raises(self, store: StateStore) -> None:
+        with pytest.raises(UnknownItemError), store.transaction():
+            store.lock_item("nope")
+
+    def test_renew_drops_lost_leases(self, store: StateStore) -> None:
+        self.add(store, "kept", "lost")
+        kept, lost = store.claim("w1", 2, 0)
+        (taken,) = store.claim("w2", 1, 60, item_ids=["lost"])
+        before = utcnow()
+        renewed = store.renew([kept, lost], 120)
+        assert [(lease.item_id, lease.token) for lease in renewed] == [("kept", kept.token)]
+        assert _close_to(renewed[0].expires_at, before + timedelta(seconds=120))
+        rec = store.get_item("kept")
+        assert rec is not None and rec.lease_expires_at == renewed[0].expires_at
+        rec = store.get_item("lost")
+        assert rec is not None
+        assert (rec.lease_owner, rec.lease_expires_at) == ("w2", taken.expires_at)
+        assert store.renew([], 60) == []
+
+    def test_release_frees_the_item_and_ignores_lost_leases(self, store: StateStore) -> None:
+        self.add(store, "a", "b")
+        a, b = store.claim("w1", 2, 0)
+        (b2,) = store.claim("w2", 1, 60, item_ids=["b"])
+        store.release([a, b])
+        rec = store.get_item("a")
+        assert rec is not None and (rec.lease_owner, rec.lease_expires_at) == (None, None)
+        rec = store.get_item("b")
+        assert rec is not None and (rec.lease_owner, rec.lease_token) == ("w2", b2.token)
+        (again,) = store.claim("w3", 1, 60, item_ids=["a"])
+        assert again.token == a.token + 1  # the fencing token never goes back
+
+    def test_next_due_at_is_none_without_work(self, store: StateStore) -> None:
+        assert store.next_due_at() is None
+        self.add(store, "done")
+        store.set_item_state("done", ItemState.COMPLETE, None)
+        assert store.next_due_at() is None
+
+    def test_next_due_at_respects_live_leases_and_states(self, store: StateStore) -> None:
+        leased_due = self._due(store, "leased", -10)
+        (lease,) = store.claim("w1", 1, 600, item_ids=["leased"])
+        scheduled_due = self._due(store, "scheduled", 300)
+        store.set_item_state("scheduled", ItemState.SCHEDULED, scheduled_due)
+        self.add(store, "done")
+        store.set_item_state("done", ItemState.COMPLETE, None)
+        assert leased_due < utcnow()
+        # The leased item is claimable only when its lease runs out.
+        assert store.next_due_at() == scheduled_due
+        assert store.next_due_at({ItemState.READY}) == lease.expires_at
+        assert store.next_due_at({ItemState.SCHEDULED}) == scheduled_due
+        assert store.next_due_at({ItemState.COMPLETE, ItemState.FAILED}) is None
+        # An expired lease no longer holds the item back.
+        expired_due = self._due(store, "expired", -5)
+        store.claim("w2", 1, 0, item_ids=["expired"])
+        assert store.next_due_at() == expired_due
+
+    def test_next_due_at_waits_for_a_due_later_than_the_lease(self, store: StateStore) -> None:
+        self.add(store, "a")
+        store.claim("w1", 1, 60)
+        due = utcnow() + timedelta(seconds=600)
+        store.set_item_state("a", ItemState.SCHEDULED, due)
+        assert store.next_due_at() == due
+
+    def test_concurrent_claims_never_share_an_item(
+        self, store: StateStore, reopen: Reopen | None
+    ) -> None:
+        ids = [f"item-{n:03d}" for n in range(60)]
+        with store.transaction():
+            self.add(store, *ids)
+        stores = [store] * 4 if reopen is None else [reopen() for _ in range(4)]
+        claimed: list[list[str]] = [[] for _ in stores]
+        errors: list[BaseException] = []
+        start = threading.Barrier(len(stores))
+
+        def work(n: int) -> None:
+            try:
+                start.wait()
+                while leases := stores[n].claim(f"w{n}", 3, 60):
+                    claimed[n].extend(lease.item_id for lease in leases)
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+            finally:
+                release = getattr(stores[n], "release_thread", None)
+                if callable(release):
+                    release()
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(len(stores))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        every = [item_id for per in claimed for item_id in per]
+        assert sorted(every) == ids
+
+    # --- housekeeping ---------------------------------------------------------------------
+    def test_prune_deletes_only_old_complete_items(self, store: StateStore) -> None:
+        self.add(store, "old-1", "old-2", "old-failed", "new", "running")
+        for item_id in ("old-1", "old-2"):
+            store.set_item_state(item_id, ItemState.COMPLETE, None)
+            store.save_stage_state(item_id, "extract", StageState(StageStatus.COMPLETE))
+            store.record_attempt(item_id, "extract", AttemptRecord(1, None, None, "complete"))
+            store.append_events([StageCompleted(item_id=item_id, stage="extract")])
+        store.set_item_state("old-failed", ItemState.FAILED, None)
+        cutoff = utcnow()
+        _wait_until_after(cutoff)
+        store.set_item_state("new", ItemState.COMPLETE, None)
+        assert sorted(store.prune(cutoff)) == ["old-1", "old-2"]
+        assert list(store.list_work_items()) == ["old-failed", "new", "running"]
+        assert store.get_all_stage_states("old-1") == {}
+        assert store.get_attempts("old-1", "extract") == []
+        assert store.read_events() == []
+        assert store.prune(cutoff) == []
+
+    def test_prune_respects_limit(self, store: StateStore) -> None:
+        self.add(store, "a", "b", "c")
+        for item_id in ("a", "b", "c"):
+            store.set_item_state(item_id, ItemState.COMPLETE, None)
+        cutoff = utcnow()
+        _wait_until_after(cutoff)
+        first = store.prune(cutoff, limit=2)
+        assert len(first) == 2
+        rest = store.prune(cutoff, limit=2)
+        assert sorted(first + rest) == ["a", "b", "c"]
+        assert store.count_items() == {}
+
+    # --- durability -------------------------------------------------------------------------
+    def test_committed_data_survives_reopen(self, store: StateStore, reopen: Reopen | None) -> None:
+        if reopen is None:
+            pytest.skip("the store is not durable (reopen is None)")
+        t = utcnow()
+        self.add(store, "doc-1", path="a.pdf")
+        state = self.full_state()
+        attempt = AttemptRecord(1, t, t, "complete", artefact={"n": 1})
+        review = ReviewRecord("approve", "ann", None, t)
+        event = StageCompleted(item_id="doc-1", stage="extract", at=t)
+        with store.transaction():
+            store.save_stage_state("doc-1", "extract", state)
+            store.record_attempt("doc-1", "extract", attempt)
+            store.record_review("doc-1", "extract", review)
+            store.append_events([event])
+            (lease,) = store.claim("w1", 1, 60)
+        store.close()
+        again = reopen()
+        assert again.get_work_item_data("doc-1") == {"path": "a.pdf"}
+        assert again.get_stage_state("doc-1", "extract") == state
+        assert again.get_attempts("doc-1", "extract") == [attempt]
+        assert again.get_reviews("doc-1") == [review]
+        assert [e.event for e in again.read_events()] == [event]
+        with again.transaction():
+            rec = again.lock_item("doc-1", lease)
+        assert (rec.lease_owner, rec.lease_token) == ("w1", lease.token)
+
+    def test_another_store_sees_commits_not_open_transactions(
+        self, store: StateStore, reopen: Reopen | None
+    ) -> None:
+        if reopen is None:
+            pytest.skip("the store is not durable (reopen is None)")
+        other = reopen()
+        with store.transaction():
+            self.add(store, "doc-1")
+            assert other.get_item("doc-1") is None
+        assert other.get_item("doc-1") is not None
+        with pytest.raises(LeaseLostError):
+            self._claim_and_lose(store, other)
+
+    def _claim_and_lose(self, store: StateStore, other: StateStore) -> None:
+        (stale,) = store.claim("w1", 1, 0, item_ids=["doc-1"])
+        other.claim("w2", 1, 60, item_ids=["doc-1"])
+        with store.transaction():
+            store.lock_item("doc-1", stale)
+
+
+__all__ = ["StoreContract"]
