@@ -48,6 +48,7 @@ from .events import (
     SubTaskStarted,
     WorkflowCompleted,
 )
+from .hookspecs import GateType, Option, SinkType, StageType, StoreBackend, hookimpl
 from .model import (
     AttemptRecord,
     Complete,
@@ -112,6 +113,7 @@ __all__ = [
     "Failed",
     "FanOut",
     "FanOutStarted",
+    "GateType",
     "InvalidTransitionError",
     "Item",
     "ItemRecord",
@@ -121,6 +123,7 @@ __all__ = [
     "LeaseLostError",
     "MemoryStateStore",
     "NeedsReview",
+    "Option",
     "PendingReview",
     "PipelineFileError",
     "PipelineStatus",
@@ -145,6 +148,7 @@ __all__ = [
     "RunReport",
     "SchemaVersionError",
     "SelfDependencyError",
+    "SinkType",
     "Skipped",
     "SqlStateStore",
     "Stage",
@@ -158,7 +162,9 @@ __all__ = [
     "StageStarted",
     "StageState",
     "StageStatus",
+    "StageType",
     "StateStore",
+    "StoreBackend",
     "StoreError",
     "StoredEvent",
     "SubTask",
@@ -178,6 +184,7 @@ __all__ = [
     "WorkflowError",
     "all_of",
     "any_of",
+    "hookimpl",
     "open_store",
     "stage",
 ]

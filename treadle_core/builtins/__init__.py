@@ -1,0 +1,1 @@
+"""What the engine itself provides, registered through the same hooks as any plugin."""

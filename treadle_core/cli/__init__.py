@@ -1,0 +1,65 @@
+"""The ``treadle`` command line: a click group whose commands all arrive through plugins.
+
+`create_cli(pm)` builds the group and lets every plugin (the built-in
+``treadle_core.builtins.commands`` first) add commands via ``register_commands``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import pluggy
+
+from .. import __version__
+from .context import CliContext, CliError, TreadleGroup
+
+__all__ = ["CliContext", "CliError", "create_cli", "main"]
+
+
+def create_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
+    """The ``treadle`` group with the commands of every plugin registered in ``pm``."""
+    from ..plugins import TreadlePluginManager, get_plugin_manager
+
+    manager = pm if pm is not None else get_plugin_manager()
+    if not isinstance(manager, TreadlePluginManager):
+        raise TypeError("create_cli() needs the manager from get_plugin_manager()")
+
+    @click.group(
+        cls=TreadleGroup,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    @click.option(
+        "--store",
+        "store_url",
+        envvar="TREADLE_STORE",
+        metavar="URL",
+        help="State store URL (overrides [pipeline].store; env TREADLE_STORE).",
+    )
+    @click.option(
+        "-p",
+        "--pipeline",
+        "pipeline_path",
+        default=None,
+        metavar="PATH",
+        help="Pipeline file (default: ./treadle.toml).",
+    )
+    @click.version_option(__version__, prog_name="treadle")
+    @click.pass_context
+    def cli(ctx: click.Context, store_url: str | None, pipeline_path: str | None) -> None:
+        """Treadle: persistent, resumable, human-in-the-loop pipelines."""
+        state = CliContext(manager, pipeline_path, store_url)
+        ctx.obj = state
+        ctx.call_on_close(state.close)
+
+    manager.add_commands(cli)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point."""
+    from ..plugins import get_plugin_manager
+
+    cli = create_cli(get_plugin_manager())
+    return cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="treadle")

@@ -1,0 +1,623 @@
+"""Pipeline commands: init, validate, graph, add, run, status, retry, events, prune."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import glob as globlib
+import json
+import sys
+import time
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+
+from ..errors import RetryError, UnknownItemError
+from ..events import (
+    Event,
+    Lagged,
+    ReviewRequired,
+    StageCompleted,
+    StageFailed,
+    StageSkipped,
+)
+from ..model import Item, ItemState, StageStatus, utcnow
+from ..pipeline import parse_duration
+from ..workflow import Workflow
+from .context import (
+    EXIT_USAGE,
+    CliContext,
+    CliError,
+    console,
+    emit_json,
+    emit_json_line,
+    pass_state,
+    run_async,
+)
+from .starter import FILES
+
+STATUS_ORDER = [s.value for s in StageStatus]
+
+
+def _fmt_time(value: Any) -> str:
+    return "" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _first_line(text: str | None, width: int = 80) -> str:
+    if not text:
+        return ""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+# --- init, validate, graph ---------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(),
+    help="Where to write the files (default: here).",
+)
+def init(directory: Path) -> None:
+    """Write a starter treadle.toml, stages.py and items.jsonl (never overwrites)."""
+    existing = [name for name in FILES if (directory / name).exists()]
+    if existing:
+        raise CliError(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''} in "
+            f"{directory.resolve()}; nothing written"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in FILES.items():
+        (directory / name).write_text(text, encoding="utf-8")
+    click.echo(f"wrote {', '.join(FILES)}; next: treadle add items.jsonl && treadle run")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def validate(state: CliContext, as_json: bool) -> None:
+    """Check the pipeline file (types, options, dependencies) without touching the store."""
+    pipeline = state.pipeline()
+    wf = pipeline.workflow
+    if as_json:
+        emit_json(
+            {
+                "ok": True,
+                "pipeline": pipeline.name,
+                "stages": wf.stages,
+                "sinks": [s.uses for s in pipeline.sinks],
+                "store": state.store_url(),
+            }
+        )
+        return
+    click.echo(
+        f"{state.pipeline_label}: OK: pipeline {pipeline.name!r}, {len(wf.stages)} stages "
+        f"({', '.join(wf.stages)})"
+    )
+
+
+@click.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "mermaid", "dot", "json"]),
+    default="text",
+    show_default=True,
+)
+@pass_state
+def graph(state: CliContext, fmt: str) -> None:
+    """Print the stage graph (text, Mermaid, Graphviz dot or JSON)."""
+    pipeline = state.pipeline()
+    wf = pipeline.workflow
+    if fmt == "mermaid":
+        click.echo(wf.to_mermaid())
+    elif fmt == "dot":
+        click.echo(wf.to_dot())
+    elif fmt == "json":
+        emit_json(
+            {
+                "pipeline": pipeline.name,
+                "stages": [
+                    {
+                        "name": name,
+                        "needs": wf.dependencies(name),
+                        "uses": pipeline.stages[name].uses if name in pipeline.stages else None,
+                    }
+                    for name in wf.stages
+                ],
+            }
+        )
+    else:
+        width = max(len(n) for n in wf.stages)
+        click.echo(pipeline.name)
+        for name in wf.stages:
+            uses = pipeline.stages[name].uses if name in pipeline.stages else "?"
+            deps = wf.dependencies(name)
+            after = f"  <- {', '.join(deps)}" if deps else ""
+            click.echo(f"  {name:<{width}}  [{uses}]{after}")
+
+
+# --- add ---------------------------------------------------------------------------------
+
+
+def _parse_items(lines: Iterable[str], source: str) -> list[Item]:
+    items: list[Item] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{source}:{number}: not valid JSON: {exc}", EXIT_USAGE) from None
+        if not isinstance(obj, dict):
+            raise CliError(f'{source}:{number}: expected a JSON object with an "id"', EXIT_USAGE)
+        items.append(_item_from(obj, f"{source}:{number}", seen))
+    return items
+
+
+def _item_from(obj: dict[str, Any], where: str, seen: set[str]) -> Item:
+    item_id = obj.get("id")
+    if isinstance(item_id, int) and not isinstance(item_id, bool):
+        item_id = str(item_id)
+    if not isinstance(item_id, str) or not item_id:
+        raise CliError(f'{where}: missing "id" (a non-empty string)', EXIT_USAGE)
+    if item_id in seen:
+        raise CliError(f"{where}: item {item_id!r} appears twice", EXIT_USAGE)
+    seen.add(item_id)
+    if "data" in obj:
+        data = obj["data"]
+        extra = sorted(set(obj) - {"id", "data"})
+        if extra:
+            raise CliError(
+                f'{where}: keys {", ".join(extra)} beside "data" (put them inside "data")',
+                EXIT_USAGE,
+            )
+        if not isinstance(data, dict):
+            raise CliError(f'{where}: "data" must be a JSON object', EXIT_USAGE)
+    else:
+        data = {k: v for k, v in obj.items() if k != "id"}
+    return Item(item_id, data)
+
+
+@click.command()
+@click.argument("source", required=False)
+@click.option("--id", "item_id", help="Add one item with this id.")
+@click.option("--data", "data_text", help="JSON object of the item's data (with --id).")
+@click.option("--glob", "pattern", help="One item per matching file, data {'path': ...}.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def add(
+    state: CliContext,
+    source: str | None,
+    item_id: str | None,
+    data_text: str | None,
+    pattern: str | None,
+    as_json: bool,
+) -> None:
+    """Add work items: a JSONL file (or - for stdin), --id/--data, or --glob PATTERN.
+
+    Each JSONL line is an object with "id" and "data" (or its other keys are the data).
+    Items already in the store are left as they are.
+    """
+    chosen = [x for x in (source, item_id, pattern) if x is not None]
+    if len(chosen) != 1:
+        raise CliError("give exactly one of: a JSONL file (or -), --id, --glob", EXIT_USAGE)
+    if data_text is not None and item_id is None:
+        raise CliError("--data goes with --id", EXIT_USAGE)
+    items: list[Item]
+    if item_id is not None:
+        data: Any = {}
+        if data_text is not None:
+            try:
+                data = json.loads(data_text)
+            except json.JSONDecodeError as exc:
+                raise CliError(f"--data: not valid JSON: {exc}", EXIT_USAGE) from None
+            if not isinstance(data, dict):
+                raise CliError("--data must be a JSON object", EXIT_USAGE)
+        items = [Item(item_id, data)]
+    elif pattern is not None:
+        paths = sorted(p for p in globlib.glob(pattern, recursive=True) if Path(p).is_file())
+        items = [Item(p, {"path": p}) for p in paths]
+    else:
+        assert source is not None
+        if source == "-":
+            items = _parse_items(sys.stdin, "<stdin>")
+        else:
+            try:
+                with open(source, encoding="utf-8") as fh:
+                    items = _parse_items(fh, source)
+            except OSError as exc:
+                raise CliError(f"{source}: cannot read: {exc.strerror}", EXIT_USAGE) from None
+    store = state.store()
+    added: list[str] = []
+    skipped: list[str] = []
+    with store.transaction():
+        for item in items:
+            if store.get_item(item.id) is not None:
+                skipped.append(item.id)
+                continue
+            store.save_work_item_data(item.id, item.data)
+            added.append(item.id)
+    if as_json:
+        emit_json({"added": added, "skipped": skipped})
+        return
+    msg = f"added {len(added)} item{'s' if len(added) != 1 else ''}"
+    if skipped:
+        msg += f"; {len(skipped)} already in the store (left unchanged)"
+    click.echo(msg)
+
+
+# --- run ---------------------------------------------------------------------------------
+
+
+def _summary_table(wf: Workflow, summary: dict[str, dict[str, int]], title: str) -> Table:
+    present = [s for s in STATUS_ORDER if any(c.get(s) for c in summary.values())]
+    table = Table(title=title, title_justify="left")
+    table.add_column("STAGE")
+    for status in present:
+        table.add_column(status.upper(), justify="right")
+    for name in wf.stages:
+        counts = summary.get(name, {})
+        table.add_row(name, *(str(counts.get(s, 0) or "") for s in present))
+    return table
+
+
+class _RunProgress:
+    """Per-stage progress bars fed by ``wf.subscribe()``."""
+
+    def __init__(self, wf: Workflow, total: int, done: dict[str, int], enabled: bool):
+        self.wf = wf
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("{task.fields[stage]:<16}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=console(stderr=True),
+            transient=False,
+            disable=not enabled,
+        )
+        self.tasks: dict[str, TaskID] = {}
+        self.failed: dict[str, int] = {}
+        self.waiting: dict[str, int] = {}
+        for name in wf.stages:
+            self.tasks[name] = self.progress.add_task(
+                name, total=total, completed=done.get(name, 0), stage=name, note=""
+            )
+
+    def handle(self, event: Event | Lagged) -> None:
+        if isinstance(event, Lagged) or event.stage not in self.tasks:
+            return
+        task = self.tasks[event.stage]
+        if isinstance(event, StageCompleted | StageSkipped):
+            self.progress.advance(task)
+        elif isinstance(event, StageFailed):
+            self.failed[event.stage] = self.failed.get(event.stage, 0) + 1
+        elif isinstance(event, ReviewRequired):
+            self.waiting[event.stage] = self.waiting.get(event.stage, 0) + 1
+        notes = []
+        if self.failed.get(event.stage):
+            notes.append(f"[red]{self.failed[event.stage]} failed[/red]")
+        if self.waiting.get(event.stage):
+            notes.append(f"[yellow]{self.waiting[event.stage]} awaiting review[/yellow]")
+        self.progress.update(task, note=", ".join(notes))
+
+
+@click.command()
+@click.option("--concurrency", type=click.IntRange(min=1), help="Stage executions in flight.")
+@click.option("--item", "item_ids", multiple=True, help="Only this item (repeatable).")
+@click.option("--no-wait", is_flag=True, help="Do not wait for retries scheduled for later.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@pass_state
+def run(
+    state: CliContext,
+    concurrency: int | None,
+    item_ids: tuple[str, ...],
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Advance every item with work until nothing is ready (exit 1 if anything failed)."""
+    pipeline = state.pipeline()
+    wf = pipeline.workflow
+    store = state.store()
+    items: list[Item] | None = None
+    if item_ids:
+        items = []
+        for item_id in dict.fromkeys(item_ids):
+            data = store.get_work_item_data(item_id)
+            if data is None:
+                raise UnknownItemError(f"unknown item {item_id!r} (add it with 'treadle add')")
+            items.append(Item(item_id, data))
+    total = len(items) if items is not None else sum(store.count_items().values())
+    before = wf.summary(store) if items is None else {}
+    done = {n: c.get("complete", 0) + c.get("skipped", 0) for n, c in before.items()}
+    show = not as_json and console(stderr=True).is_terminal
+    bars = _RunProgress(wf, total, done, show)
+
+    async def go() -> None:
+        with state.sinks(wf), wf.subscribe() as sub:
+
+            async def feed() -> None:
+                async for event in sub:
+                    bars.handle(event)
+
+            feeder = asyncio.create_task(feed())
+            try:
+                with bars.progress:
+                    await wf.run(
+                        store,
+                        items,
+                        concurrency=concurrency or pipeline.concurrency,
+                        until_idle=not no_wait,
+                    )
+                    await asyncio.sleep(0)
+                    while (event := sub.get_nowait()) is not None:
+                        bars.handle(event)
+            finally:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+
+    run_async(go())
+    if items is None:
+        counts = store.count_items()
+        failed = counts.get(ItemState.FAILED, 0)
+        states = {str(k): v for k, v in counts.items() if v}
+    else:
+        statuses = [wf.status(i.id, store) for i in items]
+        failed = sum(1 for s in statuses if s.failed_stages)
+        states = {}
+        for s in statuses:
+            key = str(s.state) if s.state is not None else "unknown"
+            states[key] = states.get(key, 0) + 1
+    summary = wf.summary(store)
+    if as_json:
+        emit_json({"items": states, "stages": summary, "failed": failed})
+    else:
+        out = console()
+        out.print(_summary_table(wf, summary, f"pipeline {pipeline.name!r}"))
+        out.print(", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(states.items())))
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("item_id", metavar="[ITEM]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
+    """Counts per stage and status, or one item's stages (status, attempts, timings, errors)."""
+    wf = state.workflow()
+    store = state.store(create=False)
+    if item_id is None:
+        summary = wf.summary(store)
+        items = {str(k): v for k, v in store.count_items().items() if v}
+        if as_json:
+            emit_json({"items": items, "stages": summary})
+            return
+        out = console()
+        out.print(_summary_table(wf, summary, f"pipeline {wf.name!r}"))
+        total = sum(items.values())
+        parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(items.items()))
+        out.print(f"{total} item{'s' if total != 1 else ''}" + (f": {parts}" if parts else ""))
+        return
+    st = wf.status(item_id, store)
+    if as_json:
+        emit_json(st.to_dict())
+        return
+    table = Table(
+        title=f"{item_id}: {st.progress:.0f}% done"
+        + (f" ({st.state.value.replace('_', ' ')})" if st.state else ""),
+        title_justify="left",
+    )
+    for col in ("STAGE", "STATUS", "ATTEMPT", "STARTED", "DURATION", "ERROR"):
+        table.add_column(col)
+    for name, s in st.stages.items():
+        duration = ""
+        if s.started_at and s.completed_at:
+            duration = f"{(s.completed_at - s.started_at).total_seconds():.2f}s"
+        extra = ""
+        if s.subtasks:
+            finished = sum(1 for t in s.subtasks if t.status.is_done)
+            extra = f" ({finished}/{len(s.subtasks)} subtasks)"
+        if s.next_attempt_at and s.status == StageStatus.PENDING:
+            extra += f" (retry at {_fmt_time(s.next_attempt_at)})"
+        table.add_row(
+            name,
+            s.status.value + extra,
+            str(s.attempt or ""),
+            _fmt_time(s.started_at),
+            duration,
+            _first_line(s.error),
+        )
+    console().print(table)
+
+
+# --- retry -------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("item_id", metavar="[ITEM]", required=False)
+@click.argument("stage", required=False)
+@click.option("--failed", "all_failed", is_flag=True, help="Every failed stage of every item.")
+@click.option("--stage", "only_stage", help="With --failed: only this stage.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def retry(
+    state: CliContext,
+    item_id: str | None,
+    stage: str | None,
+    all_failed: bool,
+    only_stage: str | None,
+    as_json: bool,
+) -> None:
+    """Put FAILED stages back to PENDING: ITEM [STAGE], or --failed [--stage S]."""
+    if all_failed == (item_id is not None):
+        raise CliError("give ITEM [STAGE], or --failed [--stage S]", EXIT_USAGE)
+    if only_stage is not None and not all_failed:
+        raise CliError("--stage goes with --failed (or give ITEM STAGE)", EXIT_USAGE)
+    wf = state.workflow()
+    store = state.store(create=False)
+    for name in (stage, only_stage):
+        if name is not None:
+            wf.dependencies(name)  # UnknownStageError names the closest stage
+    targets: list[tuple[str, str]] = []
+    if item_id is not None:
+        st = wf.status(item_id, store)
+        if stage is not None:
+            targets = [(item_id, stage)]
+        else:
+            targets = [(item_id, name) for name in st.failed_stages]
+            if not targets:
+                raise CliError(f"item {item_id!r} has no failed stage")
+    else:
+        for failed_id in list(store.list_work_items(ItemState.FAILED)):
+            st = wf.status(failed_id, store)
+            targets += [(failed_id, n) for n in st.failed_stages if only_stage in (None, n)]
+
+    async def go() -> list[dict[str, str]]:
+        done = []
+        with state.sinks(wf):
+            for target_item, target_stage in targets:
+                await wf.retry_stage(target_item, target_stage, store)
+                done.append({"item_id": target_item, "stage": target_stage})
+        return done
+
+    try:
+        retried = run_async(go())
+    except RetryError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        emit_json({"retried": retried})
+        return
+    n = len(retried)
+    click.echo(
+        f"{n} stage{'s' if n != 1 else ''} back to pending"
+        + ("; run 'treadle run' to run them" if n else "")
+    )
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+def _event_line(stored_id: int, event: Event) -> str:
+    parts = []
+    for f in dataclasses.fields(event):
+        if f.name in ("item_id", "stage", "at"):
+            continue
+        value = getattr(event, f.name)
+        if value in (None, "", {}, []):
+            continue
+        if isinstance(value, datetime):
+            text = _fmt_time(value)
+        elif isinstance(value, str):
+            text = _first_line(value, 60)
+        else:
+            text = json.dumps(value, default=str)
+        parts.append(f"{f.name}={text}")
+    return (
+        f"{stored_id:>6}  {_fmt_time(event.at)}  {event.item_id}  {event.stage or '-'}  "
+        f"{event.kind}  {' '.join(parts)}"
+    ).rstrip()
+
+
+@click.command()
+@click.argument("item_id", metavar="[ITEM]", required=False)
+@click.option("--follow", "-f", is_flag=True, help="Keep polling for new events (Ctrl-C stops).")
+@click.option("--after", type=int, default=0, help="Only events after this journal id.")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Poll seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--max-polls", type=int, default=None, hidden=True)
+@pass_state
+def events(
+    state: CliContext,
+    item_id: str | None,
+    follow: bool,
+    after: int,
+    interval: float,
+    as_json: bool,
+    max_polls: int | None,
+) -> None:
+    """Replay the event journal (all items or one); --follow waits for new events."""
+    store = state.store(create=False)
+    if item_id is not None and store.get_item(item_id) is None:
+        raise UnknownItemError(f"unknown item {item_id!r}")
+    last = after
+    polls = 0
+    try:
+        while True:
+            page = store.read_events(item_id, after=last, limit=500)
+            for stored in page:
+                last = stored.id
+                if as_json:
+                    emit_json_line({"id": stored.id, **stored.event.to_dict()})
+                else:
+                    click.echo(_event_line(stored.id, stored.event))
+            if len(page) == 500:
+                continue
+            if not follow:
+                break
+            polls += 1
+            if max_polls is not None and polls >= max_polls:
+                break
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+# --- prune -------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--completed-before",
+    "age",
+    required=True,
+    metavar="DURATION",
+    help="Delete items complete for longer than this (e.g. 30d, 12h).",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; change nothing.")
+@click.option("--batch", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def prune(state: CliContext, age: str, dry_run: bool, batch: int, as_json: bool) -> None:
+    """Delete finished items with their attempts, reviews and journal."""
+    try:
+        seconds = parse_duration(age)
+    except ValueError as exc:
+        raise CliError(f"--completed-before: {exc}", EXIT_USAGE) from None
+    cutoff = utcnow() - timedelta(seconds=seconds)
+    store = state.store(create=False)
+    ids: list[str] = []
+    if dry_run:
+        for item_id in store.list_work_items(ItemState.COMPLETE):
+            rec = store.get_item(item_id)
+            if rec is not None and rec.updated_at is not None and rec.updated_at < cutoff:
+                ids.append(item_id)
+    else:
+        while True:
+            pruned = store.prune(cutoff, limit=batch)
+            ids += pruned
+            if len(pruned) < batch:
+                break
+    if as_json:
+        emit_json({"dry_run": dry_run, "items": ids})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    plural = "s" if len(ids) != 1 else ""
+    click.echo(f"{verb} {len(ids)} item{plural} complete before {cutoff:%Y-%m-%d %H:%M:%S} UTC")
+    if dry_run:
+        for item_id in ids:
+            click.echo(f"  {item_id}")

@@ -1,0 +1,192 @@
+"""What every command shares: the plugin manager, the pipeline, the store, error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+import click
+from rich.console import Console
+
+from ..errors import (
+    PipelineFileError,
+    StoreError,
+    TreadleError,
+    UnknownItemError,
+    UnknownStageError,
+)
+from ..pipeline import DEFAULT_FILE, Pipeline, close_sinks, load_pipeline
+
+if TYPE_CHECKING:
+    from ..plugins import TreadlePluginManager
+    from ..store.base import StateStore
+    from ..workflow import Workflow
+
+T = TypeVar("T")
+
+#: Exit code for a user's mistake in what they asked (bad file, unknown item...).
+EXIT_USAGE = 2
+
+
+class CliError(click.ClickException):
+    """A one-line error on stderr (``Error: ...``) and a chosen exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def exit_code_for(exc: TreadleError) -> int:
+    if isinstance(exc, PipelineFileError | UnknownItemError | UnknownStageError):
+        return EXIT_USAGE
+    return 1
+
+
+class TreadleGroup(click.Group):
+    """Turns `TreadleError` into a one-line message and an exit code (never a traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TreadleError as exc:
+            raise CliError(str(exc), exit_code_for(exc)) from None
+
+
+class CliContext:
+    """Lazily loaded pipeline and store for one ``treadle`` invocation."""
+
+    def __init__(
+        self, pm: TreadlePluginManager, pipeline_path: str | None, store_url: str | None
+    ) -> None:
+        self.pm = pm
+        self.pipeline_path = Path(pipeline_path or DEFAULT_FILE)
+        self.pipeline_label = pipeline_path or DEFAULT_FILE
+        self.store_override = store_url or None
+        self._pipeline: Pipeline | None = None
+        self._store: StateStore | None = None
+
+    # --- pipeline ------------------------------------------------------------
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            self._pipeline = load_pipeline(self.pipeline_path, self.pm, label=self.pipeline_label)
+        return self._pipeline
+
+    def workflow(self) -> Workflow:
+        return self.pipeline().workflow
+
+    # --- store ---------------------------------------------------------------
+    def store_url(self) -> str:
+        if self.store_override:
+            return self.store_override
+        return self.pipeline().store_url
+
+    def store(self, *, create: bool = True) -> StateStore:
+        """The store (opened once). ``create=False``: a missing SQLite file is an error."""
+        if self._store is None:
+            url = self.store_url()
+            if not create:
+                path = sqlite_path(url)
+                if path is not None and not path.exists():
+                    raise StoreError(
+                        f"no store at {path} yet (add items with 'treadle add', or pass --store)"
+                    )
+            self._store = open_store_url(url, self.pm)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # --- sinks ---------------------------------------------------------------
+    @contextmanager
+    def sinks(self, wf: Workflow) -> Iterator[None]:
+        """The pipeline's event sinks attached to ``wf`` for the duration."""
+        listeners = self.pipeline().open_sinks() if self._pipeline is not None else []
+        for listener in listeners:
+            wf.bus.add_listener(listener)
+        try:
+            yield
+        finally:
+            for listener in listeners:
+                wf.bus.remove_listener(listener)
+            close_sinks(listeners)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL, None for other URLs and in-memory SQLite."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return None
+    rest = url[len(prefix) :].split("?", 1)[0]
+    if not rest or rest.startswith(":memory:"):
+        return None
+    return Path(rest)
+
+
+def open_store_url(url: str, pm: TreadlePluginManager) -> StateStore:
+    """Open a store through the registered backends (by URL scheme)."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    registry = pm.store_backends()
+    backend = registry.get(scheme) if scheme else None
+    if backend is None:
+        known = ", ".join(f"{s}://" for s in registry.names()) or "none"
+        raise StoreError(
+            f"cannot open store {url!r}: unknown scheme {scheme or url!r} (known: {known}); "
+            "a plugin may provide it (pip install treadle-store-<name>)"
+        )
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return backend.factory(url)
+    except NotImplementedError:
+        raise StoreError(f"the {scheme}:// store is not available in this build") from None
+    except TreadleError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"cannot open store {url!r}: {type(exc).__name__}: {exc}") from None
+
+
+# --- output helpers ---------------------------------------------------------------------
+
+
+def state(ctx: click.Context | None = None) -> CliContext:
+    ctx = ctx or click.get_current_context()
+    obj = ctx.find_object(CliContext)
+    if obj is None:  # a plugin's command invoked outside `treadle`
+        raise click.UsageError("this command must run under the treadle CLI")
+    return obj
+
+
+#: Decorator: the command receives the `CliContext` as its first argument.
+pass_state = click.make_pass_decorator(CliContext)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A rich console on the current stdout/stderr (so click's test runner captures it)."""
+    stream: IO[str] = click.get_text_stream("stderr" if stderr else "stdout")
+    width = None if stream.isatty() else int(os.environ.get("COLUMNS", "120"))
+    return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+
+
+def emit_json(value: Any) -> None:
+    """Machine-stable JSON on stdout: sorted keys, 2-space indent, one trailing newline."""
+    click.echo(json.dumps(value, sort_keys=True, indent=2, default=str, ensure_ascii=False))
+
+
+def emit_json_line(value: Any) -> None:
+    click.echo(json.dumps(value, sort_keys=True, default=str, ensure_ascii=False))
+
+
+def reviewer_default() -> str | None:
+    return os.environ.get("USER") or os.environ.get("USERNAME") or None

@@ -1,0 +1,344 @@
+"""``treadle review``: list, show, approve, reject, edit."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import ReviewError, UnknownItemError
+from ..model import PendingReview, StageStatus
+from ..quality import ApproveWithEdits
+from .context import (
+    EXIT_USAGE,
+    CliContext,
+    CliError,
+    console,
+    emit_json,
+    pass_state,
+    reviewer_default,
+    run_async,
+)
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _pending_dict(r: PendingReview) -> dict[str, Any]:
+    return {
+        "item_id": r.item_id,
+        "stage": r.stage,
+        "since": None if r.since is None else r.since.isoformat(),
+        "deadline": None if r.deadline is None else r.deadline.isoformat(),
+        "attempt": r.attempt,
+        "prompt": r.prompt,
+        "context": r.context,
+    }
+
+
+@click.group()
+def review() -> None:
+    """Stages waiting for a person: list, show, approve, reject, edit."""
+
+
+@review.command("list")
+@click.option("--stage", help="Only this stage.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def list_reviews(state: CliContext, stage: str | None, as_json: bool) -> None:
+    """What waits for review, oldest first."""
+    wf = state.workflow()
+    pending = wf.pending_reviews(state.store(create=False), stage)
+    if as_json:
+        emit_json([_pending_dict(r) for r in pending])
+        return
+    if not pending:
+        click.echo("nothing waits for review")
+        return
+    table = Table(title=f"{len(pending)} awaiting review", title_justify="left")
+    for col in ("ITEM", "STAGE", "ATTEMPT", "WAITING SINCE", "DEADLINE", "PROMPT"):
+        table.add_column(col)
+    for r in pending:
+        table.add_row(
+            escape(r.item_id),
+            r.stage,
+            str(r.attempt or ""),
+            _fmt(r.since),
+            _fmt(r.deadline),
+            escape(r.prompt or ""),
+        )
+    console().print(table)
+
+
+def _check_target(state: CliContext, item_id: str, stage: str) -> None:
+    wf = state.workflow()
+    wf.dependencies(stage)  # UnknownStageError with the closest name
+    if state.store(create=False).get_item(item_id) is None:
+        raise UnknownItemError(f"unknown item {item_id!r}")
+
+
+@review.command()
+@click.argument("item_id", metavar="ITEM")
+@click.argument("stage")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def show(state: CliContext, item_id: str, stage: str, as_json: bool) -> None:
+    """Every attempt of ITEM's STAGE (verdict, feedback, artefact) and the review prompt."""
+    _check_target(state, item_id, stage)
+    store = state.store(create=False)
+    st = store.get_stage_state(item_id, stage)
+    attempts = store.get_attempts(item_id, stage)
+    reviews = store.get_reviews(item_id, stage)
+    status = st.status if st is not None else StageStatus.PENDING
+    if as_json:
+        emit_json(
+            {
+                "item_id": item_id,
+                "stage": stage,
+                "status": str(status),
+                "prompt": st.review_prompt if st else None,
+                "context": st.review_context if st else {},
+                "artefact": st.artefact if st else None,
+                "attempts": [a.to_dict() for a in attempts],
+                "reviews": [r.to_dict() for r in reviews],
+            }
+        )
+        return
+    out = console()
+    out.print(f"[bold]{escape(item_id)} / {stage}[/bold]: {status.value.replace('_', ' ')}")
+    if st is not None and st.review_prompt:
+        out.print(f"[bold]Prompt:[/bold] {escape(st.review_prompt)}")
+    if st is not None and st.review_context:
+        out.print("[bold]Context:[/bold]")
+        out.print(escape(json.dumps(st.review_context, indent=2, default=str)))
+    for a in attempts:
+        label = f"Attempt {a.attempt}" + (f" (subtask {a.subtask})" if a.subtask else "")
+        verdict = f", verdict {a.verdict}" if a.verdict else ""
+        out.print(f"\n[bold]{label}[/bold]: {a.outcome}{verdict}  {_fmt(a.started_at)}")
+        if a.summary:
+            out.print(f"  summary: {escape(a.summary)}")
+        if a.error:
+            out.print(f"  error: {escape(a.error.strip().splitlines()[-1])}")
+        if a.feedback is not None:
+            out.print(f"  feedback: {escape(a.feedback.summary)}")
+            for c in a.feedback.failed_criteria:
+                mark = "ok" if c.passed else "FAILED"
+                out.print(
+                    f"    - {escape(c.name)}: expected {escape(repr(c.expected))}, "
+                    f"got {escape(repr(c.actual))} ({mark})"
+                )
+            if a.feedback.guidance:
+                out.print(f"    guidance: {escape(json.dumps(a.feedback.guidance, default=str))}")
+        if a.artefact is not None:
+            text = json.dumps(a.artefact, indent=2, default=str, ensure_ascii=False)
+            if len(text) > 2000:
+                text = text[:2000] + "\n  … (truncated; --json shows all)"
+            out.print("  artefact:")
+            out.print(escape("\n".join("    " + line for line in text.splitlines())))
+    if not attempts:
+        out.print("no attempts recorded")
+    for r in reviews:
+        who = r.reviewer or "?"
+        extra = r.reason or r.comment or r.note or ""
+        out.print(f"\nreview: {r.decision} by {escape(who)} at {_fmt(r.at)} {escape(extra)}")
+
+
+def _targets(
+    state: CliContext, item_id: str | None, stage: str | None, all_: bool, stage_opt: str | None
+) -> list[tuple[str, str]]:
+    if all_:
+        if item_id is not None or stage is not None:
+            raise CliError("--all takes no ITEM STAGE (use --all --stage S)", EXIT_USAGE)
+        if stage_opt is None:
+            raise CliError("--all needs --stage S", EXIT_USAGE)
+        wf = state.workflow()
+        return [(r.item_id, r.stage) for r in wf.pending_reviews(state.store(), stage_opt)]
+    if item_id is None or stage is None:
+        raise CliError("give ITEM STAGE, or --all --stage S", EXIT_USAGE)
+    if stage_opt is not None:
+        raise CliError("--stage goes with --all", EXIT_USAGE)
+    _check_target(state, item_id, stage)
+    return [(item_id, stage)]
+
+
+def _decide(
+    state: CliContext,
+    targets: list[tuple[str, str]],
+    bulk: bool,
+    decide: Any,
+) -> tuple[list[tuple[str, str]], list[str]]:
+    wf = state.workflow()
+    store = state.store()
+
+    async def go() -> tuple[list[tuple[str, str]], list[str]]:
+        done: list[tuple[str, str]] = []
+        skipped: list[str] = []
+        with state.sinks(wf):
+            for item_id, stage in targets:
+                try:
+                    await decide(wf, item_id, stage, store)
+                except ReviewError as exc:
+                    if not bulk:
+                        raise
+                    skipped.append(str(exc))  # someone else decided it meanwhile
+                    continue
+                done.append((item_id, stage))
+        return done, skipped
+
+    try:
+        return run_async(go())
+    except ReviewError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _report(
+    done: list[tuple[str, str]], skipped: list[str], verb: str, as_json: bool, decision: str
+) -> None:
+    if as_json:
+        emit_json(
+            {
+                "decision": decision,
+                "decided": [{"item_id": i, "stage": s} for i, s in done],
+                "skipped": skipped,
+            }
+        )
+        return
+    if len(done) == 1:
+        click.echo(f"{verb} {done[0][0]} / {done[0][1]}")
+    else:
+        click.echo(f"{verb} {len(done)} review{'s' if len(done) != 1 else ''}")
+    for reason in skipped:
+        click.echo(f"skipped: {reason}", err=True)
+
+
+_common = [
+    click.argument("item_id", metavar="[ITEM]", required=False),
+    click.argument("stage", metavar="[STAGE]", required=False),
+    click.option("--all", "all_", is_flag=True, help="Every stage --stage S awaiting review."),
+    click.option("--stage", "stage_opt", metavar="S", help="With --all: the stage."),
+    click.option("--reviewer", default=reviewer_default, help="Who decides (default: $USER)."),
+    click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+]
+
+
+def _with_common(fn: Any) -> Any:
+    for decorator in reversed(_common):
+        fn = decorator(fn)
+    return fn
+
+
+@review.command()
+@_with_common
+@click.option("--comment", help="A note kept with the decision.")
+@pass_state
+def approve(
+    state: CliContext,
+    item_id: str | None,
+    stage: str | None,
+    all_: bool,
+    stage_opt: str | None,
+    reviewer: str | None,
+    as_json: bool,
+    comment: str | None,
+) -> None:
+    """Approve ITEM STAGE (or --all --stage S): the output stands, dependents may run."""
+    targets = _targets(state, item_id, stage, all_, stage_opt)
+
+    async def decide(wf: Any, i: str, s: str, store: Any) -> None:
+        await wf.approve_review(i, s, store, reviewer=reviewer, comment=comment)
+
+    done, skipped = _decide(state, targets, all_, decide)
+    _report(done, skipped, "approved", as_json, "approve")
+
+
+@review.command()
+@_with_common
+@click.option("--reason", required=True, help="Why (kept in the audit record).")
+@click.option("--comment", help="A note kept with the decision.")
+@pass_state
+def reject(
+    state: CliContext,
+    item_id: str | None,
+    stage: str | None,
+    all_: bool,
+    stage_opt: str | None,
+    reviewer: str | None,
+    as_json: bool,
+    reason: str,
+    comment: str | None,
+) -> None:
+    """Reject ITEM STAGE (or --all --stage S): the stage fails with the reason."""
+    targets = _targets(state, item_id, stage, all_, stage_opt)
+
+    async def decide(wf: Any, i: str, s: str, store: Any) -> None:
+        await wf.reject_review(i, s, reason, store, reviewer=reviewer, comment=comment)
+
+    done, skipped = _decide(state, targets, all_, decide)
+    _report(done, skipped, "rejected", as_json, "reject")
+
+
+@review.command()
+@click.argument("item_id", metavar="ITEM")
+@click.argument("stage")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="The edited artefact as JSON (- for stdin); default: open $EDITOR.",
+)
+@click.option("--note", help="What was changed (kept with the decision).")
+@click.option("--reviewer", default=reviewer_default, help="Who decides (default: $USER).")
+@click.option("--comment", help="A note kept with the decision.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def edit(
+    state: CliContext,
+    item_id: str,
+    stage: str,
+    path: str | None,
+    note: str | None,
+    reviewer: str | None,
+    comment: str | None,
+    as_json: bool,
+) -> None:
+    """Approve ITEM STAGE with an edited artefact (from --file, or in $EDITOR)."""
+    _check_target(state, item_id, stage)
+    store = state.store()
+    st = store.get_stage_state(item_id, stage)
+    if st is None or st.status != StageStatus.AWAITING_REVIEW:
+        status = st.status.value if st is not None else "pending"
+        raise CliError(f"{item_id} / {stage} is {status}, not awaiting review; nothing saved")
+    if path is not None:
+        source = "<stdin>" if path == "-" else path
+        try:
+            if path == "-":
+                text = sys.stdin.read()
+            else:
+                with open(path, encoding="utf-8") as fh:
+                    text = fh.read()
+        except OSError as exc:
+            raise CliError(f"{source}: cannot read: {exc.strerror}", EXIT_USAGE) from None
+    else:
+        source = "edited artefact"
+        original = json.dumps(st.artefact, indent=2, ensure_ascii=False, default=str) + "\n"
+        edited = click.edit(original, extension=".json")
+        if edited is None or edited == original:
+            raise CliError("artefact unchanged; nothing saved (use 'review approve' to approve)")
+        text = edited
+    try:
+        artefact = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{source}: not valid JSON: {exc}; nothing saved", EXIT_USAGE) from None
+
+    async def decide(wf: Any, i: str, s: str, store: Any) -> None:
+        await wf.resolve_review(
+            i, s, ApproveWithEdits(artefact, note), store, reviewer=reviewer, comment=comment
+        )
+
+    done, skipped = _decide(state, [(item_id, stage)], False, decide)
+    _report(done, skipped, "approved with edits", as_json, "approve_with_edits")

@@ -1,0 +1,116 @@
+"""The plugin hooks (pluggy project ``"treadle"``) and the values they register.
+
+Three verb families: ``register_*`` collects (each takes a ``register``
+callback), ``prepare_*`` adjusts in place. An implementation may accept fewer
+arguments than the spec declares. Exact signatures and examples: docs/plugin-hooks.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from .events import Event
+    from .quality import QualityGate
+    from .store.base import StateStore
+    from .workflow import WorkflowBuilder
+
+hookspec = pluggy.HookspecMarker("treadle")
+hookimpl = pluggy.HookimplMarker("treadle")
+
+
+class Duration(float):
+    """Option type: a duration (``500ms``, ``2s``, ``5m``, ``1h``, ``1d``), given as seconds."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a stage, gate or sink type accepts in a pipeline file.
+
+    ``type`` is a Python type (``str``, ``int``, ``float``, ``bool``, ``list``,
+    ``dict``), `Duration`, or ``pathlib.Path`` (a path relative to the pipeline
+    file's directory).
+    """
+
+    type: type = str
+    required: bool = False
+    default: Any = None
+    description: str = ""
+
+
+Options = Mapping[str, Option]
+
+
+@dataclass(frozen=True)
+class StageType:
+    """A named kind of stage: ``factory(**options)`` returns a `Stage` or a function stage."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    options: Options = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreBackend:
+    """A URL scheme: ``factory(url)`` returns an open `StateStore`."""
+
+    scheme: str
+    factory: Callable[[str], StateStore]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class GateType:
+    """A named kind of quality gate: ``factory(**options)`` returns a `QualityGate`."""
+
+    name: str
+    factory: Callable[..., QualityGate]
+    description: str = ""
+    options: Options = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SinkType:
+    """A named event sink: ``factory(**options)`` returns ``listener(event)``, maybe with close."""
+
+    name: str
+    factory: Callable[..., Callable[[Event], None]]
+    description: str = ""
+    options: Options = field(default_factory=dict)
+
+
+@hookspec
+def register_stage_types(register: Callable[[StageType], None]) -> None:
+    """Register stage types usable as ``uses = "name"`` in a pipeline file."""
+
+
+@hookspec
+def register_stores(register: Callable[[StoreBackend], None]) -> None:
+    """Register store backends, each for a URL scheme."""
+
+
+@hookspec
+def register_quality_gates(register: Callable[[GateType], None]) -> None:
+    """Register quality gate types usable as ``gate = { uses = "name" }``."""
+
+
+@hookspec
+def register_event_sinks(register: Callable[[SinkType], None]) -> None:
+    """Register event sink types usable in ``[[sinks]]``."""
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add click commands or groups to the ``treadle`` CLI."""
+
+
+@hookspec
+def prepare_workflow(builder: WorkflowBuilder, config: dict[str, Any]) -> None:
+    """Adjust a workflow being built from a pipeline file, before it is validated."""

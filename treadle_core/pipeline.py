@@ -1,0 +1,724 @@
+"""Pipeline files (``treadle.toml``): stages from registered types or ``pkg.mod:object``.
+
+Every mistake is a `PipelineFileError` with one line naming the file, the table
+and the key, e.g. ``treadle.toml: [stages.extract] key 'retry.delay': '2 sec'
+is not a duration (use 500ms, 2s, 5m, 1h)``. Loading never touches a store.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import difflib
+import importlib
+import inspect
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import PipelineFileError, PluginError, WorkflowError
+from .hookspecs import Duration, Option, SinkType
+from .quality import (
+    Approve,
+    ExhaustedAction,
+    QualityGate,
+    Reject,
+    RetryBudget,
+    ReviewPolicy,
+    all_of,
+)
+from .stage import Stage
+from .workflow import Workflow, WorkflowBuilder
+
+if TYPE_CHECKING:
+    from .events import Event
+    from .plugins import TreadlePluginManager
+
+DEFAULT_FILE = "treadle.toml"
+DEFAULT_STORE = "sqlite:///.treadle/state.db"
+DEFAULT_CONCURRENCY = 8
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+$")
+_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
+
+PIPELINE_KEYS = ("concurrency", "max_artefact_bytes", "name", "store")
+STAGE_KEYS = ("description", "gate", "needs", "retry", "review", "review_timeout", "uses")
+RETRY_KEYS = ("backoff", "delay", "jitter", "max_attempts", "max_delay", "on_exhausted", "timeout")
+TOP_KEYS = ("pipeline", "plugins", "sinks", "stages")
+
+#: The directory of the pipeline file being loaded: where "stages:fn" is imported from.
+_base_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "treadle_pipeline_dir", default=None
+)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``500ms``, ``2s``, ``5m``, ``1h``, ``1d``, ``1h30m`` or a bare number."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration (use 500ms, 2s, 5m, 1h)")
+    if isinstance(value, int | float):
+        if value < 0 or value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{value!r} is not a duration (must be zero or more seconds)")
+        return float(value)
+    if isinstance(value, str):
+        if _NUMBER.match(value):
+            return float(value)
+        if _DURATION.match(value):
+            return sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(value))
+    raise ValueError(f"{_show(value)} is not a duration (use 500ms, 2s, 5m, 1h)")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _closest(name: str, known: Sequence[str]) -> str:
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+class _Problem(Exception):
+    """A mistake found while loading; turned into a `PipelineFileError` with the file name."""
+
+    def __init__(self, message: str, where: str | None = None, key: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.key = key
+
+    def at(self, where: str | None = None, key_prefix: str | None = None) -> _Problem:
+        if self.where is None:
+            self.where = where
+        if key_prefix:
+            self.key = f"{key_prefix}.{self.key}" if self.key else key_prefix
+        return self
+
+    def render(self, label: str) -> str:
+        text = label + ":"
+        if self.where:
+            text += f" [{self.where}]"
+        if self.key:
+            text += f" key {self.key!r}:"
+        return f"{text} {self.message}"
+
+
+# --- values ----------------------------------------------------------------------------
+
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+    dict: "a table",
+    Duration: "a duration",
+    Path: "a path (string)",
+}
+
+
+def _kind(value: Any) -> str:
+    for t in (bool, int, float, str, list, dict):
+        if isinstance(value, t):
+            return _TYPE_NAMES[t].split(" ", 1)[1] if t is not bool else "a boolean"
+    return type(value).__name__
+
+
+def _coerce(value: Any, expected: type, key: str, base_dir: Path) -> Any:
+    """``value`` checked (and converted) for an option of type ``expected``."""
+    if expected is Duration:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise _Problem(str(exc), key=key) from None
+    if expected is Path:
+        if not isinstance(value, str) or not value:
+            raise _Problem(f"expected a path (string), got {_show(value)}", key=key)
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base_dir / path
+    ok: bool
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        name = _TYPE_NAMES.get(expected, expected.__name__)
+        raise _Problem(f"expected {name}, got {_show(value)} ({_kind(value)})", key=key)
+    return value
+
+
+def _options(
+    declared: Mapping[str, Option], given: Mapping[str, Any], what: str, base_dir: Path
+) -> dict[str, Any]:
+    """Validate ``given`` against ``declared``; the keyword arguments for the factory."""
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        option = declared.get(key)
+        if option is None:
+            known = ", ".join(sorted(declared)) or "none"
+            raise _Problem(
+                f"{what} has no option {key!r}{_closest(key, list(declared))} (options: {known})",
+                key=key,
+            )
+        out[key] = _coerce(value, option.type, key, base_dir)
+    for key, option in declared.items():
+        if key in out:
+            continue
+        if option.required:
+            raise _Problem(f"missing; {what} requires it", key=key)
+        if option.default is not None:
+            out[key] = option.default
+    return out
+
+
+# --- importing "pkg.mod:object" -------------------------------------------------------
+
+
+def import_object(ref: str) -> Any:
+    """The object named by ``"pkg.mod:name"`` (``name`` may be dotted).
+
+    Modules are imported from the pipeline file's directory first.
+    """
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr or not re.fullmatch(r"[\w.]+", module_name + "." + attr):
+        raise _Problem(f"{ref!r} is not an object reference (use 'package.module:name')")
+    base = _base_dir.get()
+    if base is not None:
+        _prefer_local(module_name, base)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise _Problem(
+                f"cannot import {module_name!r}: no module named {exc.name!r}"
+                + (f" (looked in {base} and sys.path)" if base else "")
+            ) from None
+        raise _Problem(f"importing {module_name!r} failed: {_exc_line(exc)}") from None
+    except Exception as exc:
+        raise _Problem(f"importing {module_name!r} failed: {_exc_line(exc)}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            raise _Problem(
+                f"{getattr(obj, '__name__', module_name)!r} has no attribute {part!r}"
+                f"{_closest(part, names)}"
+            )
+        obj = getattr(obj, part)
+    return obj
+
+
+def _exc_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _prefer_local(module_name: str, base: Path) -> None:
+    """Put ``base`` first on sys.path; forget a same-named module imported from elsewhere."""
+    base_str = str(base)
+    if sys.path[:1] != [base_str]:
+        if base_str in sys.path:
+            sys.path.remove(base_str)
+        sys.path.insert(0, base_str)
+    top = module_name.split(".", 1)[0]
+    local = base / f"{top}.py"
+    if not (local.exists() or (base / top / "__init__.py").exists()):
+        return
+    cached = sys.modules.get(top)
+    origin = getattr(cached, "__file__", None) if cached is not None else None
+    if cached is not None and (origin is None or not Path(origin).resolve().is_relative_to(base)):
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
+
+
+def stage_from_object(ref: str, options: Mapping[str, Any]) -> Any:
+    """A stage from ``"pkg.mod:name"``: a Stage instance, a Stage subclass built with
+    ``options``, or a function (sync or async) taking ``(item, ctx)``."""
+    obj = import_object(ref)
+    if isinstance(obj, type) and issubclass(obj, Stage):
+        try:
+            inspect.signature(obj).bind(**options)
+        except TypeError as exc:
+            raise _Problem(f"{ref} does not accept these options: {exc}") from None
+        try:
+            return obj(**options)
+        except Exception as exc:
+            raise _Problem(f"{ref}({', '.join(options)}) raised {_exc_line(exc)}") from None
+    if options:
+        first = next(iter(options))
+        raise _Problem(f"{ref} is not a Stage class, so it takes no options", key=first)
+    if isinstance(obj, Stage) or callable(obj):
+        if isinstance(obj, type):
+            raise _Problem(f"{ref} is a class but not a Stage subclass")
+        return obj
+    raise _Problem(f"{ref} is a {type(obj).__name__}, not a Stage, Stage subclass or function")
+
+
+# --- the pipeline ----------------------------------------------------------------------
+
+
+@dataclass
+class SinkConfig:
+    """One ``[[sinks]]`` entry, validated; opened by `Pipeline.open_sinks`."""
+
+    index: int
+    uses: str
+    type: SinkType
+    options: dict[str, Any]
+
+
+@dataclass
+class StageConfig:
+    name: str
+    uses: str
+    description: str = ""
+
+
+@dataclass
+class Pipeline:
+    """A validated pipeline file: its workflow, store URL, concurrency and sinks."""
+
+    path: Path
+    label: str
+    name: str
+    store_url: str
+    concurrency: int
+    workflow: Workflow
+    stages: dict[str, StageConfig]
+    sinks: list[SinkConfig] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def open_sinks(self) -> list[Callable[[Event], None]]:
+        """Create each sink's listener (a failure is a `PipelineFileError` naming the sink)."""
+        listeners: list[Callable[[Event], None]] = []
+        for sink in self.sinks:
+            try:
+                listeners.append(sink.type.factory(**sink.options))
+            except Exception as exc:
+                close_sinks(listeners)
+                where = f"sinks[{sink.index}]"
+                raise PipelineFileError(
+                    f"{self.label}: [{where}] sink {sink.uses!r} failed to start: {_exc_line(exc)}"
+                ) from None
+        return listeners
+
+
+def close_sinks(listeners: Sequence[Callable[[Event], None]]) -> None:
+    for listener in listeners:
+        close = getattr(listener, "close", None)
+        if callable(close):
+            close()
+
+
+def resolve_store_url(url: str, base_dir: Path) -> str:
+    """A relative ``sqlite:///path`` made relative to ``base_dir``; other URLs unchanged."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        rest = url[len(prefix) :]
+        if rest and not rest.startswith(":memory:"):
+            return prefix + str(base_dir / rest)
+    return url
+
+
+def load_pipeline(
+    path: str | Path, pm: TreadlePluginManager, *, label: str | None = None
+) -> Pipeline:
+    """Read, validate and build a pipeline file; `PipelineFileError` on any mistake."""
+    path = Path(path)
+    label = label or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineFileError(
+            f"{label}: no such file (run 'treadle init' to create one, or pass -p PATH)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineFileError(f"{label}: cannot read: {exc}") from None
+    return loads_pipeline(text, pm, path=path, label=label)
+
+
+def loads_pipeline(
+    text: str,
+    pm: TreadlePluginManager,
+    *,
+    path: Path | None = None,
+    label: str = DEFAULT_FILE,
+) -> Pipeline:
+    """Validate and build a pipeline from TOML text (``path`` sets the base directory)."""
+    path = path or Path(DEFAULT_FILE)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineFileError(f"{label}: not valid TOML: {exc}") from None
+    base_dir = path.resolve().parent
+    token = _base_dir.set(base_dir)
+    try:
+        return _Loader(doc, pm, path, label, base_dir).load()
+    except _Problem as problem:
+        raise PipelineFileError(problem.render(label)) from None
+    finally:
+        _base_dir.reset(token)
+
+
+class _Loader:
+    def __init__(
+        self,
+        doc: dict[str, Any],
+        pm: TreadlePluginManager,
+        path: Path,
+        label: str,
+        base_dir: Path,
+    ):
+        self.doc = doc
+        self.pm = pm
+        self.path = path
+        self.label = label
+        self.base_dir = base_dir
+
+    def load(self) -> Pipeline:
+        for key in self.doc:
+            if key not in TOP_KEYS:
+                raise _Problem(
+                    f"unknown table or key {key!r}{_closest(key, TOP_KEYS)} "
+                    f"(allowed: {', '.join(TOP_KEYS)})"
+                )
+        settings = self._table(self.doc.get("pipeline", {}), "pipeline", None)
+        self._check_keys(settings, PIPELINE_KEYS, "pipeline")
+        name = settings.get("name", self.base_dir.name or "pipeline")
+        self._type(name, str, "pipeline", "name")
+        store = settings.get("store", DEFAULT_STORE)
+        self._type(store, str, "pipeline", "store")
+        if "://" not in store:
+            raise _Problem(
+                f"{_show(store)} is not a store URL (use sqlite:///path/state.db, "
+                "postgresql://host/db or memory://)",
+                "pipeline",
+                "store",
+            )
+        concurrency = settings.get("concurrency", DEFAULT_CONCURRENCY)
+        self._positive_int(concurrency, "pipeline", "concurrency")
+        if "plugins" in self.doc:
+            self._table(self.doc["plugins"], "plugins", None)
+
+        stages_doc = self._table(self.doc.get("stages"), "stages", None, required=True)
+        if not stages_doc:
+            raise _Problem("no stages defined (add a [stages.NAME] table)", "stages")
+        builder = Workflow.builder(name)
+        if "max_artefact_bytes" in settings:
+            self._positive_int(settings["max_artefact_bytes"], "pipeline", "max_artefact_bytes")
+            builder.max_artefact_bytes(settings["max_artefact_bytes"])
+        configs: dict[str, StageConfig] = {}
+        for stage_name, table in stages_doc.items():
+            where = f"stages.{stage_name}"
+            table = self._table(table, where, None)
+            configs[stage_name] = self._stage(builder, stage_name, table, where, list(stages_doc))
+        sinks = self._sinks(self.doc.get("sinks", []))
+
+        try:
+            self.pm.prepare_workflow(builder, self.doc)
+        except PluginError as exc:
+            raise _Problem(str(exc)) from None
+        try:
+            workflow = builder.build()
+        except WorkflowError as exc:
+            raise _Problem(str(exc), "stages") from None
+        return Pipeline(
+            path=self.path,
+            label=self.label,
+            name=name,
+            store_url=resolve_store_url(store, self.base_dir),
+            concurrency=concurrency,
+            workflow=workflow,
+            stages=configs,
+            sinks=sinks,
+            config=self.doc,
+        )
+
+    # --- helpers -------------------------------------------------------------
+    @staticmethod
+    def _table(
+        value: Any, where: str, key: str | None, *, required: bool = False
+    ) -> dict[str, Any]:
+        if value is None and required:
+            raise _Problem("no stages defined (add a [stages.NAME] table)", where)
+        if not isinstance(value, dict):
+            raise _Problem(f"expected a table, got {_show(value)} ({_kind(value)})", where, key)
+        return value
+
+    @staticmethod
+    def _check_keys(table: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                raise _Problem(
+                    f"unknown key{_closest(key, allowed)} (allowed: {', '.join(allowed)})",
+                    where,
+                    key,
+                )
+
+    @staticmethod
+    def _type(value: Any, expected: type, where: str, key: str) -> None:
+        try:
+            _coerce(value, expected, key, Path())
+        except _Problem as problem:
+            raise problem.at(where) from None
+
+    def _positive_int(self, value: Any, where: str, key: str) -> None:
+        self._type(value, int, where, key)
+        if value < 1:
+            raise _Problem(f"must be at least 1, not {value}", where, key)
+
+    def _duration(self, value: Any, where: str, key: str, *, positive: bool = False) -> float:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise _Problem(str(exc), where, key) from None
+        if positive and seconds <= 0:
+            raise _Problem(f"{_show(value)} must be longer than zero", where, key)
+        return seconds
+
+    # --- stages --------------------------------------------------------------
+    def _stage(
+        self,
+        builder: WorkflowBuilder,
+        name: str,
+        table: dict[str, Any],
+        where: str,
+        all_stages: list[str],
+    ) -> StageConfig:
+        if "uses" not in table:
+            raise _Problem(
+                "missing; say which stage type to use "
+                '(uses = "python", "review", a plugin\'s type, or "pkg.module:object")',
+                where,
+                "uses",
+            )
+        uses = table["uses"]
+        self._type(uses, str, where, "uses")
+        description = table.get("description", "")
+        self._type(description, str, where, "description")
+        options = {k: v for k, v in table.items() if k not in STAGE_KEYS}
+        try:
+            stage = self._make_stage(uses, options)
+        except _Problem as problem:
+            raise problem.at(where) from None
+        needs = table.get("needs", [])
+        if isinstance(needs, str):
+            needs = [needs]
+        if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
+            raise _Problem(f"expected a list of stage names, got {_show(needs)}", where, "needs")
+        for dep in needs:
+            if dep == name:
+                raise _Problem("a stage cannot need itself", where, "needs")
+            if dep not in all_stages:
+                raise _Problem(f"{dep!r} is not a stage{_closest(dep, all_stages)}", where, "needs")
+        builder.stage(name, stage, needs=needs)
+        if "retry" in table:
+            builder.retry_budget(name, self._retry(table["retry"], where))
+        if "gate" in table:
+            builder.quality_gate(name, self._gate(table["gate"], where))
+        if "review" in table:
+            builder.review_policy(name, self._policy(table["review"], where))
+        if "review_timeout" in table:
+            seconds, decision = self._review_timeout(table["review_timeout"], where)
+            builder.review_timeout(name, seconds, decision)
+        return StageConfig(name, uses, description or getattr(stage, "description", "") or "")
+
+    def _make_stage(self, uses: str, options: dict[str, Any]) -> Any:
+        if ":" in uses:
+            return stage_from_object(uses, options)
+        registry = self.pm.stage_types()
+        try:
+            stage_type = registry.get(uses)
+        except PluginError as exc:
+            raise _Problem(str(exc), key="uses") from None
+        if stage_type is None:
+            known = ", ".join(registry.names()) or "none"
+            raise _Problem(
+                f"unknown stage type {uses!r}{_closest(uses, registry.names())}; "
+                f"known: {known} (a plugin may provide it: pip install treadle-stage-{uses}; "
+                'or use "pkg.module:object")',
+                key="uses",
+            )
+        kwargs = _options(stage_type.options, options, f"stage type {uses!r}", self.base_dir)
+        try:
+            return stage_type.factory(**kwargs)
+        except _Problem:
+            raise
+        except Exception as exc:
+            raise _Problem(f"stage type {uses!r}: {_exc_line(exc)}") from None
+
+    def _retry(self, value: Any, where: str) -> RetryBudget:
+        table = self._table(value, where, "retry")
+        for key in table:
+            if key not in RETRY_KEYS:
+                raise _Problem(
+                    f"unknown key{_closest(key, RETRY_KEYS)} (allowed: {', '.join(RETRY_KEYS)})",
+                    where,
+                    f"retry.{key}",
+                )
+        kw: dict[str, Any] = {}
+        if "max_attempts" in table:
+            self._positive_int(table["max_attempts"], where, "retry.max_attempts")
+            kw["max_attempts"] = table["max_attempts"]
+        for key in ("delay", "max_delay", "jitter"):
+            if key in table:
+                kw[key] = self._duration(table[key], where, f"retry.{key}")
+        if "timeout" in table:
+            kw["attempt_timeout"] = self._duration(
+                table["timeout"], where, "retry.timeout", positive=True
+            )
+        if "backoff" in table:
+            backoff = table["backoff"]
+            self._type(backoff, float, where, "retry.backoff")
+            if backoff <= 0:
+                raise _Problem(f"must be more than 0, not {backoff}", where, "retry.backoff")
+            kw["backoff"] = float(backoff)
+        if "on_exhausted" in table:
+            value = table["on_exhausted"]
+            choices = [a.value for a in ExhaustedAction]
+            if value not in choices:
+                raise _Problem(
+                    f"{_show(value)} is not one of {', '.join(choices)}",
+                    where,
+                    "retry.on_exhausted",
+                )
+            kw["on_exhausted"] = ExhaustedAction(value)
+        try:
+            return RetryBudget(**kw)
+        except ValueError as exc:
+            raise _Problem(str(exc), where, "retry") from None
+
+    def _gate(self, value: Any, where: str) -> QualityGate:
+        if isinstance(value, list):
+            if not value:
+                raise _Problem("an empty list of gates", where, "gate")
+            return all_of(*(self._one_gate(g, where, f"gate[{i}]") for i, g in enumerate(value)))
+        return self._one_gate(value, where, "gate")
+
+    def _one_gate(self, value: Any, where: str, key: str) -> QualityGate:
+        if isinstance(value, str):
+            value = {"uses": value}
+        table = self._table(value, where, key)
+        uses = table.get("uses")
+        if uses is None:
+            raise _Problem("missing; say which gate type to use", where, f"{key}.uses")
+        self._type(uses, str, where, f"{key}.uses")
+        options = {k: v for k, v in table.items() if k != "uses"}
+        if ":" in uses:
+            try:
+                obj = import_object(uses)
+            except _Problem as problem:
+                raise problem.at(where, f"{key}.uses") from None
+            gate = obj(**options) if isinstance(obj, type) else obj
+            if not isinstance(gate, QualityGate):
+                raise _Problem(f"{uses} is not a QualityGate", where, f"{key}.uses")
+            return gate
+        registry = self.pm.gate_types()
+        try:
+            gate_type = registry.get(uses)
+        except PluginError as exc:
+            raise _Problem(str(exc), where, f"{key}.uses") from None
+        if gate_type is None:
+            known = ", ".join(registry.names()) or "none"
+            raise _Problem(
+                f"unknown gate type {uses!r}{_closest(uses, registry.names())}; known: {known} "
+                f"(a plugin may provide it: pip install treadle-gate-{uses})",
+                where,
+                f"{key}.uses",
+            )
+        try:
+            kwargs = _options(gate_type.options, options, f"gate type {uses!r}", self.base_dir)
+        except _Problem as problem:
+            raise problem.at(where, key) from None
+        try:
+            return gate_type.factory(**kwargs)
+        except Exception as exc:
+            raise _Problem(f"gate type {uses!r}: {_exc_line(exc)}", where, key) from None
+
+    def _policy(self, value: Any, where: str) -> ReviewPolicy:
+        choices = [p.value for p in ReviewPolicy]
+        if value not in choices:
+            raise _Problem(
+                f"{_show(value)} is not a review policy (use {', '.join(choices)})",
+                where,
+                "review",
+            )
+        return ReviewPolicy(value)
+
+    def _review_timeout(self, value: Any, where: str) -> tuple[float, Approve | Reject]:
+        key = "review_timeout"
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return self._duration(value, where, key, positive=True), Reject("no answer")
+        table = self._table(value, where, key)
+        allowed = ("after", "decision", "reason")
+        for k in table:
+            if k not in allowed:
+                raise _Problem(
+                    f"unknown key{_closest(k, allowed)} (allowed: {', '.join(allowed)})",
+                    where,
+                    f"{key}.{k}",
+                )
+        if "after" not in table:
+            raise _Problem("missing (how long to wait, e.g. '1h')", where, f"{key}.after")
+        seconds = self._duration(table["after"], where, f"{key}.after", positive=True)
+        decision = table.get("decision", "reject")
+        reason = table.get("reason", "no answer")
+        self._type(reason, str, where, f"{key}.reason")
+        if decision == "approve":
+            if "reason" in table:
+                raise _Problem("only a 'reject' decision takes a reason", where, f"{key}.reason")
+            return seconds, Approve()
+        if decision == "reject":
+            return seconds, Reject(reason)
+        raise _Problem(
+            f"{_show(decision)} is not a decision (use approve or reject)",
+            where,
+            f"{key}.decision",
+        )
+
+    # --- sinks ---------------------------------------------------------------
+    def _sinks(self, value: Any) -> list[SinkConfig]:
+        if not isinstance(value, list):
+            raise _Problem(
+                f"expected [[sinks]] tables, got {_show(value)} ({_kind(value)})", "sinks"
+            )
+        registry = self.pm.sink_types()
+        out: list[SinkConfig] = []
+        for index, entry in enumerate(value):
+            where = f"sinks[{index}]"
+            table = self._table(entry, where, None)
+            uses = table.get("uses")
+            if uses is None:
+                raise _Problem("missing; say which sink type to use", where, "uses")
+            self._type(uses, str, where, "uses")
+            try:
+                sink_type = registry.get(uses)
+            except PluginError as exc:
+                raise _Problem(str(exc), where, "uses") from None
+            if sink_type is None:
+                known = ", ".join(registry.names()) or "none"
+                raise _Problem(
+                    f"unknown sink type {uses!r}{_closest(uses, registry.names())}; "
+                    f"known: {known} (a plugin may provide it: pip install treadle-sink-{uses})",
+                    where,
+                    "uses",
+                )
+            options = {k: v for k, v in table.items() if k != "uses"}
+            try:
+                kwargs = _options(sink_type.options, options, f"sink type {uses!r}", self.base_dir)
+            except _Problem as problem:
+                raise problem.at(where) from None
+            out.append(SinkConfig(index, uses, sink_type, kwargs))
+        return out
