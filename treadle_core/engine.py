@@ -398,7 +398,10 @@ class Engine:
         lease_seconds: float,
         worker_id: str | None,
         stop: asyncio.Event | None = None,
+        forever: bool = False,
+        poll_interval: float = 1.0,
     ) -> RunReport:
+        """Claim and advance items; with ``forever``, until ``stop`` is set (then drain)."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         objects: dict[str, WorkItem] = {}
@@ -422,22 +425,17 @@ class Engine:
         ) as session:
             tasks = session.tasks
             try:
-                while stop is None or not stop.is_set():
+                while True:
+                    stopping = stop is not None and stop.is_set()
                     room = 2 * concurrency - len(tasks)
                     leases: list[Lease] = []
-                    # Claim in batches: one claim transaction per quarter of the window.
-                    if room > 0 and (room >= max(concurrency // 2, 1) or len(tasks) < concurrency):
-                        if local is None:
-                            leases = await session.claim(room)
-                        else:
-                            now = utcnow()
-                            wanted = [
-                                i
-                                for i, (_, due) in local.items()
-                                if due is not None and due <= now and i not in tasks
-                            ][:room]
-                            if wanted:
-                                leases = await session.claim(room, wanted)
+                    # Claim in batches: one claim transaction per half window.
+                    if (
+                        not stopping
+                        and room > 0
+                        and (room >= max(concurrency // 2, 1) or len(tasks) < concurrency)
+                    ):
+                        leases = await self._claim(session, room, local, tasks)
                     for lease in leases:
                         obj = objects.get(lease.item_id) or Item(
                             lease.item_id, store.get_work_item_data(lease.item_id) or {}
@@ -448,9 +446,14 @@ class Engine:
                         report.items += 1
                     if leases and len(tasks) < 2 * concurrency:
                         continue
-                    wake = self._next_wake(store, local, tasks)
+                    wake = None if stopping else self._next_wake(store, local, tasks)
+                    if wake is not None or (forever and not stopping):
+                        # Look again at least every poll_interval: other processes add
+                        # items and release leases without telling us.
+                        poll = utcnow() + timedelta(seconds=poll_interval)
+                        wake = poll if wake is None else min(wake, poll)
                     if not tasks:
-                        if wake is None or not until_idle:
+                        if stopping or wake is None or not (until_idle or forever):
                             break
                         await self._sleep_until(wake, stop)
                         continue
@@ -488,6 +491,32 @@ class Engine:
         return report
 
     _WAITING = (ItemState.READY, ItemState.SCHEDULED, ItemState.RUNNING)
+
+    async def _claim(
+        self,
+        session: _Session,
+        room: int,
+        local: dict[str, tuple[ItemState, datetime | None]] | None,
+        tasks: dict[str, asyncio.Task[None]],
+    ) -> list[Lease]:
+        if local is None:
+            return await session.claim(room)
+        now = utcnow()
+        wanted = [
+            i for i, (_, due) in local.items() if due is not None and due <= now and i not in tasks
+        ][:room]
+        if not wanted:
+            return []
+        leases = await session.claim(room, wanted)
+        got = {lease.item_id for lease in leases}
+        for i in wanted:
+            if i not in got:  # another worker holds it: look again when its lease ends
+                rec = session.store.get_item(i)
+                if rec is None:
+                    del local[i]
+                else:
+                    local[i] = (rec.state, rec.lease_expires_at or rec.due_at)
+        return leases
 
     def _next_wake(
         self,
@@ -811,10 +840,9 @@ class Engine:
                         feedback_summary=feedback.summary if feedback else None,
                     )
                 )
-            # Pipelined: the attempt starts while RUNNING commits. The writer applies writes
-            # in order, so RUNNING is durable before the result, and the result before
-            # any dependent starts; a lost lease refuses both.
-            running_write = run.start_write(name, running, events)
+            # RUNNING is durable before the stage's code runs: a stage that takes its
+            # process down is then seen on recovery (and counted towards max_recoveries).
+            await run.write(name, running, events)
             ctx = StageContext(
                 item_id=run.item_id,
                 stage=name,
@@ -828,14 +856,10 @@ class Engine:
             try:
                 result = await self._attempt(run, spec, ctx, max_attempts)
             except BaseException:
-                await asyncio.gather(asyncio.shield(running_write), return_exceptions=True)
                 await self._abandon(run, name, prev)
                 raise
         run.session.executions += 1
-        try:
-            await self._decide(run, spec, running, ctx, result, max_attempts)
-        finally:
-            await asyncio.shield(running_write)
+        await self._decide(run, spec, running, ctx, result, max_attempts)
 
     async def _abandon(self, run: _ItemRun, name: str, prev: StageState) -> None:
         """Put a stage back as it was before an attempt that will never finish here."""

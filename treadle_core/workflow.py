@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -289,6 +290,31 @@ class Workflow:
             until_idle=until_idle,
             lease_seconds=lease_seconds,
             worker_id=worker_id,
+        )
+
+    async def serve(
+        self,
+        store: StateStore,
+        *,
+        concurrency: int = 8,
+        lease_seconds: float = 60.0,
+        worker_id: str | None = None,
+        stop: asyncio.Event | None = None,
+        poll_interval: float = 1.0,
+    ) -> RunReport:
+        """Work forever (what ``treadle worker`` runs): claim due items, sleep when idle
+        (waking at the next due time, or every ``poll_interval`` s for new items), and
+        when ``stop`` is set, claim nothing more, finish in-flight stages, release leases."""
+        return await self._engine.run(
+            store,
+            None,
+            concurrency=concurrency,
+            until_idle=True,
+            lease_seconds=lease_seconds,
+            worker_id=worker_id,
+            stop=stop,
+            forever=True,
+            poll_interval=poll_interval,
         )
 
     async def resolve_review(
