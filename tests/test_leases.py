@@ -89,7 +89,7 @@ async def test_stage_left_running_by_a_dead_worker_is_rerun_as_a_new_attempt(sto
     from treadle_core import StageState
     from treadle_core.model import utcnow
 
-    [lease] = store.claim("dead", 1, 0.05, ["x"])
+    assert len(store.claim("dead", 1, 0.05, ["x"])) == 1
     with store.transaction():
         store.save_stage_state(
             "x", "work", StageState(status=StageStatus.RUNNING, attempt=1, started_at=utcnow())
