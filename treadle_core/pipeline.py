@@ -125,7 +125,7 @@ _TYPE_NAMES = {
 def _kind(value: Any) -> str:
     for t in (bool, int, float, str, list, dict):
         if isinstance(value, t):
-            return _TYPE_NAMES[t].split(" ", 1)[1] if t is not bool else "a boolean"
+            return _TYPE_NAMES[t] if t is not bool else "a boolean"
     return type(value).__name__
 
 
