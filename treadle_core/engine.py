@@ -813,51 +813,52 @@ class Engine:
         if prev.subtasks and not all(t.status.is_done for t in prev.subtasks):
             await self._resume_fanout(run, spec, prev)
             return
-        # A slot covers the attempt, not the commit of its result.
-        async with run.session.slots:
-            attempt = prev.attempt + 1
-            now = utcnow()
-            running = prev.replace(
-                status=StageStatus.RUNNING,
-                attempt=attempt,
-                started_at=now,
-                completed_at=None,
-                next_attempt_at=None,
-                updated_at=now,
-                subtasks=[],
-            )
-            budget = spec.budget
-            max_attempts = prev.budget_start + budget.max_attempts
-            feedback = self._last_feedback(run, name, None) if attempt > 1 else None
-            events: list[Event] = [StageStarted(item_id=run.item_id, stage=name, attempt=attempt)]
-            if attempt - prev.budget_start > 1:
-                events.append(
-                    RetryAttempt(
-                        item_id=run.item_id,
-                        stage=name,
-                        attempt=attempt,
-                        max_attempts=max_attempts,
-                        feedback_summary=feedback.summary if feedback else None,
-                    )
+        attempt = prev.attempt + 1
+        now = utcnow()
+        running = prev.replace(
+            status=StageStatus.RUNNING,
+            attempt=attempt,
+            started_at=now,
+            completed_at=None,
+            next_attempt_at=None,
+            updated_at=now,
+            subtasks=[],
+        )
+        budget = spec.budget
+        max_attempts = prev.budget_start + budget.max_attempts
+        feedback = self._last_feedback(run, name, None) if attempt > 1 else None
+        events: list[Event] = [StageStarted(item_id=run.item_id, stage=name, attempt=attempt)]
+        if attempt - prev.budget_start > 1:
+            events.append(
+                RetryAttempt(
+                    item_id=run.item_id,
+                    stage=name,
+                    attempt=attempt,
+                    max_attempts=max_attempts,
+                    feedback_summary=feedback.summary if feedback else None,
                 )
-            # RUNNING is durable before the stage's code runs: a stage that takes its
-            # process down is then seen on recovery (and counted towards max_recoveries).
-            await run.write(name, running, events)
-            ctx = StageContext(
-                item_id=run.item_id,
-                stage=name,
-                attempt=attempt,
-                subtask=None,
-                feedback=feedback,
-                upstream=self._upstream(run.states, name),
-                state=running,
-                metadata=dict(prev.metadata),
             )
-            try:
+        # RUNNING is durable before the stage's code runs: a stage that takes its
+        # process down is then seen on recovery (and counted towards max_recoveries).
+        await run.write(name, running, events)
+        # The slot covers executing the stage, not the commits around it: commit
+        # latency never idles an execution slot. A RUNNING stage may briefly wait here.
+        ctx = StageContext(
+            item_id=run.item_id,
+            stage=name,
+            attempt=attempt,
+            subtask=None,
+            feedback=feedback,
+            upstream=self._upstream(run.states, name),
+            state=running,
+            metadata=dict(prev.metadata),
+        )
+        try:
+            async with run.session.slots:
                 result = await self._attempt(run, spec, ctx, max_attempts)
-            except BaseException:
-                await self._abandon(run, name, prev)
-                raise
+        except BaseException:
+            await self._abandon(run, name, prev)
+            raise
         run.session.executions += 1
         await self._decide(run, spec, running, ctx, result, max_attempts)
 
