@@ -40,15 +40,19 @@ def hello(tmp_path):
 
 
 def test_the_readme_demo(hello):
-    assert treadle("add", "items.jsonl", cwd=hello).stdout == "added 3 items\n"
-    first = treadle("run", cwd=hello)
-    assert first.returncode == 0, first.stderr
-    assert "3 awaiting review" in first.stdout
-    approved = treadle("review", "approve", "--all", "--stage", "approve", cwd=hello)
-    assert approved.stdout == "approved 3 reviews\n"
-    second = treadle("run", "--json", cwd=hello)
-    assert second.returncode == 0, second.stderr
-    assert json.loads(second.stdout)["items"] == {"complete": 3}
+    script = treadle_command()[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TREADLE_")}
+    if Path(script).name == "treadle":
+        env["PATH"] = f"{Path(script).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(
+        ["bash", str(hello / "demo.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "added 3 items" in result.stdout
+    assert "3 awaiting review" in result.stdout
+    assert "approved 3 reviews" in result.stdout
+    assert result.stdout.count("3 complete") == 1
+    assert "greeting: 100% done (complete)" in result.stdout
     events = (hello / ".treadle" / "events.jsonl").read_text().splitlines()
     assert json.loads(events[-1])["type"] == "WorkflowCompleted"
 
