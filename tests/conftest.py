@@ -22,7 +22,8 @@ MYSQL_ADMIN_URL = os.environ.get("TREADLE_TEST_MYSQL", "mysql://root@127.0.0.1:3
 
 
 def _unavailable(what: str, url: str, exc: BaseException) -> NoReturn:
-    reason = f"{what} not reachable at {url} ({type(exc).__name__}: {exc})"
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    reason = f"{what} not reachable at {url} ({type(exc).__name__}: {first_line})"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
     pytest.skip(f"{reason}; start it, or set CI=true to make this a failure")
@@ -103,7 +104,7 @@ def _mysql_database() -> Iterator[str]:
         "MySQL/MariaDB",
         MYSQL_ADMIN_URL,
         _mysql_connect,
-        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        "CREATE DATABASE `{name}`",  # the server's default collation, as a user's would be
         "DROP DATABASE IF EXISTS `{name}`",
     )
 

@@ -247,7 +247,8 @@ CREATE TABLE items (id VARCHAR(255) NOT NULL PRIMARY KEY, data TEXT NOT NULL,
   lease_token INTEGER NOT NULL DEFAULT 0, lease_expires_at REAL,
   created_at REAL NOT NULL, updated_at REAL NOT NULL);
 CREATE INDEX items_due_at ON items (due_at);
-CREATE INDEX items_state ON items (state);
+CREATE INDEX items_state_due ON items (state, due_at);
+CREATE INDEX items_lease ON items (lease_expires_at);
 CREATE INDEX items_created ON items (created_at, id);
 CREATE TABLE stage_states (item_id VARCHAR(255) NOT NULL, stage VARCHAR(255) NOT NULL,
   status VARCHAR(32) NOT NULL, attempt INTEGER NOT NULL, updated_at REAL,
@@ -450,6 +451,7 @@ CLAIMER = START + textwrap.dedent(
     claimed = []
     while leases := store.claim(sys.argv[2], 2, 60):
         claimed.extend(lease.item_id for lease in leases)
+        time.sleep(0.001)  # a worker's other work: lets the others in
     store.close()
     print(json.dumps(claimed))
     """

@@ -94,8 +94,7 @@ _TYPES = {
         "double": "DOUBLE",
         "serial": "BIGINT AUTO_INCREMENT PRIMARY KEY",
         "journal_serial": "BIGINT AUTO_INCREMENT PRIMARY KEY",
-        # Binary collation: item ids and stage names are case-sensitive, as everywhere else.
-        "table": " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        "table": " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}",
     },
 }
 
@@ -104,11 +103,22 @@ _TYPES = {
 _MYSQL_ALREADY_DONE = {1060, 1061}
 
 
+def _mysql_collation(db: peewee.Database) -> str:
+    """Binary and NO PAD: ids compare exactly ("a", "A" and "a " are three items)."""
+    version = db.server_version or (0,)
+    if version >= (10,):  # MariaDB
+        return "utf8mb4_nopad_bin"
+    return "utf8mb4_0900_bin" if version >= (8,) else "utf8mb4_bin"
+
+
 def _ddl(db: peewee.Database, sql: str) -> None:
     """Run one DDL statement; ``{text}``, ``{double}``... are filled in for the dialect."""
     dialect = _dialect(db)
+    types = dict(_TYPES[dialect])
+    if dialect == "mysql":
+        types["table"] = types["table"].format(collation=_mysql_collation(db))
     try:
-        db.execute_sql(sql.format(**_TYPES[dialect]))
+        db.execute_sql(sql.format(**types))
     except peewee.DatabaseError as exc:
         code = exc.args[0] if exc.args else None
         if dialect == "mysql" and code in _MYSQL_ALREADY_DONE:
@@ -138,7 +148,9 @@ def m001_initial(db: peewee.Database) -> None:
         "){table}",
     )
     _ddl(db, "CREATE INDEX items_due_at ON items (due_at)")
-    _ddl(db, "CREATE INDEX items_state ON items (state)")
+    # (state, due_at): next_due_at finds each state's earliest item without a scan.
+    _ddl(db, "CREATE INDEX items_state_due ON items (state, due_at)")
+    _ddl(db, "CREATE INDEX items_lease ON items (lease_expires_at)")
     _ddl(db, "CREATE INDEX items_created ON items (created_at, id)")
     _ddl(
         db,
@@ -702,24 +714,36 @@ class SqlStateStore(StateStore):
 
     def next_due_at(self, states: Collection[ItemState] | None = None) -> datetime | None:
         now = _now()
-        filter_ = ""
-        params: tuple[str, ...] = ()
-        if states is not None:
-            if not states:
-                return None
-            filter_ = f" AND state IN ({self._marks(len(states))})"
-            params = tuple(s.value for s in states)
-        # Free items are claimable at due_at; leased ones when both due and expired.
-        sql = self._q(
-            "SELECT (SELECT MIN(due_at) FROM items WHERE due_at IS NOT NULL"
-            f" AND (lease_expires_at IS NULL OR lease_expires_at <= ?){filter_}),"
-            " (SELECT MIN(CASE WHEN lease_expires_at > due_at THEN lease_expires_at"
-            " ELSE due_at END) FROM items WHERE due_at IS NOT NULL"
-            f" AND lease_expires_at > ?{filter_})"
+        # An item without a live lease is claimable at due_at: one index-ordered MIN per
+        # state. One under a live lease (there are few) when both due and expired.
+        free = (
+            "SELECT MIN(due_at) FROM items WHERE {where} due_at IS NOT NULL"
+            " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
         )
+        leased = (
+            "SELECT MIN({when} CASE WHEN lease_expires_at > due_at THEN lease_expires_at"
+            " ELSE due_at END {end}) FROM items WHERE lease_expires_at > ? AND due_at IS NOT NULL"
+        )
+        parts: list[str] = []
+        params: list[Any] = []
+        if states is None:
+            parts += [free.format(where=""), leased.format(when="", end="")]
+            params += [now, now]
+        else:
+            values = sorted({ItemState(s).value for s in states})
+            if not values:
+                return None
+            for value in values:
+                parts.append(free.format(where="state = ? AND"))
+                params += [value, now]
+            # The state test sits inside MIN, not in WHERE, so the lease index is used.
+            when = f"CASE WHEN state IN ({', '.join('?' * len(values))}) THEN"
+            parts.append(leased.format(when=when, end="END"))
+            params += [*values, now]
+        sql = self._q("SELECT " + ", ".join(f"({part})" for part in parts))
         with self._guard:
-            free, leased = self._run(sql, (now, *params, now, *params)).fetchone()
-        found = [t for t in (free, leased) if t is not None]
+            row = self._run(sql, params).fetchone()
+        found = [t for t in row if t is not None]
         return from_ts(min(found)) if found else None
 
     # --- stage states -----------------------------------------------------------------
@@ -937,7 +961,7 @@ class SqlStateStore(StateStore):
             rows = self._run(
                 self._q(
                     "SELECT id FROM items WHERE state = ? AND updated_at < ?"
-                    f" ORDER BY updated_at LIMIT ?{self._for_update_skip}"
+                    f" LIMIT ?{self._for_update_skip}"
                 ),
                 (ItemState.COMPLETE.value, completed_before.timestamp(), limit),
             ).fetchall()
