@@ -232,6 +232,7 @@ class _Session:
         self.lost: set[str] = set()
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.executions = 0
+        self.stop: asyncio.Event | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> _Session:
@@ -423,6 +424,7 @@ class Engine:
             lease_seconds=lease_seconds,
             worker_id=worker_id,
         ) as session:
+            session.stop = stop
             tasks = session.tasks
             try:
                 while True:
@@ -762,7 +764,10 @@ class Engine:
             while True:
                 now = utcnow()
                 await self._apply_review_timeouts(run, now)
+                stopping = run.session.stop is not None and run.session.stop.is_set()
                 for name in self.wf.stages:
+                    if stopping:  # a worker shutting down starts nothing new
+                        break
                     if name not in running and self._ready(run.states, name, now):
                         running[name] = asyncio.create_task(self._execute_stage(run, name))
                 if not running:

@@ -9,7 +9,7 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    from ..cli import commands, introspect, review
+    from ..cli import commands, introspect, review, worker
 
     for command in (
         commands.init,
@@ -17,6 +17,7 @@ def register_commands(cli: click.Group) -> None:
         commands.graph,
         commands.add,
         commands.run,
+        worker.worker,
         commands.status,
         review.review,
         commands.retry,

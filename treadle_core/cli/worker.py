@@ -1,0 +1,113 @@
+"""``treadle worker``: claim ready items forever; stop cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from ..engine import default_worker_id
+from ..pipeline import parse_duration
+from .context import EXIT_USAGE, CliContext, CliError, console, emit_json, pass_state, run_async
+
+
+def _duration(value: str, option: str, *, positive: bool = True) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise CliError(f"{option}: {exc}", EXIT_USAGE) from None
+    if positive and seconds <= 0:
+        raise CliError(f"{option}: {value!r} must be more than zero", EXIT_USAGE)
+    return seconds
+
+
+@click.command()
+@click.option("--concurrency", type=click.IntRange(min=1), help="Stage executions in flight.")
+@click.option("--id", "worker_id", help="Name of this worker (default host:pid:random).")
+@click.option(
+    "--lease", default="60s", show_default=True, help="Lease duration (renewed while running)."
+)
+@click.option(
+    "--poll",
+    default="1s",
+    show_default=True,
+    help="Look for new items at least this often when idle.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report on exit.")
+@pass_state
+def worker(
+    state: CliContext,
+    concurrency: int | None,
+    worker_id: str | None,
+    lease: str,
+    poll: str,
+    as_json: bool,
+) -> None:
+    """Claim ready items forever, on this machine or many sharing one database.
+
+    SIGTERM or Ctrl-C stops claiming, lets in-flight stages finish and releases
+    leases; a second signal exits at once (its leases then expire and other
+    workers take the items over).
+    """
+    lease_seconds = _duration(lease, "--lease")
+    poll_seconds = _duration(poll, "--poll")
+    pipeline = state.pipeline()
+    wf = pipeline.workflow
+    store = state.store()
+    name = worker_id or default_worker_id()
+    err = console(stderr=True)
+
+    async def go() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        received = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal received
+            received += 1
+            if received == 1:
+                err.print(
+                    f"worker {name}: {signal.Signals(signum).name}, finishing in-flight stages "
+                    "(signal again to exit at once)"
+                )
+                stop.set()
+            else:
+                sys.stderr.flush()
+                os._exit(128 + signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        err.print(
+            f"worker {name}: pipeline {pipeline.name!r}, store {state.store_url()}, "
+            f"concurrency {concurrency or pipeline.concurrency}, lease {lease_seconds:g}s"
+        )
+        with state.sinks(wf):
+            return await wf.serve(
+                store,
+                concurrency=concurrency or pipeline.concurrency,
+                lease_seconds=lease_seconds,
+                worker_id=name,
+                stop=stop,
+                poll_interval=poll_seconds,
+            )
+
+    report = run_async(go())
+    if as_json:
+        emit_json(
+            {
+                "worker": name,
+                "items": report.items,
+                "executions": report.executions,
+                "lost_leases": report.lost_leases,
+            }
+        )
+    else:
+        err.print(
+            f"worker {name}: stopped after {report.executions} stage executions "
+            f"on {report.items} item claims"
+            + (f"; lost leases: {', '.join(report.lost_leases)}" if report.lost_leases else "")
+        )
