@@ -104,7 +104,7 @@ def test_sigterm_finishes_in_flight_stages_and_releases_leases(project):
     proc = start_worker(project)
     wait_for(lambda: len(list((project / "started").iterdir())) == 2)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "finishing in-flight stages" in err
     store = open_store(f"sqlite:///{project}/state.db")
