@@ -92,3 +92,13 @@ def test_sigkill_mid_run_on_sqlite_loses_nothing(tmp_path, kill_after):
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     con.close()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.parametrize("kill_after", [40, 300])
+def test_sigkill_mid_run_on_postgres_loses_nothing(tmp_path, pg_url, kill_after):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    committed = run_crash_scenario(pg_url, markers, kill_after)
+    check_outcome(pg_url, markers, committed)
