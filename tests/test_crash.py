@@ -21,7 +21,14 @@ STAGES = ("extract", "transform", "load")
 
 def start(url: str, markers: Path, lease: float = 1.0) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, str(HERE / "crash_pipeline.py"), url, str(markers), str(N_ITEMS), str(lease)],
+        [
+            sys.executable,
+            str(HERE / "crash_pipeline.py"),
+            url,
+            str(markers),
+            str(N_ITEMS),
+            str(lease),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -56,7 +63,7 @@ def run_crash_scenario(url: str, markers: Path, kill_after: int) -> set[tuple[st
     proc.wait()
     committed = completed_stages(url)
     proc = start(url, markers)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
     return committed
 
@@ -67,14 +74,18 @@ def check_outcome(url: str, markers: Path, committed: set[tuple[str, str]]) -> N
         assert store.count_items() == {ItemState.COMPLETE: N_ITEMS}
         for item_id in store.list_work_items():
             states = store.get_all_stage_states(item_id)
-            assert {s: st.status for s, st in states.items()} == {s: StageStatus.COMPLETE for s in STAGES}
+            assert {s: st.status for s, st in states.items()} == {
+                s: StageStatus.COMPLETE for s in STAGES
+            }
             # artefacts made it downstream
             assert states["load"].artefact == {"stage": "load", "item": item_id}
     finally:
         store.close()
     for item_id, stage in committed:
         runs = (markers / f"{item_id}.{stage}").read_text().splitlines()
-        assert len(runs) == 1, f"{item_id}.{stage} was COMPLETE before the kill but ran {len(runs)} times"
+        assert len(runs) == 1, (
+            f"{item_id}.{stage} was COMPLETE before the kill but ran {len(runs)} times"
+        )
     for i in range(N_ITEMS):
         for stage in STAGES:
             assert (markers / f"item-{i:03d}.{stage}").exists(), "a stage never ran"
