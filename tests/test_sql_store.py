@@ -139,6 +139,20 @@ def test_unreachable_server_is_a_store_error_without_the_password() -> None:
     assert "treadle:***@127.0.0.1:1" in str(err.value)
 
 
+def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database, just some notes\n" * 100)
+    with pytest.raises(StoreError, match=r"cannot open store .*notes\.txt.*not a database"):
+        open_store(f"sqlite:///{path}")
+    assert path.read_text() == "not a database, just some notes\n" * 100
+
+
+def test_a_directory_that_cannot_be_made_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match=r"cannot create the directory .*choose a writable path"):
+        open_store(f"sqlite:///{tmp_path}/file/sub/state.db")
+
+
 def test_memory_url_opens_a_memory_store() -> None:
     assert isinstance(open_store("memory://"), MemoryStateStore)
 
@@ -608,3 +622,36 @@ def test_close_closes_the_connections_of_every_thread(sqlite_url: str, tmp_path:
     store.close()
     # SQLite removes the WAL file when the last connection to the database closes.
     assert not wal.exists()
+
+
+def _kill_connection(store: SqlStateStore, url: str) -> None:
+    """End the store's (this thread's) server connection from outside, as a restart would."""
+    (backend,) = store._run(
+        "SELECT pg_backend_pid()" if store.dialect == "postgres" else "SELECT CONNECTION_ID()"
+    ).fetchone()
+    with SqlStateStore(url) as admin:
+        if store.dialect == "postgres":
+            admin._run(f"SELECT pg_terminate_backend({int(backend)})")
+        else:
+            admin._run(f"KILL {int(backend)}")
+
+
+def test_a_dropped_server_connection_is_replaced(server_url: str) -> None:
+    with SqlStateStore(server_url) as store:
+        store.save_work_item_data("a", {"n": 1})
+        _kill_connection(store, server_url)
+        assert store.get_work_item_data("a") == {"n": 1}  # a read is simply repeated
+        _kill_connection(store, server_url)
+        with store.transaction():  # so is BEGIN
+            store.save_work_item_data("a", {"n": 2})
+        assert store.get_work_item_data("a") == {"n": 2}
+
+
+def test_a_write_on_a_dropped_connection_is_not_repeated(server_url: str) -> None:
+    with SqlStateStore(server_url) as store:
+        store.save_work_item_data("a", {})
+        _kill_connection(store, server_url)
+        with pytest.raises((peewee.OperationalError, peewee.InterfaceError)):
+            store.record_attempt("a", "x", AttemptRecord(1, None, None, "complete"))
+        store.record_attempt("a", "x", AttemptRecord(2, None, None, "complete"))
+        assert [a.attempt for a in store.get_attempts("a", "x")] == [2]

@@ -18,7 +18,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext, suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -303,9 +303,16 @@ def _sqlite_database(url: str, options: dict[str, Any]) -> tuple[peewee.Database
             check_same_thread=False,
         )
         return db, True
-    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    file = Path(path).expanduser()
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"store URL {url!r}: cannot create the directory {str(file.parent)!r} "
+            f"({exc.strerror}); choose a writable path"
+        ) from exc
     db = peewee.SqliteDatabase(
-        str(Path(path).expanduser()),
+        str(file),
         pragmas=pragmas,
         timeout=busy_timeout,
         # close() may close a connection another thread opened.
@@ -424,6 +431,9 @@ class SqlStateStore(StateStore):
         try:
             self._connect()
             self._migrate()
+        except peewee.DatabaseError as exc:
+            self.close()
+            raise StoreError(f"cannot open store {_redact(url)!r}: {exc}") from exc
         except BaseException:
             self.close()
             raise
@@ -463,7 +473,25 @@ class SqlStateStore(StateStore):
         db = self._db
         if db.is_closed():
             self._open_thread_connection()
-        return db.execute_sql(sql, params)
+        try:
+            return db.execute_sql(sql, params)
+        except (peewee.OperationalError, peewee.InterfaceError):
+            # A server connection dropped while idle (restart, MySQL's wait_timeout):
+            # reconnect; repeat a read, never a write whose fate is unknown.
+            if db.in_transaction() or not self._reconnect_if_dead():
+                raise
+            if not sql.lstrip().upper().startswith("SELECT"):
+                raise
+            return db.execute_sql(sql, params)
+
+    def _reconnect_if_dead(self) -> bool:
+        """Replace this thread's server connection if it is dead; whether it was."""
+        if self.dialect == "sqlite" or self._db.is_connection_usable():
+            return False
+        with suppress(Exception):
+            self._db.close()
+        self._open_thread_connection()
+        return True
 
     def _open_thread_connection(self) -> None:
         self._db.connect(reuse_if_open=True)
@@ -632,13 +660,19 @@ class SqlStateStore(StateStore):
                 self._open_thread_connection()
             # peewee's transaction() joins an enclosing one (no savepoints): the
             # outermost block commits or rolls back everything, as in MemoryStateStore.
-            txn = (
-                db.transaction(lock_type="IMMEDIATE")
-                if self.dialect == "sqlite"
-                else db.transaction()
-            )
-            with txn:
+            with ExitStack() as stack:
+                try:
+                    stack.enter_context(self._begin())
+                except (peewee.OperationalError, peewee.InterfaceError):
+                    if db.in_transaction() or not self._reconnect_if_dead():
+                        raise
+                    stack.enter_context(self._begin())  # nothing was sent yet: begin again
                 yield
+
+    def _begin(self) -> AbstractContextManager[Any]:
+        if self.dialect == "sqlite":
+            return self._db.transaction(lock_type="IMMEDIATE")
+        return self._db.transaction()
 
     # --- items -------------------------------------------------------------------------
     def _created_at(self, now: float) -> float:
