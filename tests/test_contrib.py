@@ -25,12 +25,8 @@ from treadle_core import (
     Uncertain,
     Workflow,
 )
-from treadle_core._fixtures import EventRecorder
 from treadle_core.quality import QualityFeedback
-
-# treadle_core.testing re-exports these as a pytest11 plugin; named here so this file
-# stands on its own.
-pytest_plugins = ["treadle_core._fixtures"]
+from treadle_core.testing import EventRecorder
 
 PY = sys.executable
 ITEM = Item("doc-1", {"path": "a b.txt", "lang": "en"})

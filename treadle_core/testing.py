@@ -760,4 +760,23 @@ class StoreContract:
             store.lock_item("doc-1", stale)
 
 
-__all__ = ["StoreContract"]
+# The pytest fixtures plugin authors use (this module is a `pytest11` plugin, so they are
+# available in any test once treadle is installed).
+from ._fixtures import (  # noqa: E402
+    EventRecorder,
+    TreadleCli,
+    treadle_cli,
+    treadle_events,
+    treadle_plugin_manager,
+    treadle_store,
+)
+
+__all__ = [
+    "EventRecorder",
+    "StoreContract",
+    "TreadleCli",
+    "treadle_cli",
+    "treadle_events",
+    "treadle_plugin_manager",
+    "treadle_store",
+]

@@ -26,9 +26,10 @@ def open_memory_store(url: str) -> StateStore:
 
 
 def _open_sql(url: str) -> StateStore:
-    from ..store.sql import open_store
+    from ..store.sql import STORE_SCHEMES
 
-    return open_store(url)
+    # The scheme table directly, not open_store: open_store falls back to this registry.
+    return STORE_SCHEMES[url.partition(":")[0].lower()](url)
 
 
 SQL_SCHEMES: dict[str, str] = {

@@ -1052,10 +1052,18 @@ def open_store(url: str | None = None, **options: Any) -> StateStore:
         )
     factory = STORE_SCHEMES.get(scheme.lower())
     if factory is None:
-        raise StoreError(
-            f"store URL {_redact(url)!r}: unknown scheme {scheme!r}; known schemes: {known} "
-            "(a plugin may add more: see `treadle plugins list`)"
-        )
+        # Schemes added by plugins (`register_stores`), e.g. redis:// from treadle-store-redis.
+        from ..plugins import get_plugin_manager, store_backends
+
+        backends = store_backends(get_plugin_manager())
+        backend = backends.get(scheme.lower())
+        if backend is None:
+            known = ", ".join(f"{s}://" for s in sorted(set(STORE_SCHEMES) | set(backends)))
+            raise StoreError(
+                f"store URL {_redact(url)!r}: unknown scheme {scheme!r}; known schemes: {known} "
+                "(a plugin may add more: pip install treadle-store-<name>)"
+            )
+        return backend.factory(url)
     return factory(url, **options)
 
 
