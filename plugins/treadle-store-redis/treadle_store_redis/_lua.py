@@ -39,7 +39,6 @@ OP_ARITY = {
     "review": 2,  # id, entry json
     "delete": 1,  # id
     "prune": 2,  # id, cutoff
-    "claim_if": 5,  # id, expected token, worker, expires, now
     "renew": 3,  # id, token, expires
     "release": 2,  # id, token
 }
@@ -64,7 +63,7 @@ local locks, fences, ops = {}, {}, {}
 for _ = 1, tonumber(nxt()) do local id = nxt(); locks[#locks + 1] = {id, nxt()} end
 for _ = 1, tonumber(nxt()) do local id = nxt(); fences[#fences + 1] = {id, nxt()} end
 local arity = {put_data=3, set_state=4, save_stage=5, attempt=3, review=2, delete=1,
-               prune=2, claim_if=5, renew=3, release=2}
+               prune=2, renew=3, release=2}
 while pos <= #ARGV do
   local name = nxt()
   local op = {name}
@@ -88,38 +87,19 @@ for _, f in ipairs(fences) do
   if not rec[1] then return fail('unknown', f[1]) end
   if rec[1] ~= f[2] then return fail('lease_lost', f[1], f[2], rec[1], rec[2] or '') end
 end
-local sim = {}  -- id -> {exists, token, expires} as the ops so far leave it
+local exists = {}  -- id -> whether it exists once the ops before have run
 local function view(id)
-  local v = sim[id]
-  if v == nil then
-    local rec = redis.call('HMGET', ikey(id), 'token', 'expires')
-    v = {exists = rec[1] ~= false, token = rec[1] or '0', expires = rec[2] or false}
-    sim[id] = v
-  end
-  return v
+  if exists[id] == nil then exists[id] = redis.call('EXISTS', ikey(id)) == 1 end
+  return exists[id]
 end
 for _, op in ipairs(ops) do
   local name, id = op[1], op[2]
   if name == 'put_data' then
-    local v = view(id)
-    if not v.exists then v.exists, v.token, v.expires = true, '0', false end
+    exists[id] = true
   elseif name == 'set_state' or name == 'save_stage' then
-    if not view(id).exists then return fail('unknown', id) end
+    if not view(id) then return fail('unknown', id) end
   elseif name == 'delete' then
-    local v = view(id); v.exists, v.token, v.expires = false, '0', false
-  elseif name == 'claim_if' then
-    local v = view(id)
-    if not v.exists or v.token ~= op[3] then return fail('claim_conflict', id) end
-    if v.expires and tonumber(v.expires) > tonumber(op[6]) then
-      return fail('claim_conflict', id)
-    end
-    v.token, v.expires = tostring(tonumber(op[3]) + 1), op[5]
-  elseif name == 'renew' then
-    local v = view(id)
-    if v.exists and v.token == op[3] then v.expires = op[4] end
-  elseif name == 'release' then
-    local v = view(id)
-    if v.exists and v.token == op[3] then v.expires = false end
+    exists[id] = false
   end
 end
 
@@ -228,9 +208,6 @@ for _, op in ipairs(ops) do
       delete_item(id)
       r = 1
     end
-  elseif name == 'claim_if' then
-    redis.call('HSET', ikey(id), 'owner', op[4], 'token', tonumber(op[3]) + 1, 'expires', op[5])
-    r = 1
   elseif name == 'renew' then
     local ik = ikey(id)
     if redis.call('HGET', ik, 'token') == op[3] then

@@ -88,6 +88,8 @@ class _Tx:
     stages: dict[str, dict[str, str]] = field(default_factory=dict)
     attempts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     reviews: dict[str, list[str]] = field(default_factory=dict)
+    #: Leases claimed inside the block (claims apply at once; released on rollback).
+    claimed: list[Lease] = field(default_factory=list)
 
 
 def parse_url(url: str) -> tuple[str, str, dict[str, float]]:
@@ -210,10 +212,6 @@ class RedisStateStore(StateStore):
                 f"item {item_id!r}: lease {token} was lost "
                 f"(current token {current}, owner {owner or None!r})"
             )
-        if kind == "claim_conflict":
-            return LeaseLostError(
-                f"item {item_id!r}: claimed by another worker while this transaction was open"
-            )
         if kind == "lock_lost":
             return StoreUnavailableError(
                 f"item {item_id!r}: this transaction's lock expired after {self.lock_ttl:g} s "
@@ -237,7 +235,7 @@ class RedisStateStore(StateStore):
             yield
         except BaseException:
             self._local.tx = None
-            self._unlock(tx)
+            self._rollback(tx)
             raise
         self._local.tx = None
         if not tx.ops:
@@ -246,8 +244,15 @@ class RedisStateStore(StateStore):
         try:
             self._run(tx.ops, tx.locks, tx.fences, tx.token)
         except BaseException:
-            self._unlock(tx)
+            self._rollback(tx)
             raise
+
+    def _rollback(self, tx: _Tx) -> None:
+        if tx.claimed:
+            ops = [["release", lease.item_id, str(lease.token)] for lease in tx.claimed]
+            with contextlib.suppress(StoreError):  # else the leases simply run out
+                self._run(ops, [], {}, "")
+        self._unlock(tx)
 
     def _unlock(self, tx: _Tx) -> None:
         if not tx.locks:
@@ -601,55 +606,24 @@ class RedisStateStore(StateStore):
         if limit <= 0:
             return []
         now_dt, now = _now()
-        expires_dt = now_dt + timedelta(seconds=lease_seconds)
-        expires = _ts(expires_dt)
-        tx = self._tx
-        if tx is not None:
-            return self._claim_in_tx(tx, worker_id, limit, now_dt, expires_dt, item_ids)
-        args = [self.prefix, worker_id, now, expires, str(limit), *(item_ids or [])]
+        expires = _ts(now_dt + timedelta(seconds=lease_seconds))
         if item_ids is not None and not item_ids:
             return []
+        args = [self.prefix, worker_id, now, expires, str(limit), *(item_ids or [])]
         out = self._read(self._claim_script, args=args)
         expires_at = from_ts(float(expires))
         assert expires_at is not None
-        return [
+        leases = [
             Lease(out[i], worker_id, int(out[i + 1]), expires_at) for i in range(0, len(out), 2)
         ]
-
-    def _claim_in_tx(
-        self,
-        tx: _Tx,
-        worker_id: str,
-        limit: int,
-        now: datetime,
-        expires: datetime,
-        item_ids: Sequence[str] | None,
-    ) -> list[Lease]:
-        """Claim inside a transaction: decided now, checked again (atomically) at commit."""
-        if item_ids is None:
-            committed = self._read(
-                self.r.zrange, self.k("due"), "-inf", _ts(now), byscore=True, withscores=True
-            )
-            due = {i: s for i, s in committed if i not in tx.items}
-            for item_id, fields in tx.items.items():
-                if fields and fields.get("due") and float(fields["due"]) <= now.timestamp():
-                    due[item_id] = float(fields["due"])
-            item_ids = sorted(due, key=lambda i: due[i])
-        expires_at = from_ts(float(_ts(expires)))
-        assert expires_at is not None
-        leases: list[Lease] = []
-        for item_id in item_ids:
-            if len(leases) >= limit:
-                break
-            fields = self._load(tx, item_id)
-            if fields is None:
-                continue
-            if fields.get("expires") and float(fields["expires"]) > now.timestamp():
-                continue
-            token = int(fields.get("token") or 0)
-            fields.update(owner=worker_id, token=str(token + 1), expires=_ts(expires))
-            tx.ops.append(["claim_if", item_id, str(token), worker_id, _ts(expires), _ts(now)])
-            leases.append(Lease(item_id, worker_id, token + 1, expires_at))
+        tx = self._tx
+        if tx is not None:
+            # Applied at once, like a row lock others skip; given back if the block fails.
+            tx.claimed += leases
+            for lease in leases:
+                fields = tx.items.get(lease.item_id)
+                if fields is not None:
+                    fields.update(owner=worker_id, token=str(lease.token), expires=expires)
         return leases
 
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[Lease]:
