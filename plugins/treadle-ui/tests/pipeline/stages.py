@@ -1,0 +1,16 @@
+"""Stages of the UI test pipeline."""
+
+from treadle_core import Complete, Failed, StageOutput
+
+
+def draft(item, ctx):
+    """The item's `artefact` (any JSON), or a small document; `fail` fails the stage."""
+    if item.data.get("fail"):
+        return StageOutput(Failed(str(item.data["fail"])))
+    artefact = item.data.get("artefact", {"title": item.id, "words": 3})
+    return StageOutput(Complete(), artefact=artefact, summary="drafted")
+
+
+def publish(item, ctx):
+    """What downstream sees: the (maybe edited) reviewed artefact."""
+    return StageOutput(Complete(), artefact={"published": ctx.upstream["review"]})

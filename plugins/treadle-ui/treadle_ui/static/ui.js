@@ -1,0 +1,205 @@
+// Treadle review console: live refresh, keyboard shortcuts, bulk selection, form checks.
+// Plain JavaScript, no build step, no dependencies. Every page works without it.
+(function () {
+  "use strict";
+
+  const body = document.body;
+  const page = body.dataset.page;
+  const pollMs = Math.max(200, parseInt(body.dataset.poll || "2000", 10));
+
+  function typing(el) {
+    if (!el) return false;
+    const tag = el.tagName;
+    if (tag === "TEXTAREA" || tag === "SELECT" || el.isContentEditable) return true;
+    if (tag !== "INPUT") return false;
+    return !["checkbox", "radio", "button", "submit"].includes(el.type);
+  }
+
+  // --- live refresh: fetch the region's URL, swap each [data-part] that changed ------------
+  function liveRegions() {
+    document.querySelectorAll("[data-live]").forEach(function (region) {
+      const url = region.dataset.live;
+      let busy = false;
+      async function refresh() {
+        if (busy || document.hidden) return;
+        busy = true;
+        try {
+          const res = await fetch(url, { headers: { "X-Requested-With": "fetch" }, cache: "no-store" });
+          if (!res.ok) return;
+          const html = await res.text();
+          const doc = new DOMParser().parseFromString(html, "text/html");
+          doc.querySelectorAll("[data-part]").forEach(function (fresh) {
+            const old = region.querySelector('[data-part="' + fresh.dataset.part + '"]');
+            if (!old || old.innerHTML === fresh.innerHTML) return;
+            swap(old, fresh);
+          });
+        } catch (err) {
+          // Server restarting or network gone: try again next tick.
+        } finally {
+          busy = false;
+        }
+      }
+      setInterval(refresh, pollMs);
+      document.addEventListener("visibilitychange", refresh);
+    });
+  }
+
+  function swap(old, fresh) {
+    // Keep the selection, and focus, across the swap.
+    const checked = new Set(
+      Array.from(old.querySelectorAll('input[type="checkbox"]:checked')).map(function (c) {
+        return c.value;
+      })
+    );
+    const active = document.activeElement;
+    const focusHref = active && old.contains(active) ? active.getAttribute("href") : null;
+    const focusValue = active && old.contains(active) ? active.value : null;
+    old.innerHTML = fresh.innerHTML;
+    old.querySelectorAll('input[type="checkbox"][name="target"]').forEach(function (c) {
+      c.checked = checked.has(c.value);
+    });
+    if (focusHref) {
+      const el = old.querySelector('[href="' + CSS.escape(focusHref) + '"]');
+      if (el) el.focus();
+    } else if (focusValue) {
+      const el = old.querySelector('input[value="' + CSS.escape(focusValue) + '"]');
+      if (el) el.focus();
+    }
+    updateSelection();
+  }
+
+  // --- bulk selection -------------------------------------------------------------------
+  function targets() {
+    return Array.from(document.querySelectorAll('input[type="checkbox"][name="target"]'));
+  }
+
+  function updateSelection() {
+    const count = targets().filter(function (c) { return c.checked; }).length;
+    const counter = document.getElementById("sel-count");
+    const button = document.getElementById("bulk-approve");
+    const all = document.getElementById("select-all");
+    if (counter) counter.textContent = String(count);
+    if (button) button.disabled = count === 0;
+    if (all) {
+      const n = targets().length;
+      all.checked = n > 0 && count === n;
+      all.indeterminate = count > 0 && count < n;
+    }
+  }
+
+  document.addEventListener("change", function (ev) {
+    const el = ev.target;
+    if (el.id === "select-all") {
+      targets().forEach(function (c) { c.checked = el.checked; });
+    }
+    if (el.id === "select-all" || el.name === "target") updateSelection();
+  });
+
+  // --- decision form: a reason before rejecting, Enter in a field does what it says -------
+  function decideForm() {
+    const form = document.getElementById("decide");
+    if (!form) return;
+    const reason = document.getElementById("reason");
+    const rejectBtn = document.getElementById("reject-btn");
+    const editBtn = document.getElementById("edit-btn");
+    form.addEventListener("submit", function (ev) {
+      const action = ev.submitter ? ev.submitter.value : "";
+      if (action === "reject" && reason && !reason.value.trim()) {
+        ev.preventDefault();
+        reason.setAttribute("aria-invalid", "true");
+        reason.placeholder = "Say why before rejecting";
+        reason.focus();
+      }
+    });
+    // Enter in the reason field rejects; in the note field, approves with edits.
+    if (reason) reason.addEventListener("keydown", function (ev) {
+      if (ev.key === "Enter") { ev.preventDefault(); rejectBtn.click(); }
+    });
+    const note = document.getElementById("note");
+    if (note) note.addEventListener("keydown", function (ev) {
+      if (ev.key === "Enter") { ev.preventDefault(); editBtn.click(); }
+    });
+    // Tab in the editor indents instead of leaving it.
+    const editor = document.getElementById("artefact-edit");
+    if (editor) editor.addEventListener("keydown", function (ev) {
+      if (ev.key === "Tab" && !ev.shiftKey && !ev.ctrlKey && !ev.altKey) {
+        ev.preventDefault();
+        const s = editor.selectionStart;
+        editor.setRangeText("  ", s, editor.selectionEnd, "end");
+      }
+    });
+    const invalid = form.querySelector('[aria-invalid="true"]');
+    if (invalid) invalid.focus();
+  }
+
+  // --- keyboard shortcuts ---------------------------------------------------------------
+  function queueLinks() {
+    return Array.from(document.querySelectorAll(".queue .item-link"));
+  }
+
+  function moveInQueue(step) {
+    const links = queueLinks();
+    if (!links.length) return;
+    const at = links.indexOf(document.activeElement);
+    const next = at === -1 ? (step > 0 ? 0 : links.length - 1) : Math.min(Math.max(at + step, 0), links.length - 1);
+    links[next].focus();
+  }
+
+  function go(id) {
+    const link = document.getElementById(id);
+    if (link && link.href) window.location.assign(link.href);
+  }
+
+  document.addEventListener("keydown", function (ev) {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const help = document.getElementById("help");
+    if (ev.key === "Escape" && typing(document.activeElement)) {
+      document.activeElement.blur();
+      return;
+    }
+    if (typing(document.activeElement)) return;
+    if (ev.key === "?") {
+      ev.preventDefault();
+      if (help.open) help.close(); else help.showModal();
+      return;
+    }
+    if (help && help.open) return;
+
+    if (page === "overview") {
+      if (ev.key === "j") { ev.preventDefault(); moveInQueue(1); }
+      else if (ev.key === "k") { ev.preventDefault(); moveInQueue(-1); }
+      else if (ev.key === "x") {
+        const row = document.activeElement && document.activeElement.closest("tr");
+        const box = row && row.querySelector('input[name="target"]');
+        if (box) { ev.preventDefault(); box.checked = !box.checked; updateSelection(); }
+      }
+      return;
+    }
+    if (page === "review") {
+      if (ev.key === "j") { ev.preventDefault(); go("next-review"); }
+      else if (ev.key === "k") { ev.preventDefault(); go("prev-review"); }
+      else if (ev.key === "a") {
+        const btn = document.getElementById("approve-btn");
+        if (btn) { ev.preventDefault(); btn.click(); }
+      } else if (ev.key === "r") {
+        const reason = document.getElementById("reason");
+        if (reason) { ev.preventDefault(); reason.focus(); }
+      } else if (ev.key === "e") {
+        const editor = document.getElementById("editor");
+        if (editor) {
+          ev.preventDefault();
+          editor.open = true;
+          document.getElementById("artefact-edit").focus();
+        }
+      }
+    }
+  });
+
+  document.querySelectorAll("[data-help]").forEach(function (b) {
+    b.addEventListener("click", function () { document.getElementById("help").showModal(); });
+  });
+
+  liveRegions();
+  decideForm();
+  updateSelection();
+})();
