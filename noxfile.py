@@ -37,6 +37,14 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (mkdocs-material, mkdocstrings) with --strict."""
+    session.install("-e", ".", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.25")
+    site_dir = Path(session.create_tmp()) / "site"
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(site_dir), *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks (W1, W3, ...) in tests/benchmarks; figures are ratios to a same-run baseline."""
     session.install("-e", ".[dev]")
