@@ -9,7 +9,7 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    from ..cli import commands, introspect, review, worker
+    from ..cli import commands, introspect, plugin_new, review, worker
 
     for command in (
         commands.init,
@@ -28,5 +28,6 @@ def register_commands(cli: click.Group) -> None:
         introspect.gates_group,
         introspect.sinks_group,
         introspect.stores_group,
+        plugin_new.plugin_group,
     ):
         cli.add_command(command)
