@@ -292,7 +292,7 @@ class RedisStateStore(StateStore):
 
     def _fields(self, item_id: str) -> dict[str, str] | None:
         try:
-            fields = self.r.hgetall(self.k("item", item_id))
+            fields: dict[str, str] = self.r.hgetall(self.k("item", item_id))  # type: ignore[assignment]
         except redis.RedisError as exc:
             raise self._unavailable(exc) from None
         return fields or None
