@@ -82,8 +82,13 @@ def _session_database(
             cur.execute(create.format(name=name))
         yield _with_database(admin_url, name)
     finally:
-        with admin.cursor() as cur:
-            cur.execute(drop.format(name=name))
+        try:
+            with admin.cursor() as cur:
+                cur.execute(drop.format(name=name))
+        except Exception:  # the server was restarted under us (a resilience test)
+            admin = connect(admin_url)
+            with admin.cursor() as cur:
+                cur.execute(drop.format(name=name))
         admin.close()
 
 

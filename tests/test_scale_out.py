@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,3 +206,69 @@ def test_concurrent_review_resolution_across_processes_exactly_one_wins(tmp_path
         assert len(check.get_reviews(f"r{i}")) == 1
         assert check.get_stage_state(f"r{i}", "ask").status == StageStatus.COMPLETE
         check.close()
+
+
+def _restart_postgres() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.skipif(
+    not (shutil.which("pg_ctlcluster") and os.path.isdir("/etc/postgresql")),
+    reason="restarting the server needs the local cluster's pg_ctlcluster",
+)
+def test_worker_survives_a_postgres_restart_mid_run(tmp_path, pg_url):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    write_project(tmp_path, pg_url)
+    store = open_store(pg_url)
+    with store.transaction():
+        for i in range(300):
+            store.save_work_item_data(f"i{i:04d}", {"n": i})
+    store.close()
+    env = {**os.environ, "MARKERS": str(markers)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "treadle_core.cli", "worker", "--poll", "200ms"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(executions(markers)) < 150:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        before = len(executions(markers))
+        _restart_postgres()
+        assert proc.poll() is None, "the worker died with the server: " + proc.stderr.read()[-3000:]
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                check = open_store(pg_url)
+                done = check.count_items().get(ItemState.COMPLETE, 0)
+                check.close()
+            except Exception:
+                done = 0
+            if done == 300:
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, f"{done} of 300 complete"
+            time.sleep(0.2)
+        assert len(executions(markers)) > before
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "unavailable" in err  # it noticed, waited and carried on
+    runs = Counter((item, stage) for _, item, stage in executions(markers))
+    assert len(runs) == 300 * len(STAGES)

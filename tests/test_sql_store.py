@@ -15,7 +15,7 @@ from typing import Any
 import peewee
 import pytest
 
-from treadle_core.errors import SchemaVersionError, StoreError
+from treadle_core.errors import SchemaVersionError, StoreError, StoreUnavailableError
 from treadle_core.events import StageStarted
 from treadle_core.model import AttemptRecord, ItemState, StageState, StageStatus, utcnow
 from treadle_core.store import sql
@@ -651,7 +651,25 @@ def test_a_write_on_a_dropped_connection_is_not_repeated(server_url: str) -> Non
     with SqlStateStore(server_url) as store:
         store.save_work_item_data("a", {})
         _kill_connection(store, server_url)
-        with pytest.raises((peewee.OperationalError, peewee.InterfaceError)):
+        with pytest.raises(StoreUnavailableError, match="is unavailable"):
             store.record_attempt("a", "x", AttemptRecord(1, None, None, "complete"))
         store.record_attempt("a", "x", AttemptRecord(2, None, None, "complete"))
         assert [a.attempt for a in store.get_attempts("a", "x")] == [2]
+
+
+def test_a_transaction_on_a_dropped_connection_is_unavailable_and_applies_nothing(
+    server_url: str,
+) -> None:
+    with SqlStateStore(server_url) as store:
+        store.save_work_item_data("a", {})
+        with store.transaction():
+            store.set_item_state("a", ItemState.FAILED, None)
+        with pytest.raises(StoreUnavailableError, match="is unavailable"), store.transaction():
+            store.set_item_state("a", ItemState.COMPLETE, None)
+            _kill_connection(store, server_url)  # the server drops it mid-transaction
+            store.save_work_item_data("b", {})
+        assert store.get_item("a").state == ItemState.FAILED  # reconnects for the read
+        assert store.get_item("b") is None
+        with store.transaction():  # and the next transaction begins on a new connection
+            store.set_item_state("a", ItemState.COMPLETE, None)
+        assert store.get_item("a").state == ItemState.COMPLETE

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .errors import StoreUnavailableError
 from .store.base import StateStore
+
+log = logging.getLogger("treadle.commit")
 
 T = TypeVar("T")
 _Job = tuple[Callable[[StateStore], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
@@ -37,8 +42,10 @@ def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
 class Committer:
     """A writer thread for one store, alive for the duration of an engine call."""
 
-    def __init__(self, store: StateStore):
+    def __init__(self, store: StateStore, outage_seconds: float = 600.0):
         self.store = store
+        #: How long a write waits for an unavailable store before failing.
+        self.outage_seconds = outage_seconds
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="treadle-writer", daemon=True)
         self._thread.start()
@@ -92,15 +99,36 @@ class Committer:
     def _apply(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
         if len(batch) > 1:
             try:
-                with self.store.transaction():
-                    return [(True, fn(self.store)) for fn, _, _ in batch]
+                return self._retrying(lambda: self._all_in_one(batch))
+            except StoreUnavailableError as exc:  # still unavailable after the deadline
+                return [(False, exc)] * len(batch)
             except Exception:
                 pass  # fall back to one transaction each, below
         results: list[tuple[bool, Any]] = []
         for fn, _, _ in batch:
             try:
-                with self.store.transaction():
-                    results.append((True, fn(self.store)))
+                results.append((True, self._retrying(lambda fn=fn: self._one(fn))))  # type: ignore[misc]
             except BaseException as exc:
                 results.append((False, exc))
         return results
+
+    def _all_in_one(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        with self.store.transaction():
+            return [(True, fn(self.store)) for fn, _, _ in batch]
+
+    def _one(self, fn: Callable[[StateStore], Any]) -> Any:
+        with self.store.transaction():
+            return fn(self.store)
+
+    def _retrying(self, op: Callable[[], T]) -> T:
+        """Run ``op``; while the store is unavailable (nothing applied), wait and retry."""
+        delay, deadline = 0.05, time.monotonic() + self.outage_seconds
+        while True:
+            try:
+                return op()
+            except StoreUnavailableError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s; retrying in %.2f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)

@@ -97,6 +97,14 @@ class StoreError(TreadleError):
     code = "store_error"
 
 
+class StoreUnavailableError(StoreError):
+    """The store's server could not be reached, or it aborted the transaction (a restart,
+    a dropped connection, a deadlock); nothing of that transaction was applied, so
+    trying it again may succeed. Workers retry with back-off."""
+
+    code = "store_unavailable"
+
+
 class SchemaVersionError(StoreError):
     """The store's schema is newer than this version of Treadle understands."""
 

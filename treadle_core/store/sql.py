@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext, suppress
 from datetime import datetime, timedelta
@@ -26,7 +27,13 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import peewee
 
-from ..errors import LeaseLostError, SchemaVersionError, StoreError, UnknownItemError
+from ..errors import (
+    LeaseLostError,
+    SchemaVersionError,
+    StoreError,
+    StoreUnavailableError,
+    UnknownItemError,
+)
 from ..events import Event, StoredEvent
 from ..model import (
     AttemptRecord,
@@ -419,6 +426,8 @@ class SqlStateStore(StateStore):
             )
         self.dialect = _dialect(self._db)
         self.durable = not self._shared
+        #: How long reads wait for an unreachable server before giving up.
+        self.outage_seconds = 60.0
         # A ":memory:" database has one connection for all threads: take turns on it.
         self._guard: AbstractContextManager[Any] = (
             threading.RLock() if self._shared else nullcontext()
@@ -475,14 +484,42 @@ class SqlStateStore(StateStore):
             self._open_thread_connection()
         try:
             return db.execute_sql(sql, params)
-        except (peewee.OperationalError, peewee.InterfaceError):
-            # A server connection dropped while idle (restart, MySQL's wait_timeout):
-            # reconnect; repeat a read, never a write whose fate is unknown.
-            if db.in_transaction() or not self._reconnect_if_dead():
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            if self.dialect == "sqlite":
                 raise
+            if db.in_transaction():
+                raise  # transaction() turns it into StoreUnavailableError for the whole
+            # A server connection dropped (restart, MySQL's wait_timeout): reconnect and
+            # repeat a read, with back-off while the server is away; never repeat a write
+            # whose fate is unknown.
             if not sql.lstrip().upper().startswith("SELECT"):
-                raise
-            return db.execute_sql(sql, params)
+                self._drop_connection()
+                raise StoreUnavailableError(self._unavailable(exc)) from exc
+            return self._retry_read(sql, params, exc)
+
+    def _unavailable(self, exc: BaseException) -> str:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"store {_redact(self.url)!r} is unavailable: {first}"
+
+    def _drop_connection(self) -> None:
+        """Forget this thread's (broken) connection; the next use reconnects."""
+        with suppress(Exception):
+            self._db.close()
+
+    def _retry_read(self, sql: str, params: Sequence[Any], first: BaseException) -> Any:
+        delay, deadline = 0.05, time.monotonic() + self.outage_seconds
+        last: BaseException = first
+        while True:
+            self._drop_connection()
+            try:
+                self._open_thread_connection()
+                return self._db.execute_sql(sql, params)
+            except (peewee.OperationalError, peewee.InterfaceError) as exc:
+                last = exc
+            if time.monotonic() + delay > deadline:
+                raise StoreUnavailableError(self._unavailable(last)) from last
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _reconnect_if_dead(self) -> bool:
         """Replace this thread's server connection if it is dead; whether it was."""
@@ -656,18 +693,27 @@ class SqlStateStore(StateStore):
     def transaction(self) -> Iterator[None]:
         with self._guard:
             db = self._db
-            if db.is_closed():
-                self._open_thread_connection()
+            outermost = db.is_closed() or not db.in_transaction()
             # peewee's transaction() joins an enclosing one (no savepoints): the
             # outermost block commits or rolls back everything, as in MemoryStateStore.
-            with ExitStack() as stack:
-                try:
-                    stack.enter_context(self._begin())
-                except (peewee.OperationalError, peewee.InterfaceError):
-                    if db.in_transaction() or not self._reconnect_if_dead():
-                        raise
-                    stack.enter_context(self._begin())  # nothing was sent yet: begin again
-                yield
+            try:
+                if db.is_closed():
+                    self._open_thread_connection()
+                with ExitStack() as stack:
+                    try:
+                        stack.enter_context(self._begin())
+                    except (peewee.OperationalError, peewee.InterfaceError):
+                        if db.in_transaction() or not self._reconnect_if_dead():
+                            raise
+                        stack.enter_context(self._begin())  # nothing was sent yet: again
+                    yield
+            except (peewee.OperationalError, peewee.InterfaceError) as exc:
+                if self.dialect == "sqlite" or not outermost:
+                    raise
+                # The server went away or aborted the transaction (restart, deadlock):
+                # nothing of it was applied unless the connection died during COMMIT.
+                self._drop_connection()
+                raise StoreUnavailableError(self._unavailable(exc)) from exc
 
     def _begin(self) -> AbstractContextManager[Any]:
         if self.dialect == "sqlite":
