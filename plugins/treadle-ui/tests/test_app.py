@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import uuid
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from click.testing import CliRunner
@@ -26,6 +30,7 @@ from treadle_core import (
     StageOutput,
     StageStatus,
     Workflow,
+    open_store,
 )
 from treadle_core.cli import create_cli
 from treadle_core.plugins import get_plugin_manager
@@ -318,3 +323,57 @@ def test_ui_on_a_non_loopback_host_without_token_exits_with_a_clear_error(
 
 def test_the_plugin_registers_the_ui_command() -> None:
     assert "ui" in create_cli(get_plugin_manager()).commands
+
+
+PG_ADMIN_URL = os.environ.get("TREADLE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (skipped when no server answers, failed under CI=true)."""
+    try:
+        import psycopg2
+    except ImportError:
+        pytest.skip("psycopg2 is not installed")
+    parts = urlsplit(PG_ADMIN_URL)
+    name = f"treadle_ui_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg2.connect(
+            host=parts.hostname,
+            port=parts.port or 5432,
+            user=parts.username or "postgres",
+            password=parts.password,
+            dbname="postgres",
+            connect_timeout=3,
+        )
+    except psycopg2.OperationalError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def test_console_decides_reviews_on_postgresql(wf: Workflow, pg_url: str) -> None:
+    store = open_store(pg_url)
+    try:
+        for item in ITEMS:
+            store.save_work_item_data(item.id, item.data)
+        asyncio.run(wf.run(store, ITEMS))
+        c = client(wf, store)
+        assert "Is a right?" in c.get("/review?item=a&stage=check").text
+        assert post(c, "/decide", item="a", stage="check", action="approve").status_code == 303
+        r = post(c, "/decide", item="b", stage="check", action="edit", artefact="[1]")
+        assert r.status_code == 303
+        assert status(store, "a") == status(store, "b") == StageStatus.COMPLETE
+        assert store.get_reviews("a", "check")[0].reviewer == "ada"
+        assert 'data-part="queue"' in c.get("/live/overview").text
+    finally:
+        store.close()
