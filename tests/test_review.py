@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from treadle_core import (
     Complete,
     Failed,
     Item,
+    ItemState,
     MemoryStateStore,
     NeedsReview,
     Reject,
@@ -298,3 +300,50 @@ async def test_review_deadline_is_the_items_due_time():
     assert wf.pending_reviews(store)[0].deadline == deadline
     assert store.get_item("x").due_at == deadline
     assert deadline - since > timedelta(minutes=59)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_review_approved_elsewhere_while_another_branch_runs_is_seen(kind, tmp_path):
+    """The worker holding the item sees a decision another process committed meanwhile."""
+    from treadle_core import open_store
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    store = MemoryStateStore() if kind == "memory" else open_store(url)
+    other = store if kind == "memory" else open_store(url)
+    release = threading.Event()
+    ran = []
+
+    async def ask(item, ctx):
+        return NeedsReview("?")
+
+    def slow(item, ctx):
+        assert release.wait(5)
+
+    async def after_ask(item, ctx):
+        ran.append("after_ask")
+
+    wf = (
+        Workflow.builder()
+        .stage("ask", ask)
+        .stage("slow", slow)
+        .stage("after_ask", after_ask, needs=["ask"])
+        .build()
+    )
+
+    def approve_then_release():
+        while other.get_stage_state("x", "ask") is None or (
+            other.get_stage_state("x", "ask").status != StageStatus.AWAITING_REVIEW
+        ):
+            time.sleep(0.01)
+        asyncio.run(wf.approve_review("x", "ask", other, reviewer="elsewhere"))
+        release.set()
+
+    helper = threading.Thread(target=approve_then_release)
+    helper.start()
+    status = await wf.advance(Item("x"), store)
+    helper.join()
+    assert ran == ["after_ask"]
+    assert status.is_complete
+    assert store.get_item("x").state == ItemState.COMPLETE
+    store.close()
+    other.close()

@@ -176,6 +176,9 @@ class _ItemRun:
         """Queue a transition now (writes apply in queue order); await the result to know
         it committed."""
         engine, item_id, lease = self.engine, self.item_id, self.lease
+        view = dict(self.states)
+        if stage is not None and state is not None:
+            view[stage] = state
 
         def apply(store: StateStore) -> tuple[dict[str, StageState], list[Event]]:
             rec = store.lock_item(item_id, lease)
@@ -183,7 +186,8 @@ class _ItemRun:
                 store.save_stage_state(item_id, stage, state)
             if attempt is not None and stage is not None:
                 store.record_attempt(item_id, stage, attempt)
-            return engine.finish_write(store, rec, events)
+            # A copy: a batch that rolls back runs this again from the same view.
+            return engine.finish_write(store, rec, events, dict(view))
 
         self._submitted += 1
         seq = self._submitted
@@ -339,10 +343,32 @@ class Engine:
         return st is not None and st.status.is_done
 
     def finish_write(
-        self, store: StateStore, rec: ItemRecord, events: list[Event]
+        self,
+        store: StateStore,
+        rec: ItemRecord,
+        events: list[Event],
+        view: dict[str, StageState] | None = None,
     ) -> tuple[dict[str, StageState], list[Event]]:
-        """Inside a write: recompute the item's aggregate state, journal the events."""
-        states = store.get_all_stage_states(rec.id)
+        """Inside a write: recompute the item's aggregate state, journal the events.
+
+        ``view`` is the writer's idea of the item's stages including what this write
+        stored; only stages whose stored status or ``updated_at`` differ from it (changed
+        by another process, or by an earlier write still in flight) are read again.
+        """
+        if view is None:
+            states = store.get_all_stage_states(rec.id)
+        else:
+            states = view
+            for name, (status, updated) in store.get_stage_versions(rec.id).items():
+                mine = states.get(name)
+                if (
+                    mine is None
+                    or mine.status != status
+                    or (None if mine.updated_at is None else mine.updated_at.timestamp()) != updated
+                ):
+                    fresh = store.get_stage_state(rec.id, name)
+                    if fresh is not None:
+                        states[name] = fresh
         now = utcnow()
         state, due_at = self.aggregate(states, now)
         if state == rec.state == ItemState.READY and rec.due_at is not None and rec.due_at <= now:

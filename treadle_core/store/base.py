@@ -115,6 +115,14 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def get_all_stage_states(self, item_id: str) -> dict[str, StageState]: ...
 
+    def get_stage_versions(self, item_id: str) -> dict[str, tuple[str, float | None]]:
+        """Each stored stage's status and ``updated_at`` (epoch seconds): a cheap way to
+        see which stages changed. Stores may override it with a query that skips the data."""
+        return {
+            name: (str(st.status), None if st.updated_at is None else st.updated_at.timestamp())
+            for name, st in self.get_all_stage_states(item_id).items()
+        }
+
     @abc.abstractmethod
     def summary(self) -> dict[str, dict[str, int]]:
         """Stage name -> status -> number of items with a stored state (one grouped query)."""

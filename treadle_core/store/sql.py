@@ -595,6 +595,9 @@ class SqlStateStore(StateStore):
         )
         self._sql_get_state = q("SELECT data FROM stage_states WHERE item_id = ? AND stage = ?")
         self._sql_all_states = q("SELECT stage, data FROM stage_states WHERE item_id = ?")
+        self._sql_stage_versions = q(
+            "SELECT stage, status, updated_at FROM stage_states WHERE item_id = ?"
+        )
         self._sql_record_attempt = q("INSERT INTO attempts (item_id, stage, data) VALUES (?, ?, ?)")
         self._sql_record_review = q("INSERT INTO reviews (item_id, stage, data) VALUES (?, ?, ?)")
         self._sql_event_row = q("(?, ?, ?, ?, ?)")
@@ -854,6 +857,11 @@ class SqlStateStore(StateStore):
         with self._guard:
             rows = self._run(self._sql_all_states, (item_id,)).fetchall()
         return {stage: StageState.from_dict(json.loads(data)) for stage, data in rows}
+
+    def get_stage_versions(self, item_id: str) -> dict[str, tuple[str, float | None]]:
+        with self._guard:
+            rows = self._run(self._sql_stage_versions, (item_id,)).fetchall()
+        return {stage: (status, updated) for stage, status, updated in rows}
 
     def summary(self) -> dict[str, dict[str, int]]:
         with self._guard:
