@@ -224,6 +224,17 @@ class StoreContract:
         assert list(store.list_work_items()) == ["kept"]
 
     # --- stage states ------------------------------------------------------------------
+    def test_stage_versions_report_status_and_updated_at(self, store: StateStore) -> None:
+        store.save_work_item_data("a", {})
+        assert store.get_stage_versions("a") == {}
+        at = utcnow()
+        store.save_stage_state("a", "s", StageState(status=StageStatus.RUNNING, updated_at=at))
+        store.save_stage_state("a", "t", StageState(status=StageStatus.PENDING))
+        versions = store.get_stage_versions("a")
+        assert versions == {"s": ("running", at.timestamp()), "t": ("pending", None)}
+        store.save_stage_state("a", "s", StageState(status=StageStatus.COMPLETE, updated_at=at))
+        assert store.get_stage_versions("a")["s"] == ("complete", at.timestamp())
+
     def test_state_round_trips_every_field(self, store: StateStore) -> None:
         self.add(store, "doc-1")
         state = self.full_state()
