@@ -39,6 +39,11 @@ def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
         fut.set_exception(value)
 
 
+def _resolve_all(done: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in done:
+        _resolve(fut, ok, value)
+
+
 class Committer:
     """A writer thread for one store, alive for the duration of an engine call."""
 
@@ -86,9 +91,13 @@ class Committer:
                         stop = True
                         break
                     batch.append(nxt)
+                # One wake-up per event loop for the whole batch, not one per write.
+                by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
                 for (_, fut, loop), (ok, value) in zip(batch, self._apply(batch), strict=True):
+                    by_loop.setdefault(loop, []).append((fut, ok, value))
+                for loop, done in by_loop.items():
                     with contextlib.suppress(RuntimeError):  # the caller's loop is gone
-                        loop.call_soon_threadsafe(_resolve, fut, ok, value)
+                        loop.call_soon_threadsafe(_resolve_all, done)
                 if stop:
                     return
         finally:
