@@ -135,7 +135,12 @@ def run_steps(
 
 
 def doc_pages() -> list[Path]:
-    return sorted(DOCS.rglob("*.md"))
+    """The site's pages (an example's input files under docs/examples/NAME/*/ are not)."""
+    return sorted(
+        p
+        for p in DOCS.rglob("*.md")
+        if not (p.is_relative_to(DOCS / "examples") and len(p.relative_to(DOCS).parts) > 3)
+    )
 
 
 def is_example_readme(page: Path) -> bool:
