@@ -39,11 +39,11 @@ def store(request, tmp_path):
 
 async def test_heartbeat_keeps_the_lease_of_a_long_stage(store):
     async def long(item, ctx):
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.5)
 
     wf = Workflow.builder().stage("long", long).build()
-    task = asyncio.create_task(wf.run(store, [Item("x")], lease_seconds=0.15))
-    await asyncio.sleep(0.35)  # more than two lease periods
+    task = asyncio.create_task(wf.run(store, [Item("x")], lease_seconds=0.5))
+    await asyncio.sleep(1.1)  # more than two lease periods
     assert store.claim("intruder", 1, 10, ["x"]) == []
     report = await task
     assert report.lost_leases == []
@@ -54,16 +54,17 @@ async def test_worker_that_lost_its_lease_is_refused_and_stops(store):
     """A paused worker (its loop blocked past the lease) must not write after a take-over."""
 
     def take_over():
-        time.sleep(0.3)
-        leases = store.claim("other", 1, 0.3, ["x"])  # then "other" dies
-        assert leases and leases[0].worker_id == "other"
+        # Once the lease has lapsed, "other" claims the item (and later dies).
+        deadline = time.monotonic() + 10
+        while not store.claim("other", 1, 0.3, ["x"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
 
     async def paused(item, ctx):
         if ctx.attempt == 1:
             thief = threading.Thread(target=take_over)
             thief.start()
-            time.sleep(0.5)  # blocks the loop: no heartbeat, the lease lapses
-            thief.join()
+            thief.join()  # blocks the loop: no heartbeat until "other" has taken over
             return StageOutput(Complete(), artefact="stale")
         return StageOutput(Complete(), artefact="fresh")
 
