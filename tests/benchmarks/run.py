@@ -8,6 +8,13 @@ W1  2,000 items x 4 no-op stages on a fresh, durable SQLite file: transitions/s,
     standard library alone, one commit per transition, same pragmas).
 W3  500 items x 3 stages that each await 20 ms, concurrency 50 (ideal 0.6 s):
     efficiency = ideal / actual.
+w1pg      W1 on PostgreSQL run by 1, 2 and 4 `treadle worker` processes: transitions/s
+          and speed-up vs 1 worker, beside the raw-psycopg2 limit (1 connection, and
+          4 processes) measured in the same run. Skipped without a server.
+store     A SQLite store of 1,000,000 items x 5 stages (--items N, --quick): summary,
+          `treadle status`, claim / next_due_at latency, pending reviews, and peak
+          worker RSS at N vs N/10 items; each beside a same-run baseline.
+store-pg  The same on PostgreSQL ($TREADLE_BENCH_POSTGRES, scratch databases).
 """
 
 from __future__ import annotations
@@ -21,24 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from treadle_core import Workflow, open_store
+import bigstore
+import scaleout
+from _common import build, noop, sleepy
+
+from treadle_core import open_store
 
 STAGES = 4
-
-
-def build(n_stages: int, fn) -> Workflow:
-    b = Workflow.builder("bench")
-    for i in range(n_stages):
-        b.stage(f"s{i}", fn, needs=[f"s{i - 1}"] if i else [])
-    return b.build()
-
-
-async def noop(item, ctx):
-    return None
-
-
-async def sleepy(item, ctx):
-    await asyncio.sleep(0.02)
 
 
 def raw_sqlite_limit(path: Path, transitions: int) -> float:
@@ -123,7 +119,16 @@ def w3(items: int = 500) -> dict[str, float]:
     }
 
 
-BENCHES = {"w1": w1, "w3": w3}
+#: name -> fn(items for the large-store benchmarks)
+BENCHES = {
+    "w1": lambda n: w1(),
+    "w3": lambda n: w3(),
+    "w1pg": lambda n: scaleout.w1_pg(),
+    "store": bigstore.store_sqlite,
+    "store-pg": bigstore.store_postgres,
+}
+FULL_ITEMS = 1_000_000
+QUICK_ITEMS = 50_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,9 +136,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "names", nargs="*", help=f"benchmarks to run (default: {', '.join(BENCHES)})"
     )
+    parser.add_argument(
+        "--items",
+        type=int,
+        help=f"items in the store/store-pg benchmarks (default {FULL_ITEMS:,}; "
+        f"{QUICK_ITEMS:,} with --quick)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"store benchmarks at {QUICK_ITEMS:,} items"
+    )
     args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHES)}")
+    items = args.items or (QUICK_ITEMS if args.quick else FULL_ITEMS)
     for name in args.names or list(BENCHES):
-        result = BENCHES[name]()
+        result = BENCHES[name](items)
         print(f"{name}: {json.dumps(result)}", flush=True)
     return 0
 
