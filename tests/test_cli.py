@@ -310,6 +310,8 @@ def test_review_list(ran):
         ("b", "approve", "Ship b?"),
     ]
     assert "Ship a?" in ok(ran("review", "list")).stdout
+    limited = js(ran("review", "list", "--limit", "1", "--json"))
+    assert [r["item_id"] for r in limited] == ["a"]
 
 
 def test_review_show_prints_every_attempt_with_verdict_and_feedback(ran):

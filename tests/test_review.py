@@ -347,3 +347,13 @@ async def test_review_approved_elsewhere_while_another_branch_runs_is_seen(kind,
     assert store.get_item("x").state == ItemState.COMPLETE
     store.close()
     other.close()
+
+
+async def test_pending_reviews_limit_takes_the_oldest():
+    wf = review_pipeline()
+    store = MemoryStateStore()
+    for i in ("b", "a", "c", "d"):
+        await wf.advance(Item(i), store)
+        await asyncio.sleep(0.002)
+    assert [p.item_id for p in wf.pending_reviews(store, limit=2)] == ["b", "a"]
+    assert [p.item_id for p in wf.pending_reviews(store, "approve", limit=3)] == ["b", "a", "c"]

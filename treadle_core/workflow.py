@@ -371,9 +371,13 @@ class Workflow:
             item_id, {n: states.get(n) or StageState() for n in self._order}, rec.state
         )
 
-    def summary(self, store: StateStore) -> dict[str, dict[str, int]]:
-        """Stage -> status -> number of items, from grouped queries (never loads items)."""
-        total = sum(store.count_items().values())
+    def summary(self, store: StateStore, *, total: int | None = None) -> dict[str, dict[str, int]]:
+        """Stage -> status -> number of items, from grouped queries (never loads items).
+
+        ``total`` (the number of items) saves a query when the caller already counted them.
+        """
+        if total is None:
+            total = sum(store.count_items().values())
         stored = store.summary()
         out: dict[str, dict[str, int]] = {}
         for name in self._order:
@@ -383,10 +387,18 @@ class Workflow:
             out[name] = {k: v for k, v in counts.items() if v}
         return out
 
-    def pending_reviews(self, store: StateStore, stage: str | None = None) -> list[PendingReview]:
+    def pending_reviews(
+        self, store: StateStore, stage: str | None = None, *, limit: int | None = None
+    ) -> list[PendingReview]:
+        """Stages waiting for a person, oldest first (at most ``limit`` of them)."""
         if stage is not None:
             self._check(stage)
-        return [r for r in store.pending_reviews(stage) if r.stage in self.specs]
+            return store.pending_reviews(stage, limit)
+        found = [r for r in store.pending_reviews(None, limit) if r.stage in self.specs]
+        if limit is not None and len(found) < limit:
+            # Reviews of stages this workflow no longer has took some of the room.
+            found = [r for r in store.pending_reviews(None) if r.stage in self.specs][:limit]
+        return found
 
     def subscribe(self, maxsize: int = 1024) -> Subscription:
         """An async iterator over this workflow's events (bounded; lagging yields `Lagged`)."""

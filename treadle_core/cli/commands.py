@@ -401,8 +401,8 @@ def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
     wf = state.workflow()
     store = state.store(create=False)
     if item_id is None:
-        summary = wf.summary(store)
         items = {str(k): v for k, v in store.count_items().items() if v}
+        summary = wf.summary(store, total=sum(items.values()))
         if as_json:
             emit_json({"items": items, "stages": summary})
             return

@@ -48,12 +48,15 @@ def review() -> None:
 
 @review.command("list")
 @click.option("--stage", help="Only this stage.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Show at most N."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
-def list_reviews(state: CliContext, stage: str | None, as_json: bool) -> None:
+def list_reviews(state: CliContext, stage: str | None, limit: int, as_json: bool) -> None:
     """What waits for review, oldest first."""
     wf = state.workflow()
-    pending = wf.pending_reviews(state.store(create=False), stage)
+    pending = wf.pending_reviews(state.store(create=False), stage, limit=limit)
     if as_json:
         emit_json([_pending_dict(r) for r in pending])
         return
