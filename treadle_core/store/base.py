@@ -15,7 +15,12 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-from ..errors import ArtefactNotSerialisableError, ArtefactTooLargeError
+from ..errors import (
+    ArtefactNotSerialisableError,
+    ArtefactTooLargeError,
+    LeaseLostError,
+    UnknownItemError,
+)
 from ..events import Event, StoredEvent
 from ..model import (
     AttemptRecord,
@@ -62,6 +67,18 @@ def normalise_artefact(
             "store the payload elsewhere (a file, an object store) and return a reference to it"
         )
     return json.loads(text)
+
+
+def fence(rec: ItemRecord | None, item_id: str, lease: Lease | None) -> ItemRecord:
+    """``lock_item``'s checks: the item exists and, with a lease, that lease is current."""
+    if rec is None:
+        raise UnknownItemError(f"unknown item {item_id!r}")
+    if lease is not None and rec.lease_token != lease.token:
+        raise LeaseLostError(
+            f"item {item_id!r}: lease {lease.token} held by {lease.worker_id!r} "
+            f"was lost (current token {rec.lease_token}, owner {rec.lease_owner!r})"
+        )
+    return rec
 
 
 class StateStore(abc.ABC):

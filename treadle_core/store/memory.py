@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..errors import LeaseLostError, UnknownItemError
+from ..errors import UnknownItemError
 from ..events import Event, StoredEvent
 from ..model import (
     AttemptRecord,
@@ -25,7 +25,7 @@ from ..model import (
     StageStatus,
     utcnow,
 )
-from .base import StateStore, dumps
+from .base import StateStore, dumps, fence
 
 
 class MemoryStateStore(StateStore):
@@ -261,15 +261,7 @@ class MemoryStateStore(StateStore):
     # --- leases ----------------------------------------------------------------
     def lock_item(self, item_id: str, lease: Lease | None = None) -> ItemRecord:
         with self._lock:
-            rec = self._items.get(item_id)
-            if rec is None:
-                raise UnknownItemError(f"unknown item {item_id!r}")
-            if lease is not None and rec.lease_token != lease.token:
-                raise LeaseLostError(
-                    f"item {item_id!r}: lease {lease.token} held by {lease.worker_id!r} "
-                    f"was lost (current token {rec.lease_token}, owner {rec.lease_owner!r})"
-                )
-            return rec
+            return fence(self._items.get(item_id), item_id, lease)
 
     def claim(
         self,

@@ -28,7 +28,6 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import peewee
 
 from ..errors import (
-    LeaseLostError,
     SchemaVersionError,
     StoreError,
     StoreUnavailableError,
@@ -48,7 +47,7 @@ from ..model import (
     to_ts,
     utcnow,
 )
-from .base import StateStore, dumps
+from .base import StateStore, dumps, fence
 from .memory import MemoryStateStore
 
 DEFAULT_URL = "sqlite:///.treadle/state.db"
@@ -973,15 +972,7 @@ class SqlStateStore(StateStore):
     def lock_item(self, item_id: str, lease: Lease | None = None) -> ItemRecord:
         with self._guard:
             row = self._run(self._sql_lock_item, (item_id,)).fetchone()
-        if row is None:
-            raise UnknownItemError(f"unknown item {item_id!r}")
-        rec = _item(row)
-        if lease is not None and rec.lease_token != lease.token:
-            raise LeaseLostError(
-                f"item {item_id!r}: lease {lease.token} held by {lease.worker_id!r} "
-                f"was lost (current token {rec.lease_token}, owner {rec.lease_owner!r})"
-            )
-        return rec
+        return fence(None if row is None else _item(row), item_id, lease)
 
     def claim(
         self,
