@@ -32,7 +32,8 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy on treadle_core."""
-    session.install("-e", ".", "mypy>=1.10", "types-networkx")
+    # The dev extra, so mypy sees the same pytest and click as the tests do.
+    session.install("-e", ".[dev]", "types-networkx")
     session.run("mypy", "treadle_core")
 
 

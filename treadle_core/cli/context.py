@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,8 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
-        self.exit_code = exit_code
+        # click declares exit_code a class variable; this error picks its own per instance.
+        object.__setattr__(self, "exit_code", exit_code)
 
 
 def exit_code_for(exc: TreadleError) -> int:
@@ -174,7 +176,9 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 def console(*, stderr: bool = False) -> Console:
     """A rich console on the current stdout/stderr (so click's test runner captures it)."""
-    stream: IO[str] = click.get_text_stream("stderr" if stderr else "stdout")
+    # sys.stdout/sys.stderr, not click.get_text_stream (deprecated): click's test runner
+    # swaps these too, so output is still captured there.
+    stream: IO[str] = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else int(os.environ.get("COLUMNS", "120"))
     return Console(file=stream, width=width, highlight=False, soft_wrap=False)
 
