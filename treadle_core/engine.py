@@ -31,7 +31,6 @@ from .errors import (
     ReviewError,
     StageOutputError,
     UnknownItemError,
-    UnknownStageError,
 )
 from .events import (
     Escalated,
@@ -1369,4 +1368,4 @@ def _in_transaction(store: StateStore, fn: Callable[[StateStore], Any]) -> Any:
             release()
 
 
-__all__ = ["Engine", "RunReport", "UnknownStageError"]
+__all__ = ["Engine", "RunReport", "default_worker_id"]
