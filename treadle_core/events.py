@@ -38,9 +38,9 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.kind}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            d[f.name] = to_ts(value) if isinstance(value, datetime) else value
+        for name in _field_names(type(self)):
+            value = getattr(self, name)
+            d[name] = to_ts(value) if isinstance(value, datetime) else value
         return d
 
     @staticmethod
@@ -61,6 +61,16 @@ class Event:
 
 
 _TIME_FIELDS = {"at", "retry_at"}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Event]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -195,7 +195,14 @@ class StageState:
     recoveries: int = 0
 
     def replace(self, **changes: Any) -> StageState:
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (on the per-transition path, so kept cheap)."""
+        unknown = changes.keys() - _STAGE_STATE_FIELDS
+        if unknown:
+            raise TypeError(f"StageState has no field(s) {', '.join(sorted(unknown))}")
+        new = object.__new__(StageState)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)  # frozen, no __post_init__: nothing to re-run
+        return new
 
     def subtask(self, subtask_id: str) -> SubTask | None:
         return next((s for s in self.subtasks if s.id == subtask_id), None)
@@ -238,6 +245,9 @@ class StageState:
             budget_start=d.get("budget_start", 0),
             recoveries=d.get("recoveries", 0),
         )
+
+
+_STAGE_STATE_FIELDS = frozenset(f.name for f in dataclasses.fields(StageState))
 
 
 @dataclass(frozen=True)
