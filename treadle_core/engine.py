@@ -210,7 +210,9 @@ class _ItemRun:
         events: list[Event],
         attempt: AttemptRecord | None = None,
     ) -> None:
-        await asyncio.shield(self.start_write(stage, state, events, attempt))
+        # Not shielded: a cancelled caller gives up waiting; the write still commits in
+        # order, and whoever cancelled it puts the stage back afterwards (`_abandon`).
+        await self.start_write(stage, state, events, attempt)
 
 
 class _Session:
