@@ -44,6 +44,7 @@ from treadle_core.model import (
     utcnow,
 )
 from treadle_core.store.base import StateStore, dumps
+from treadle_core.store.base import fence as check_lease
 
 from . import _lua
 
@@ -583,17 +584,9 @@ class RedisStateStore(StateStore):
                     for name in ("owner", "token", "expires"):
                         if name in fields:
                             tx.items[item_id][name] = fields[name]  # type: ignore[index]
-        rec = self.get_item(item_id)
-        if rec is None:
-            raise UnknownItemError(f"unknown item {item_id!r}")
-        if lease is not None:
-            if rec.lease_token != lease.token:
-                raise LeaseLostError(
-                    f"item {item_id!r}: lease {lease.token} held by {lease.worker_id!r} "
-                    f"was lost (current token {rec.lease_token}, owner {rec.lease_owner!r})"
-                )
-            if tx is not None:
-                tx.fences[item_id] = lease.token
+        rec = check_lease(self.get_item(item_id), item_id, lease)
+        if lease is not None and tx is not None:
+            tx.fences[item_id] = lease.token
         return rec
 
     def claim(
