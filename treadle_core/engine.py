@@ -408,10 +408,7 @@ class Engine:
         ) as session:
             leases = await session.claim(1, [item.id])
             if leases:
-                try:
-                    await self._advance_claimed(session, item, leases[0])
-                finally:
-                    await session.release(leases[0])
+                await self._advance_claimed(session, item, leases[0])
             else:
                 log.info("item %r is leased by another worker; not advancing it", item.id)
         return self.wf.status(item.id, store)
@@ -470,7 +467,7 @@ class Engine:
                             lease.item_id, store.get_work_item_data(lease.item_id) or {}
                         )
                         tasks[lease.item_id] = asyncio.create_task(
-                            self._advance_claimed(session, obj, lease, release=True)
+                            self._advance_claimed(session, obj, lease)
                         )
                         report.items += 1
                     if leases and len(tasks) < 2 * concurrency:
@@ -722,16 +719,15 @@ class Engine:
         return self.wf.status(item_id, store)
 
     # --- advancing one claimed item ----------------------------------------------------
-    async def _advance_claimed(
-        self, session: _Session, item: WorkItem, lease: Lease, *, release: bool = False
-    ) -> None:
+    async def _advance_claimed(self, session: _Session, item: WorkItem, lease: Lease) -> None:
+        """Advance an item this session claimed; its lease is given back at the end."""
         run = _ItemRun(self, session, item, lease)
         try:
             run.states = session.store.get_all_stage_states(item.id)
             await self._recover(run)
             await self._advance_loop(run)
         finally:
-            if release and item.id not in session.lost:
+            if item.id not in session.lost:
                 await session.release(lease)
 
     async def _recover(self, run: _ItemRun) -> None:
