@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .clock import Clock, ManualClock, SystemClock
 from .engine import RunReport
 from .errors import (
     ArtefactError,
@@ -51,8 +52,12 @@ from .events import (
 )
 from .hookspecs import GateType, Option, SinkType, StageType, StoreBackend, hookimpl
 from .model import (
+    Accepted,
+    Approve,
+    ApproveWithEdits,
     AttemptRecord,
     Complete,
+    CriterionResult,
     Failed,
     FanOut,
     Item,
@@ -62,6 +67,10 @@ from .model import (
     NeedsReview,
     PendingReview,
     PipelineStatus,
+    QualityContext,
+    QualityFeedback,
+    Reject,
+    Rejected,
     Retry,
     ReviewRecord,
     Skipped,
@@ -70,22 +79,14 @@ from .model import (
     StageState,
     StageStatus,
     SubTask,
+    Uncertain,
     WorkItem,
 )
 from .quality import (
-    Accepted,
-    Approve,
-    ApproveWithEdits,
-    CriterionResult,
     ExhaustedAction,
-    QualityContext,
-    QualityFeedback,
     QualityGate,
-    Reject,
-    Rejected,
     RetryBudget,
     ReviewPolicy,
-    Uncertain,
     all_of,
     any_of,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "ArtefactNotSerialisableError",
     "ArtefactTooLargeError",
     "AttemptRecord",
+    "Clock",
     "Complete",
     "CriterionResult",
     "CycleError",
@@ -122,6 +124,7 @@ __all__ = [
     "Lagged",
     "Lease",
     "LeaseLostError",
+    "ManualClock",
     "MemoryStateStore",
     "NeedsReview",
     "Option",
@@ -174,6 +177,7 @@ __all__ = [
     "SubTaskFailed",
     "SubTaskStarted",
     "Subscription",
+    "SystemClock",
     "TreadleError",
     "Uncertain",
     "UnknownDependencyError",

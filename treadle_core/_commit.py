@@ -1,6 +1,8 @@
-"""Group commit: one writer thread applies queued write functions, many per transaction.
+"""The engine's two I/O paths: every write through one group-commit writer thread
+(`Committer`), every read that can block through one reader thread (`Reader`), so a
+round trip to a database server never stalls the event loop.
 
-Each write function runs against the store inside a transaction; when several are
+Group commit: each write function runs against the store inside a transaction; when several are
 queued they share one transaction (one commit, one fsync). If a shared
 transaction fails, every function of the batch is re-run in a transaction of its
 own, so one refused write (``LeaseLostError``, ``ReviewError``) never takes its
@@ -11,6 +13,7 @@ committed, so nothing depends on a transition before it is durable.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import queue
@@ -73,6 +76,12 @@ class Committer:
     async def close(self) -> None:
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
+
+    async def __aenter__(self) -> Committer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     def _loop(self) -> None:
         try:
@@ -141,3 +150,21 @@ class Committer:
                 log.warning("%s; retrying in %.2f s", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+class Reader:
+    """A reader thread for one store: ``await reader.read(fn)`` runs ``fn(store)`` there."""
+
+    def __init__(self, store: StateStore):
+        self.store = store
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="treadle-reader")
+
+    async def read(self, fn: Callable[[StateStore], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, self.store)
+
+    async def close(self) -> None:
+        release = getattr(self.store, "release_thread", None)
+        if callable(release):
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(self._pool, release)
+        await asyncio.to_thread(self._pool.shutdown)

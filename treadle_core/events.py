@@ -109,6 +109,8 @@ class StageSkipped(Event):
 class StageRetried(Event):
     attempt: int
     error: str | None = None
+    #: The fan-out subtask this is about (None: the stage itself).
+    subtask: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +118,8 @@ class RetryScheduled(Event):
     attempt: int
     max_attempts: int
     retry_at: datetime | None = None  # when the next attempt is due
+    #: The fan-out subtask this is about (None: the stage itself).
+    subtask: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,17 +127,23 @@ class RetryAttempt(Event):
     attempt: int
     max_attempts: int
     feedback_summary: str | None = None
+    #: The fan-out subtask this is about (None: the stage itself).
+    subtask: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class QualityCheckPassed(Event):
     attempt: int
+    #: The fan-out subtask this is about (None: the stage itself).
+    subtask: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class QualityCheckFailed(Event):
     attempt: int
     feedback_summary: str = ""
+    #: The fan-out subtask this is about (None: the stage itself).
+    subtask: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

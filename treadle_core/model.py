@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from .quality import QualityFeedback
+from typing import Any, Protocol, runtime_checkable
 
 
 def utcnow() -> datetime:
@@ -166,6 +163,114 @@ def outcome_name(outcome: Outcome) -> str:
     }[type(outcome)]
 
 
+# --- verdicts, feedback and review decisions -------------------------------------------
+
+
+@dataclass(frozen=True)
+class CriterionResult:
+    """One criterion a gate checked."""
+
+    name: str
+    expected: Any = None
+    actual: Any = None
+    passed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "expected": self.expected,
+            "actual": self.actual,
+            "passed": self.passed,
+        }
+
+
+@dataclass(frozen=True)
+class QualityFeedback:
+    """Why an output was not good enough, handed to the next attempt as ``ctx.feedback``."""
+
+    summary: str
+    failed_criteria: list[CriterionResult] = field(default_factory=list)
+    guidance: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary,
+            "failed_criteria": [c.to_dict() for c in self.failed_criteria],
+            "guidance": self.guidance,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> QualityFeedback:
+        return cls(
+            summary=d.get("summary", ""),
+            failed_criteria=[
+                CriterionResult(
+                    c["name"], c.get("expected"), c.get("actual"), c.get("passed", False)
+                )
+                for c in d.get("failed_criteria") or []
+            ],
+            guidance=d.get("guidance"),
+        )
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The gate is satisfied."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The gate is not satisfied; the feedback goes to the next attempt."""
+
+    feedback: QualityFeedback
+
+
+@dataclass(frozen=True)
+class Uncertain:
+    """The gate cannot tell; a person may decide (ReviewPolicy.ON_UNCERTAIN)."""
+
+    reason: str
+
+
+Verdict = Accepted | Rejected | Uncertain
+
+
+def verdict_name(verdict: Verdict | None) -> str | None:
+    if verdict is None:
+        return None
+    return {Accepted: "accepted", Rejected: "rejected", Uncertain: "uncertain"}[type(verdict)]
+
+
+@dataclass(frozen=True)
+class Approve:
+    """The output stands; dependents may run."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """The stage fails with this reason."""
+
+    reason: str = "rejected"
+
+
+@dataclass(frozen=True)
+class ApproveWithEdits:
+    """The output stands as edited; dependents see the edited artefact."""
+
+    artefact: Any
+    note: str | None = None
+
+
+ReviewDecision = Approve | Reject | ApproveWithEdits
+REVIEW_DECISION_TYPES = (Approve, Reject, ApproveWithEdits)
+
+
+def decision_name(decision: ReviewDecision) -> str:
+    return {Approve: "approve", Reject: "reject", ApproveWithEdits: "approve_with_edits"}[
+        type(decision)
+    ]
+
+
 # --- state --------------------------------------------------------------------
 
 
@@ -281,8 +386,6 @@ class AttemptRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AttemptRecord:
-        from .quality import QualityFeedback
-
         fb = d.get("feedback")
         return cls(
             attempt=d["attempt"],
@@ -385,6 +488,18 @@ class PendingReview:
 
 
 # --- context and status -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QualityContext:
+    """What a gate knows about the attempt it judges."""
+
+    item_id: str
+    stage: str
+    attempt: int
+    max_attempts: int
+    previous_attempts: Sequence[AttemptRecord] = ()
+    subtask: str | None = None
 
 
 @dataclass

@@ -1,103 +1,37 @@
-"""The quality loop's values: gates, verdicts, feedback, retry budgets, review policies."""
+"""The quality loop: gates and how they compose, retry budgets, review policies.
+
+The values a gate returns and a reviewer decides (verdicts, feedback, review
+decisions) are frozen values in `treadle_core.model`; they are imported here too,
+so ``from treadle_core.quality import QualityFeedback`` keeps working.
+"""
 
 from __future__ import annotations
 
 import abc
 import enum
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .model import (
+    Accepted,
+    Approve,
+    ApproveWithEdits,
+    CriterionResult,
+    QualityContext,
+    QualityFeedback,
+    Reject,
+    Rejected,
+    ReviewDecision,
+    Uncertain,
+    Verdict,
+    decision_name,
+    verdict_name,
+)
+
 if TYPE_CHECKING:
-    from .model import AttemptRecord, StageOutput, WorkItem
-
-
-@dataclass(frozen=True)
-class CriterionResult:
-    """One criterion a gate checked."""
-
-    name: str
-    expected: Any = None
-    actual: Any = None
-    passed: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "expected": self.expected,
-            "actual": self.actual,
-            "passed": self.passed,
-        }
-
-
-@dataclass(frozen=True)
-class QualityFeedback:
-    """Why an output was not good enough, handed to the next attempt as ``ctx.feedback``."""
-
-    summary: str
-    failed_criteria: list[CriterionResult] = field(default_factory=list)
-    guidance: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "summary": self.summary,
-            "failed_criteria": [c.to_dict() for c in self.failed_criteria],
-            "guidance": self.guidance,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> QualityFeedback:
-        return cls(
-            summary=d.get("summary", ""),
-            failed_criteria=[
-                CriterionResult(
-                    c["name"], c.get("expected"), c.get("actual"), c.get("passed", False)
-                )
-                for c in d.get("failed_criteria") or []
-            ],
-            guidance=d.get("guidance"),
-        )
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """The gate is satisfied."""
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """The gate is not satisfied; the feedback goes to the next attempt."""
-
-    feedback: QualityFeedback
-
-
-@dataclass(frozen=True)
-class Uncertain:
-    """The gate cannot tell; a person may decide (ReviewPolicy.ON_UNCERTAIN)."""
-
-    reason: str
-
-
-Verdict = Accepted | Rejected | Uncertain
-
-
-def verdict_name(verdict: Verdict | None) -> str | None:
-    if verdict is None:
-        return None
-    return {Accepted: "accepted", Rejected: "rejected", Uncertain: "uncertain"}[type(verdict)]
-
-
-@dataclass(frozen=True)
-class QualityContext:
-    """What a gate knows about the attempt it judges."""
-
-    item_id: str
-    stage: str
-    attempt: int
-    max_attempts: int
-    previous_attempts: Sequence[AttemptRecord] = ()
-    subtask: str | None = None
+    from .model import StageOutput, WorkItem
 
 
 class QualityGate(abc.ABC):
@@ -224,13 +158,13 @@ class RetryBudget:
         if self.attempt_timeout is not None and self.attempt_timeout <= 0:
             raise ValueError("RetryBudget.attempt_timeout must be positive")
 
-    def delay_for(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based)."""
+    def delay_for(self, retry: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based); ``rng`` draws the jitter."""
         d = self.delay * self.backoff ** (retry - 1)
         if self.max_delay is not None:
             d = min(d, self.max_delay)
         if self.jitter:
-            d += random.uniform(-self.jitter, self.jitter)
+            d += (rng or random).uniform(-self.jitter, self.jitter)
         return max(d, 0.0)
 
     def retries(self, exc: BaseException) -> bool:
@@ -240,33 +174,25 @@ class RetryBudget:
         return isinstance(exc, self.retry_on)
 
 
-# --- review decisions ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Approve:
-    """The output stands; dependents may run."""
-
-
-@dataclass(frozen=True)
-class Reject:
-    """The stage fails with this reason."""
-
-    reason: str = "rejected"
-
-
-@dataclass(frozen=True)
-class ApproveWithEdits:
-    """The output stands as edited; dependents see the edited artefact."""
-
-    artefact: Any
-    note: str | None = None
-
-
-ReviewDecision = Approve | Reject | ApproveWithEdits
-
-
-def decision_name(decision: ReviewDecision) -> str:
-    return {Approve: "approve", Reject: "reject", ApproveWithEdits: "approve_with_edits"}[
-        type(decision)
-    ]
+__all__ = [
+    "Accepted",
+    "Approve",
+    "ApproveWithEdits",
+    "CriterionResult",
+    "ExhaustedAction",
+    "QualityContext",
+    "QualityFeedback",
+    "QualityGate",
+    "Reject",
+    "Rejected",
+    "RetryBudget",
+    "ReviewDecision",
+    "ReviewPolicy",
+    "Uncertain",
+    "Verdict",
+    "all_of",
+    "any_of",
+    "decision_name",
+    "merge_feedback",
+    "verdict_name",
+]

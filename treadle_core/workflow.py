@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import networkx as nx
 
+from .clock import SYSTEM_CLOCK, Clock
+from .engine import Engine, Plan, ReviewTimeout, RunReport, StageSpec
 from .errors import (
     CycleError,
     DuplicateStageError,
@@ -20,39 +21,21 @@ from .errors import (
     WorkflowError,
 )
 from .events import EventBus, Subscription
-from .model import PendingReview, PipelineStatus, StageState, WorkItem
-from .quality import (
+from .model import (
+    REVIEW_DECISION_TYPES,
     Approve,
-    ApproveWithEdits,
-    QualityGate,
+    PendingReview,
+    PipelineStatus,
     Reject,
-    RetryBudget,
     ReviewDecision,
-    ReviewPolicy,
+    StageState,
+    WorkItem,
 )
+from .quality import QualityGate, RetryBudget, ReviewPolicy
 from .stage import Stage, as_stage
 from .store.base import DEFAULT_MAX_ARTEFACT_BYTES, StateStore
 
-if TYPE_CHECKING:
-    from .engine import RunReport
-
-
-@dataclass(frozen=True)
-class ReviewTimeout:
-    seconds: float
-    on_timeout: ReviewDecision
-
-
-@dataclass
-class StageSpec:
-    """Everything the workflow knows about one stage."""
-
-    name: str
-    stage: Stage
-    gate: QualityGate | None = None
-    budget: RetryBudget = field(default_factory=RetryBudget)
-    policy: ReviewPolicy = ReviewPolicy.NEVER
-    review_timeout: ReviewTimeout | None = None
+__all__ = ["ReviewTimeout", "StageSpec", "Workflow", "WorkflowBuilder"]
 
 
 def _closest(name: str, known: Sequence[str]) -> str:
@@ -74,6 +57,7 @@ class WorkflowBuilder:
         self._timeouts: dict[str, ReviewTimeout] = {}
         self._max_artefact_bytes = DEFAULT_MAX_ARTEFACT_BYTES
         self._max_recoveries = 3
+        self._clock: Clock = SYSTEM_CLOCK
 
     @property
     def stage_names(self) -> list[str]:
@@ -113,7 +97,7 @@ class WorkflowBuilder:
         if seconds <= 0:
             raise ValueError(f"review_timeout for {stage!r} must be positive, not {seconds}")
         decision = on_timeout if on_timeout is not None else Reject("no answer")
-        if not isinstance(decision, Approve | Reject | ApproveWithEdits):
+        if not isinstance(decision, REVIEW_DECISION_TYPES):
             raise TypeError("on_timeout must be Approve(), Reject(reason) or ApproveWithEdits(...)")
         self._timeouts[stage] = ReviewTimeout(float(seconds), decision)
         return self
@@ -125,6 +109,11 @@ class WorkflowBuilder:
     def max_recoveries(self, limit: int) -> WorkflowBuilder:
         """How many crashes mid-stage before the stage is FAILED ("recovery limit reached")."""
         self._max_recoveries = int(limit)
+        return self
+
+    def clock(self, clock: Clock) -> WorkflowBuilder:
+        """The clock the engine asks for "now" (a `ManualClock` in tests)."""
+        self._clock = clock
         return self
 
     def build(self) -> Workflow:
@@ -172,40 +161,41 @@ class WorkflowBuilder:
             )
             for name, st in self._stages.items()
         }
-        return Workflow(
+        plan = Plan(
             self.name,
             specs,
             graph,
             max_artefact_bytes=self._max_artefact_bytes,
             max_recoveries=self._max_recoveries,
         )
+        return Workflow(plan, clock=self._clock)
 
 
 class Workflow:
     """A validated DAG of stages, and the operations that move items through it."""
 
-    def __init__(
-        self,
-        name: str,
-        specs: dict[str, StageSpec],
-        graph: nx.DiGraph[str],
-        *,
-        max_artefact_bytes: int = DEFAULT_MAX_ARTEFACT_BYTES,
-        max_recoveries: int = 3,
-    ):
-        self.name = name
-        self.specs = specs
-        self.graph = graph
-        self.max_artefact_bytes = max_artefact_bytes
-        self.max_recoveries = max_recoveries
-        order = {n: i for i, n in enumerate(specs)}
-        self._order = list(nx.lexicographical_topological_sort(graph, key=lambda n: order[n]))
-        self._deps = {n: sorted(graph.predecessors(n), key=order.__getitem__) for n in specs}
-        self._ancestors = {n: nx.ancestors(graph, n) for n in specs}
+    def __init__(self, plan: Plan, *, clock: Clock = SYSTEM_CLOCK):
+        self.plan = plan
+        self.name = plan.name
+        self.clock = clock
         self.bus = EventBus()
-        from .engine import Engine
+        self._engine = Engine(plan, self.bus, clock)
 
-        self._engine = Engine(self)
+    @property
+    def specs(self) -> dict[str, StageSpec]:
+        return self.plan.specs
+
+    @property
+    def graph(self) -> nx.DiGraph[str]:
+        return self.plan.graph
+
+    @property
+    def max_artefact_bytes(self) -> int:
+        return self.plan.max_artefact_bytes
+
+    @property
+    def max_recoveries(self) -> int:
+        return self.plan.max_recoveries
 
     @staticmethod
     def builder(name: str = "workflow") -> WorkflowBuilder:
@@ -215,62 +205,65 @@ class Workflow:
     @property
     def stages(self) -> list[str]:
         """Stage names in topological order."""
-        return list(self._order)
+        return list(self.plan.order)
 
     def _check(self, stage: str) -> StageSpec:
         spec = self.specs.get(stage)
         if spec is None:
             raise UnknownStageError(
-                f"workflow {self.name!r} has no stage {stage!r}{_closest(stage, self._order)}"
+                f"workflow {self.name!r} has no stage {stage!r}{_closest(stage, self.plan.order)}"
             )
         return spec
 
     def dependencies(self, stage: str) -> list[str]:
         self._check(stage)
-        return list(self._deps[stage])
+        return list(self.plan.deps[stage])
 
     def dependents(self, stage: str) -> list[str]:
         self._check(stage)
-        return [n for n in self._order if stage in self._deps[n]]
+        return list(self.plan.dependents[stage])
 
     def ancestors(self, stage: str) -> list[str]:
         """Direct and indirect dependencies, in topological order."""
         self._check(stage)
-        return [n for n in self._order if n in self._ancestors[stage]]
+        return list(self.plan.ancestors[stage])
 
     def root_stages(self) -> list[str]:
-        return [n for n in self._order if not self._deps[n]]
+        return [n for n in self.plan.order if not self.plan.deps[n]]
 
     def leaf_stages(self) -> list[str]:
-        return [n for n in self._order if not any(n in self._deps[m] for m in self._order)]
+        return [n for n in self.plan.order if not self.plan.dependents[n]]
 
     def to_mermaid(self) -> str:
-        ids = {n: f"s{i}" for i, n in enumerate(self._order)}
+        order = self.plan.order
+        ids = {n: f"s{i}" for i, n in enumerate(order)}
         lines = ["graph TD"]
-        for n in self._order:
+        for n in order:
             lines.append(f'    {ids[n]}["{_mermaid_label(n)}"]')
-        for n in self._order:
-            for dep in self._deps[n]:
+        for n in order:
+            for dep in self.plan.deps[n]:
                 lines.append(f"    {ids[dep]} --> {ids[n]}")
         return "\n".join(lines)
 
     def to_dot(self) -> str:
+        order = self.plan.order
         lines = [f"digraph {_dot_id(self.name)} {{", "    rankdir=LR;"]
-        for n in self._order:
+        for n in order:
             lines.append(f"    {_dot_id(n)};")
-        for n in self._order:
-            for dep in self._deps[n]:
+        for n in order:
+            for dep in self.plan.deps[n]:
                 lines.append(f"    {_dot_id(dep)} -> {_dot_id(n)};")
         lines.append("}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"<Workflow {self.name!r} stages={self._order}>"
+        return f"<Workflow {self.name!r} stages={self.plan.order}>"
 
     # --- running -------------------------------------------------------------
     async def advance(self, item: WorkItem, store: StateStore) -> PipelineStatus:
         """Run every ready stage of ``item`` (independent ones concurrently) until none is ready."""
-        return await self._engine.advance(item, store)
+        await self._engine.advance(item, store)
+        return await asyncio.to_thread(self.status, item.id, store)
 
     async def run(
         self,
@@ -327,9 +320,11 @@ class Workflow:
         comment: str | None = None,
     ) -> PipelineStatus:
         """Apply a person's decision to a stage AWAITING_REVIEW."""
-        return await self._engine.resolve_review(
+        self._check(stage)
+        await self._engine.resolve_review(
             item_id, stage, outcome, store, reviewer=reviewer, comment=comment
         )
+        return await asyncio.to_thread(self.status, item_id, store)
 
     async def approve_review(
         self,
@@ -360,7 +355,9 @@ class Workflow:
 
     async def retry_stage(self, item_id: str, stage: str, store: StateStore) -> PipelineStatus:
         """Put a FAILED stage back to PENDING (attempts keep counting, budget renewed)."""
-        return await self._engine.retry_stage(item_id, stage, store)
+        self._check(stage)
+        await self._engine.retry_stage(item_id, stage, store)
+        return await asyncio.to_thread(self.status, item_id, store)
 
     def status(self, item_id: str, store: StateStore) -> PipelineStatus:
         rec = store.get_item(item_id)
@@ -368,7 +365,7 @@ class Workflow:
             raise UnknownItemError(f"unknown item {item_id!r}")
         states = store.get_all_stage_states(item_id)
         return PipelineStatus(
-            item_id, {n: states.get(n) or StageState() for n in self._order}, rec.state
+            item_id, {n: states.get(n) or StageState() for n in self.plan.order}, rec.state
         )
 
     def summary(self, store: StateStore, *, total: int | None = None) -> dict[str, dict[str, int]]:
@@ -380,7 +377,7 @@ class Workflow:
             total = sum(store.count_items().values())
         stored = store.summary()
         out: dict[str, dict[str, int]] = {}
-        for name in self._order:
+        for name in self.plan.order:
             counts = dict(stored.get(name, {}))
             pending = total - sum(counts.values())
             counts["pending"] = counts.get("pending", 0) + max(pending, 0)

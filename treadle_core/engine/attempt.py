@@ -1,0 +1,154 @@
+"""One attempt of a stage or subtask: hooks, execute, artefact check and gate, under the
+attempt timeout. It returns an `AttemptResult` and decides nothing (that is `decide`)."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..errors import ArtefactError, LeaseLostError, StageOutputError
+from ..model import (
+    OUTCOME_TYPES,
+    Accepted,
+    AttemptRecord,
+    Complete,
+    FanOut,
+    QualityContext,
+    Rejected,
+    StageContext,
+    StageOutput,
+    SubTask,
+    Uncertain,
+    Verdict,
+    WorkItem,
+)
+from ..store.base import normalise_artefact
+from .plan import StageSpec
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one attempt produced, before any decision.
+
+    ``output`` is None when the attempt raised or timed out; ``error`` then says why
+    and ``retryable`` whether the budget may try again.
+    """
+
+    output: StageOutput | None
+    started_at: datetime
+    artefact: Any = None
+    verdict: Verdict | None = None
+    error: str | None = None
+    retryable: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def normalise_output(raw: Any, stage: str, *, subtask: str | None = None) -> StageOutput:
+    """What ``execute`` returned as a `StageOutput`, or `StageOutputError` naming the stage."""
+    if raw is None:
+        return StageOutput(Complete())
+    if isinstance(raw, StageOutput):
+        if not isinstance(raw.outcome, OUTCOME_TYPES):
+            raise StageOutputError(
+                f"stage {stage!r} returned StageOutput with outcome of type "
+                f"{type(raw.outcome).__name__}; use Complete(), NeedsReview(), Failed(), "
+                "Retry(), FanOut() or Skipped()"
+            )
+        output = raw
+    elif isinstance(raw, OUTCOME_TYPES):
+        output = StageOutput(raw)
+    else:
+        raise StageOutputError(
+            f"stage {stage!r} returned a value of type {type(raw).__name__}; return a "
+            "StageOutput, an outcome (Complete(), Retry(...), ...) or None"
+        )
+    if subtask is None and isinstance(output.outcome, FanOut):
+        _check_fanout(output.outcome, stage)
+    return output
+
+
+def _check_fanout(fanout: FanOut, stage: str) -> None:
+    subtasks = list(fanout.subtasks)
+    ids = [getattr(t, "id", None) for t in subtasks]
+    if not all(isinstance(t, SubTask) for t in subtasks) or len(set(ids)) != len(ids):
+        raise StageOutputError(
+            f"stage {stage!r} returned FanOut with invalid subtasks: "
+            "give a list of SubTask(id) with unique ids"
+        )
+
+
+def error_text(exc: BaseException) -> str:
+    """The exception's type, message and traceback, as kept in the attempt record."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{type(exc).__name__}: {exc}\n{tb}"
+
+
+async def run_attempt(
+    item: WorkItem,
+    spec: StageSpec,
+    ctx: StageContext,
+    *,
+    started_at: datetime,
+    max_attempts: int,
+    previous: Sequence[AttemptRecord],
+    max_artefact_bytes: int,
+) -> AttemptResult:
+    """Run one attempt; ``previous`` are this stage's (or subtask's) earlier attempts."""
+    stage, budget = spec.stage, spec.budget
+    where = f"item {ctx.item_id!r} stage {spec.name!r}" + (
+        f" subtask {ctx.subtask!r}" if ctx.subtask else ""
+    )
+
+    async def body() -> AttemptResult:
+        await stage.before_execute(item, ctx)
+        raw = await stage.execute(item, ctx)
+        output = normalise_output(raw, spec.name, subtask=ctx.subtask)
+        await stage.after_execute(item, ctx, output)
+        artefact = normalise_artefact(output.artefact, where=where, max_bytes=max_artefact_bytes)
+        verdict: Verdict | None = None
+        if spec.gate is not None and isinstance(output.outcome, Complete):
+            qctx = QualityContext(
+                ctx.item_id, spec.name, ctx.attempt, max_attempts, list(previous), ctx.subtask
+            )
+            judged = StageOutput(output.outcome, artefact, output.summary)
+            try:
+                verdict = await spec.gate.evaluate(item, spec.name, judged, qctx)
+            except Exception as exc:
+                verdict = Uncertain(f"quality gate raised {type(exc).__name__}: {exc}")
+            if not isinstance(verdict, Accepted | Rejected | Uncertain):
+                verdict = Uncertain(
+                    f"quality gate returned {type(verdict).__name__}, "
+                    "not Accepted/Rejected/Uncertain"
+                )
+        return AttemptResult(
+            output, started_at, artefact=artefact, verdict=verdict, metadata=ctx.metadata
+        )
+
+    try:
+        if budget.attempt_timeout is None:
+            return await body()
+        async with asyncio.timeout(budget.attempt_timeout) as deadline:
+            return await body()
+    except (StageOutputError, ArtefactError, LeaseLostError):
+        raise
+    except TimeoutError:
+        if budget.attempt_timeout is not None and deadline.expired():
+            return AttemptResult(
+                None,
+                started_at,
+                error=f"attempt timed out after {budget.attempt_timeout:g} s",
+                metadata=ctx.metadata,
+            )
+        raise
+    except Exception as exc:
+        return AttemptResult(
+            None,
+            started_at,
+            error=error_text(exc),
+            retryable=budget.retries(exc),
+            metadata=ctx.metadata,
+        )

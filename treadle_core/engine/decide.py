@@ -1,0 +1,425 @@
+"""Pure decisions: values in, values out, no I/O and no awaits.
+
+`decide` is the quality loop of SPEC §3.4 for one attempt, the same for a stage and
+for one subtask of a fan-out: given the stage's spec, the state before, the attempt's
+result and ``now``, it returns the new state, the events and the attempt record.
+`begin` starts an attempt. A fan-out's own start and end are in `fanout`; decisions
+made outside an attempt (crash recovery, a review decision, ``retry_stage``) are in
+`actions`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..events import (
+    Escalated,
+    Event,
+    FanOutStarted,
+    QualityCheckFailed,
+    QualityCheckPassed,
+    RetryAttempt,
+    RetryScheduled,
+    ReviewRequired,
+    StageCompleted,
+    StageFailed,
+    StageRetried,
+    StageSkipped,
+    StageStarted,
+    SubTaskCompleted,
+    SubTaskFailed,
+    SubTaskStarted,
+)
+from ..model import (
+    Accepted,
+    AttemptRecord,
+    Complete,
+    Failed,
+    FanOut,
+    NeedsReview,
+    QualityFeedback,
+    Rejected,
+    Retry,
+    Skipped,
+    StageState,
+    StageStatus,
+    SubTask,
+    Uncertain,
+    outcome_name,
+    verdict_name,
+)
+from ..quality import ReviewPolicy
+from .attempt import AttemptResult
+from .plan import StageSpec
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A stage's new state, the events that describe the change, and the attempt record."""
+
+    state: StageState
+    events: list[Event]
+    record: AttemptRecord | None = None
+
+
+class Next(enum.Enum):
+    """Where one attempt leads (the rows of SPEC §3.4)."""
+
+    COMPLETE = "complete"
+    REVIEW = "review"
+    RETRY = "retry"
+    EXHAUSTED = "exhausted"
+    FAIL = "fail"
+    SKIP = "skip"
+    FAN_OUT = "fan_out"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the quality loop makes of one attempt, before it is applied to a state."""
+
+    next: Next
+    label: str
+    error: str | None = None
+    feedback: QualityFeedback | None = None
+    prompt: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+    #: True / False: a gate accepted / rejected the output (journalled); None: no verdict.
+    passed: bool | None = None
+
+
+def max_attempts(spec: StageSpec, budget_start: int) -> int:
+    """The attempt number at which the budget (renewed at ``budget_start``) runs out."""
+    return budget_start + spec.budget.max_attempts
+
+
+def judge(
+    spec: StageSpec,
+    result: AttemptResult,
+    attempt: int,
+    budget_start: int,
+    *,
+    subtask: str | None = None,
+) -> Judgement:
+    """The quality loop for one attempt of a stage (or, with ``subtask``, of a subtask).
+
+    A subtask cannot wait for a person: what would send a stage to review is an error
+    on the subtask (``NeedsReview``, ``FanOut``) or a retry (an uncertain gate).
+    """
+    out = result.output
+    may_retry = attempt < max_attempts(spec, budget_start)
+
+    def retry(
+        label: str, error: str, feedback: QualityFeedback, passed: bool | None = None
+    ) -> Judgement:
+        return Judgement(
+            Next.RETRY if may_retry else Next.EXHAUSTED, label, error, feedback, passed=passed
+        )
+
+    J = Judgement
+    if out is None:
+        error = result.error or "attempt failed"
+        if not result.retryable:
+            return J(Next.FAIL, "error", error, QualityFeedback(error.splitlines()[0]))
+        return retry("error", error, QualityFeedback(error.splitlines()[0]))
+    outcome = out.outcome
+    label = outcome_name(outcome)
+    match outcome:
+        case Complete():
+            verdict = result.verdict
+            if isinstance(verdict, Rejected):
+                summary = verdict.feedback.summary
+                error = f"quality gate rejected the output: {summary}"
+                return retry(label, error, verdict.feedback, passed=False)
+            if isinstance(verdict, Uncertain):
+                if subtask is None and spec.policy.reviews_uncertain:
+                    return J(
+                        Next.REVIEW, label, prompt=f"quality gate is uncertain: {verdict.reason}"
+                    )
+                error = f"quality gate is uncertain: {verdict.reason}"
+                return retry(label, error, QualityFeedback(verdict.reason))
+            passed = True if isinstance(verdict, Accepted) else None
+            if subtask is None and spec.policy == ReviewPolicy.ALWAYS:
+                return J(Next.REVIEW, label, prompt=out.summary or "", passed=passed)
+            return J(Next.COMPLETE, label, passed=passed)
+        case NeedsReview(prompt, context) if subtask is None:
+            return J(Next.REVIEW, label, prompt=prompt, context=dict(context))
+        case FanOut() if subtask is None:
+            return J(Next.FAN_OUT, label)
+        case NeedsReview() | FanOut():
+            error = (
+                f"subtask {subtask!r} returned {type(outcome).__name__}, which a subtask cannot do"
+            )
+            return J(Next.FAIL, label, error)
+        case Failed(error):
+            return J(Next.FAIL, label, error)
+        case Retry(error):
+            return retry(label, error, QualityFeedback(error))
+        case Skipped():
+            return J(Next.SKIP, label)
+    raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
+
+
+def decide(
+    spec: StageSpec,
+    running: StageState,
+    result: AttemptResult,
+    now: datetime,
+    *,
+    item_id: str,
+    subtask: str | None = None,
+    rng: random.Random | None = None,
+) -> Decision:
+    """Apply one attempt's result to the RUNNING stage (or its RUNNING ``subtask``)."""
+    if subtask is not None:
+        return _decide_subtask(spec, running, subtask, result, now, item_id, rng)
+    name, attempt = spec.name, running.attempt
+    j = judge(spec, result, attempt, running.budget_start)
+    events = _quality_events(j, item_id, name, attempt, None, now)
+    base = running.replace(metadata=result.metadata, completed_at=now, updated_at=now)
+    if result.output is not None:
+        base = base.replace(artefact=result.artefact)
+    new: StageState
+    match j.next:
+        case Next.FAN_OUT:
+            assert result.output is not None and isinstance(result.output.outcome, FanOut)
+            fresh = [
+                SubTask(t.id, metadata=dict(t.metadata)) for t in result.output.outcome.subtasks
+            ]
+            new = base.replace(status=StageStatus.RUNNING, subtasks=fresh, completed_at=None)
+            events.append(
+                FanOutStarted(item_id=item_id, stage=name, subtasks=[t.id for t in fresh], at=now)
+            )
+        case Next.REVIEW:
+            new = awaiting(spec, base, j.prompt, j.context, now)
+            events.append(review_required(item_id, name, j.prompt, j.context, now))
+        case Next.COMPLETE:
+            new = base.replace(status=StageStatus.COMPLETE, error=None)
+            events.append(StageCompleted(item_id=item_id, stage=name, at=now))
+        case Next.SKIP:
+            assert result.output is not None and isinstance(result.output.outcome, Skipped)
+            new = base.replace(status=StageStatus.SKIPPED, error=None)
+            reason = result.output.outcome.reason
+            events.append(StageSkipped(item_id=item_id, stage=name, reason=reason, at=now))
+        case Next.RETRY:
+            assert j.error is not None
+            next_at = _next_attempt_at(spec, attempt - running.budget_start, now, rng)
+            new = base.replace(status=StageStatus.PENDING, error=j.error, next_attempt_at=next_at)
+            events += _retry_events(
+                spec, item_id, name, None, attempt, running.budget_start, j, next_at, now
+            )
+        case Next.EXHAUSTED if spec.escalates:
+            assert j.error is not None
+            used = attempt - running.budget_start
+            reason = f"retry budget exhausted after {used} attempts: {j.error.splitlines()[0]}"
+            new = awaiting(spec, base.replace(error=j.error), reason, {}, now)
+            events.append(Escalated(item_id=item_id, stage=name, reason=reason, at=now))
+            events.append(review_required(item_id, name, reason, {}, now))
+        case Next.EXHAUSTED | Next.FAIL:
+            assert j.error is not None
+            new = base.replace(status=StageStatus.FAILED, error=j.error)
+            events.append(StageFailed(item_id=item_id, stage=name, error=j.error, at=now))
+    return Decision(new, events, _record(j, result, attempt, now, None))
+
+
+def _decide_subtask(
+    spec: StageSpec,
+    running: StageState,
+    sub_id: str,
+    result: AttemptResult,
+    now: datetime,
+    item_id: str,
+    rng: random.Random | None,
+) -> Decision:
+    name = spec.name
+    sub = running.subtask(sub_id)
+    if sub is None:
+        raise ValueError(f"stage {name!r} has no subtask {sub_id!r}")
+    attempt = sub.attempt
+    j = judge(spec, result, attempt, sub.budget_start, subtask=sub_id)
+    events = _quality_events(j, item_id, name, attempt, sub_id, now)
+    next_at: datetime | None = None
+    match j.next:
+        case Next.COMPLETE | Next.SKIP:
+            status = StageStatus.COMPLETE if j.next == Next.COMPLETE else StageStatus.SKIPPED
+            events.append(SubTaskCompleted(item_id=item_id, stage=name, subtask=sub_id, at=now))
+        case Next.RETRY:
+            status = StageStatus.PENDING
+            next_at = _next_attempt_at(spec, attempt - sub.budget_start, now, rng)
+            events += _retry_events(
+                spec, item_id, name, sub_id, attempt, sub.budget_start, j, next_at, now
+            )
+        case _:
+            status = StageStatus.FAILED
+            events.append(
+                SubTaskFailed(item_id=item_id, stage=name, subtask=sub_id, error=j.error, at=now)
+            )
+    new_sub = dataclasses.replace(
+        sub,
+        status=status,
+        error=j.error,
+        artefact=result.artefact,
+        metadata=result.metadata,
+        next_attempt_at=next_at,
+    )
+    state = running.replace(subtasks=[new_sub if t.id == sub_id else t for t in running.subtasks])
+    return Decision(state, events, _record(j, result, attempt, now, sub_id))
+
+
+def _quality_events(
+    j: Judgement, item_id: str, stage: str, attempt: int, subtask: str | None, now: datetime
+) -> list[Event]:
+    if j.passed is True:
+        return [
+            QualityCheckPassed(
+                item_id=item_id, stage=stage, attempt=attempt, subtask=subtask, at=now
+            )
+        ]
+    if j.passed is False:
+        summary = j.feedback.summary if j.feedback is not None else ""
+        return [
+            QualityCheckFailed(
+                item_id=item_id,
+                stage=stage,
+                attempt=attempt,
+                feedback_summary=summary,
+                subtask=subtask,
+                at=now,
+            )
+        ]
+    return []
+
+
+def _retry_events(
+    spec: StageSpec,
+    item_id: str,
+    stage: str,
+    subtask: str | None,
+    attempt: int,
+    budget_start: int,
+    j: Judgement,
+    next_at: datetime | None,
+    now: datetime,
+) -> list[Event]:
+    events: list[Event] = [
+        StageRetried(
+            item_id=item_id, stage=stage, attempt=attempt, error=j.error, subtask=subtask, at=now
+        )
+    ]
+    if next_at is not None:
+        events.append(
+            RetryScheduled(
+                item_id=item_id,
+                stage=stage,
+                attempt=attempt + 1,
+                max_attempts=max_attempts(spec, budget_start),
+                retry_at=next_at,
+                subtask=subtask,
+                at=now,
+            )
+        )
+    return events
+
+
+def _next_attempt_at(
+    spec: StageSpec, retry: int, now: datetime, rng: random.Random | None
+) -> datetime | None:
+    delay = spec.budget.delay_for(retry, rng)
+    return now + timedelta(seconds=delay) if delay > 0 else None
+
+
+def _record(
+    j: Judgement, result: AttemptResult, attempt: int, now: datetime, subtask: str | None
+) -> AttemptRecord:
+    out = result.output
+    return AttemptRecord(
+        attempt=attempt,
+        started_at=result.started_at,
+        completed_at=now,
+        outcome=j.label,
+        summary=out.summary if out is not None else None,
+        artefact=result.artefact,
+        verdict=verdict_name(result.verdict),
+        feedback=j.feedback,
+        error=j.error,
+        subtask=subtask,
+    )
+
+
+def review_required(
+    item_id: str, stage: str, prompt: str, context: dict[str, Any], now: datetime
+) -> ReviewRequired:
+    return ReviewRequired(item_id=item_id, stage=stage, prompt=prompt, context=context, at=now)
+
+
+def awaiting(
+    spec: StageSpec, base: StageState, prompt: str, context: dict[str, Any], now: datetime
+) -> StageState:
+    """``base`` waiting for a person, with the review's deadline when the stage has one."""
+    deadline = None
+    if spec.review_timeout is not None:
+        deadline = now + timedelta(seconds=spec.review_timeout.seconds)
+    return base.replace(
+        status=StageStatus.AWAITING_REVIEW,
+        review_prompt=prompt,
+        review_context=context,
+        review_deadline=deadline,
+    )
+
+
+# --- the moments around attempts -----------------------------------------------------
+
+
+def begin(
+    spec: StageSpec,
+    prev: StageState,
+    now: datetime,
+    *,
+    item_id: str,
+    feedback: QualityFeedback | None,
+    subtask: str | None = None,
+) -> tuple[StageState, list[Event]]:
+    """The RUNNING state (or RUNNING subtask) an attempt starts from, and its events."""
+    name = spec.name
+    if subtask is not None:
+        sub = prev.subtask(subtask)
+        if sub is None:
+            raise ValueError(f"stage {name!r} has no subtask {subtask!r}")
+        attempt, budget_start = sub.attempt + 1, sub.budget_start
+        running_sub = dataclasses.replace(
+            sub, status=StageStatus.RUNNING, attempt=attempt, next_attempt_at=None
+        )
+        state = prev.replace(
+            subtasks=[running_sub if t.id == subtask else t for t in prev.subtasks]
+        )
+        events: list[Event] = [SubTaskStarted(item_id=item_id, stage=name, subtask=subtask, at=now)]
+    else:
+        attempt, budget_start = prev.attempt + 1, prev.budget_start
+        state = prev.replace(
+            status=StageStatus.RUNNING,
+            attempt=attempt,
+            started_at=now,
+            completed_at=None,
+            next_attempt_at=None,
+            updated_at=now,
+            subtasks=[],
+        )
+        events = [StageStarted(item_id=item_id, stage=name, attempt=attempt, at=now)]
+    if attempt - budget_start > 1:
+        events.append(
+            RetryAttempt(
+                item_id=item_id,
+                stage=name,
+                attempt=attempt,
+                max_attempts=max_attempts(spec, budget_start),
+                feedback_summary=feedback.summary if feedback else None,
+                subtask=subtask,
+                at=now,
+            )
+        )
+    return state, events

@@ -1,0 +1,337 @@
+"""The per-item loop: one claimed item, advanced until nothing more is ready.
+
+On taking an item it recovers stages left RUNNING by a process that died, applies
+review deadlines that passed, then starts every ready stage (independent ones
+concurrently). Each stage is: write RUNNING, run one attempt (`attempt`), decide
+(`decide`), write the result (`writes`), and only then do dependents start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import LeaseLostError, ReviewError
+from ..events import Event
+from ..model import (
+    AttemptRecord,
+    Lease,
+    QualityFeedback,
+    StageContext,
+    StageState,
+    StageStatus,
+    WorkItem,
+)
+from . import actions, decide, fanout, writes
+from .attempt import AttemptResult, run_attempt
+from .plan import StageSpec
+from .ready import expired_reviews, is_ready, upstream
+from .session import Session
+
+log = logging.getLogger("treadle.engine")
+
+#: Who decides a review whose deadline passed.
+TIMEOUT_REVIEWER = "timeout"
+
+
+class ItemRun:
+    """One item being advanced under a lease: the freshest stage states, and its writes."""
+
+    def __init__(
+        self, session: Session, item: WorkItem, lease: Lease, states: dict[str, StageState]
+    ):
+        self.session = session
+        self.plan = session.plan
+        self.clock = session.clock
+        self.item = item
+        self.item_id = item.id
+        self.lease = lease
+        self.states = states
+        self._submitted = 0
+        self._applied = 0
+
+    # --- writes --------------------------------------------------------------
+    def start_write(
+        self,
+        stage: str | None,
+        state: StageState | None,
+        events: list[Event],
+        record: AttemptRecord | None = None,
+    ) -> asyncio.Future[writes.WriteResult]:
+        """Queue a transition now (writes apply in queue order); await the result to know
+        it committed."""
+        view = dict(self.states)
+        if stage is not None and state is not None:
+            view[stage] = state
+        write = writes.transition(
+            self.plan, self.clock, self.item_id, self.lease, stage, state, events, record, view
+        )
+        self._submitted += 1
+        seq = self._submitted
+        committed = self.session.committer.enqueue(write)
+
+        def on_commit(fut: asyncio.Future[writes.WriteResult]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                return
+            states, done = fut.result()
+            if seq > self._applied:  # writes resolve in order; keep the newest view anyway
+                self.states, self._applied = states, seq
+            self.session.bus.publish(done)
+
+        committed.add_done_callback(on_commit)
+        return committed
+
+    async def write(
+        self,
+        stage: str | None,
+        state: StageState | None,
+        events: list[Event],
+        record: AttemptRecord | None = None,
+    ) -> None:
+        # Not shielded: a cancelled caller gives up waiting; the write still commits in
+        # order, and whoever cancelled it puts the stage back afterwards (`abandon`).
+        await self.start_write(stage, state, events, record)
+
+    async def abandon(self, name: str, prev: StageState) -> None:
+        """Put a stage back as it was before an attempt that will never finish here."""
+        if self.item_id in self.session.lost:
+            return
+        try:
+            await self.write(name, prev, [])
+        except LeaseLostError:
+            pass
+        except Exception:
+            log.exception("could not put item %r stage %r back", self.item_id, name)
+
+    # --- the loop ------------------------------------------------------------
+    async def advance(self) -> None:
+        """Recover, then run ready stages until none is ready (or the worker stops)."""
+        await self._recover()
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                now = self.clock.now()
+                await self._apply_review_timeouts()
+                if not self.session.stopping:
+                    for name in self.plan.order:
+                        if name not in running and is_ready(self.plan, self.states, name, now):
+                            running[name] = asyncio.create_task(self._execute_stage(name))
+                if not running:
+                    return
+                done, _ = await asyncio.wait(
+                    list(running.values()), return_when=asyncio.FIRST_COMPLETED
+                )
+                for name in [n for n, t in running.items() if t in done]:
+                    running.pop(name).result()  # re-raises programming errors and lost leases
+        finally:
+            if running:
+                for task in running.values():
+                    task.cancel()
+                await asyncio.gather(*running.values(), return_exceptions=True)
+
+    async def _recover(self) -> None:
+        """Stages left RUNNING by a process that died: re-run them, or give up after N crashes."""
+        for name, st in list(self.states.items()):
+            if name not in self.plan or st.status != StageStatus.RUNNING:
+                continue
+            d = actions.recover(
+                st,
+                self.clock.now(),
+                item_id=self.item_id,
+                stage=name,
+                max_recoveries=self.plan.max_recoveries,
+            )
+            await self.write(name, d.state, d.events, d.record)
+
+    async def _apply_review_timeouts(self) -> None:
+        for name, deadline in expired_reviews(self.plan, self.states, self.clock.now()):
+            timeout = self.plan.specs[name].review_timeout
+            assert timeout is not None
+            write = writes.review(
+                self.plan,
+                self.clock,
+                self.item_id,
+                name,
+                timeout.on_timeout,
+                reviewer=TIMEOUT_REVIEWER,
+                comment=f"no decision within {timeout.seconds:g} s",
+                lease=self.lease,
+                deadline=deadline,
+            )
+            try:
+                states, events = await self.session.committer.submit(write)
+            except ReviewError:  # a person answered first
+                self.states = await self._read_states()
+                continue
+            self.states = states
+            self.session.bus.publish(events)
+
+    # --- reads ---------------------------------------------------------------
+    async def _read_states(self) -> dict[str, StageState]:
+        item_id = self.item_id
+        return await self.session.read(lambda s: s.get_all_stage_states(item_id))
+
+    # --- one stage -----------------------------------------------------------
+    async def _previous(self, name: str, subtask: str | None) -> list[AttemptRecord]:
+        item_id = self.item_id
+        records = await self.session.read(lambda s: s.get_attempts(item_id, name))
+        return [r for r in records if r.subtask == subtask]
+
+    async def _execute_stage(self, name: str) -> None:
+        spec = self.plan.specs[name]
+        prev = self.states.get(name) or StageState()
+        if prev.subtasks and not all(t.status.is_done for t in prev.subtasks):
+            state, events = fanout.resume_fanout(spec, prev, self.clock.now(), item_id=self.item_id)
+            await self.write(name, state, events)
+            await self._run_fanout(spec, state)
+            return
+        previous = await self._previous(name, None) if prev.attempt > 0 else []
+        feedback = _last_feedback(previous)
+        running, events = decide.begin(
+            spec, prev, self.clock.now(), item_id=self.item_id, feedback=feedback
+        )
+        # RUNNING is durable before the stage's code runs: a stage that takes its
+        # process down is then seen on recovery (and counted towards max_recoveries).
+        await self.write(name, running, events)
+        ctx = StageContext(
+            item_id=self.item_id,
+            stage=name,
+            attempt=running.attempt,
+            subtask=None,
+            feedback=feedback,
+            upstream=upstream(self.plan, self.states, name),
+            state=running,
+            metadata=dict(prev.metadata),
+        )
+        # The slot covers executing the stage, not the commits around it: commit
+        # latency never idles an execution slot. A RUNNING stage may briefly wait here.
+        try:
+            async with self.session.slots:
+                result = await self._attempt(spec, ctx, running.budget_start, previous)
+        except BaseException:
+            await self.abandon(name, prev)
+            raise
+        self.session.executions += 1
+        d = decide.decide(spec, running, result, self.clock.now(), item_id=self.item_id)
+        await self.write(name, d.state, d.events, d.record)
+        if d.state.status == StageStatus.RUNNING and d.state.subtasks:
+            await self._run_fanout(spec, d.state)
+
+    async def _attempt(
+        self,
+        spec: StageSpec,
+        ctx: StageContext,
+        budget_start: int,
+        previous: Sequence[AttemptRecord],
+    ) -> AttemptResult:
+        return await run_attempt(
+            self.item,
+            spec,
+            ctx,
+            started_at=self.clock.now(),
+            max_attempts=decide.max_attempts(spec, budget_start),
+            previous=previous,
+            max_artefact_bytes=self.plan.max_artefact_bytes,
+        )
+
+    # --- fan-out -------------------------------------------------------------
+    async def _run_fanout(self, spec: StageSpec, state: StageState) -> None:
+        """Run the fan-out's due PENDING subtasks concurrently until none is left to run
+        now, then decide the stage."""
+        holder = {"state": state}
+        try:
+            while True:
+                now = self.clock.now()
+                todo = [
+                    t.id
+                    for t in holder["state"].subtasks
+                    if t.status == StageStatus.PENDING
+                    and (t.next_attempt_at is None or t.next_attempt_at <= now)
+                ]
+                if not todo:
+                    break
+                await _all_or_cancel([self._run_subtask(spec, holder, sub_id) for sub_id in todo])
+        except BaseException:
+            # Abandoned mid-fan-out: the stage goes back to PENDING, finished subtasks stay.
+            await self.abandon(spec.name, holder["state"].replace(status=StageStatus.PENDING))
+            raise
+        new, events = fanout.finish_fanout(
+            spec, holder["state"], self.clock.now(), item_id=self.item_id
+        )
+        await self.write(spec.name, new, events)
+
+    async def _run_subtask(
+        self, spec: StageSpec, holder: dict[str, StageState], sub_id: str
+    ) -> None:
+        name = spec.name
+        async with self.session.slots:
+            before = holder["state"]
+            sub = before.subtask(sub_id)
+            assert sub is not None
+            previous = await self._previous(name, sub_id) if sub.attempt > 0 else []
+            feedback = _last_feedback(previous)
+            running, events = decide.begin(
+                spec,
+                before,
+                self.clock.now(),
+                item_id=self.item_id,
+                feedback=feedback,
+                subtask=sub_id,
+            )
+            holder["state"] = running
+            await self.write(name, running, events)
+            running_sub = running.subtask(sub_id)
+            assert running_sub is not None
+            ctx = StageContext(
+                item_id=self.item_id,
+                stage=name,
+                attempt=running_sub.attempt,
+                subtask=sub_id,
+                feedback=feedback,
+                upstream=upstream(self.plan, self.states, name),
+                state=running,
+                metadata=dict(running_sub.metadata),
+            )
+            try:
+                result = await self._attempt(spec, ctx, running_sub.budget_start, previous)
+            except BaseException:
+                holder["state"] = _with_subtask(holder["state"], before, sub_id)
+                await self.abandon(name, holder["state"])
+                raise
+        self.session.executions += 1
+        d = decide.decide(
+            spec, holder["state"], result, self.clock.now(), item_id=self.item_id, subtask=sub_id
+        )
+        holder["state"] = d.state
+        await self.write(name, d.state, d.events, d.record)
+
+
+def _last_feedback(previous: Sequence[AttemptRecord]) -> QualityFeedback | None:
+    """The feedback the latest earlier attempt left (None: it left none)."""
+    return previous[-1].feedback if previous else None
+
+
+def _with_subtask(state: StageState, source: StageState, sub_id: str) -> StageState:
+    """``state`` with subtask ``sub_id`` as it is in ``source``."""
+    old = source.subtask(sub_id)
+    return state.replace(subtasks=[old if t.id == sub_id and old else t for t in state.subtasks])
+
+
+async def _all_or_cancel(coros: list[Any]) -> None:
+    """Run coroutines concurrently; on the first error cancel the rest, then raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            raise t.exception()  # type: ignore[misc,unused-ignore]

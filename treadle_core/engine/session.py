@@ -1,0 +1,123 @@
+"""What one engine call holds: the writer and reader threads, the execution slots, and the
+leases it claimed (renewed by a heartbeat while it works)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from .._commit import Committer, Reader
+from ..clock import Clock
+from ..events import EventBus
+from ..model import Lease
+from ..store.base import StateStore
+from .plan import Plan
+
+log = logging.getLogger("treadle.engine")
+
+T = TypeVar("T")
+
+
+def default_worker_id() -> str:
+    """``host:pid:random``: names a worker in leases and logs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Session:
+    """Resources of one engine call; ``async with`` starts and stops them."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        bus: EventBus,
+        clock: Clock,
+        store: StateStore,
+        *,
+        concurrency: int,
+        lease_seconds: float,
+        worker_id: str | None,
+    ):
+        self.plan = plan
+        self.bus = bus
+        self.clock = clock
+        self.store = store
+        self.slots = asyncio.Semaphore(concurrency)
+        self.lease_seconds = lease_seconds
+        self.worker_id = worker_id or default_worker_id()
+        self.committer = Committer(store)
+        self.reader = Reader(store)
+        self.leases: dict[str, Lease] = {}
+        self.lost: set[str] = set()
+        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.executions = 0
+        self.stop: asyncio.Event | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Session:
+        self._heartbeat = asyncio.create_task(self._beat())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        try:
+            if self.leases:
+                leases = list(self.leases.values())
+                await self.committer.submit(lambda s: s.release(leases))
+        finally:
+            await self.reader.close()
+            await self.committer.close()
+
+    @property
+    def stopping(self) -> bool:
+        """A worker shutting down starts nothing new."""
+        return self.stop is not None and self.stop.is_set()
+
+    async def read(self, fn: Callable[[StateStore], T]) -> T:
+        """Run a read off the event loop."""
+        return await self.reader.read(fn)
+
+    async def _beat(self) -> None:
+        interval = max(self.lease_seconds / 3.0, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            held = list(self.leases.values())
+            if not held:
+                continue
+            seconds = self.lease_seconds
+            try:
+                renewed = await self.committer.submit(lambda s: s.renew(held, seconds))  # noqa: B023
+            except Exception:
+                log.exception("renewing leases failed; will retry")
+                continue
+            kept = {lease.item_id for lease in renewed}
+            for lease in renewed:
+                if lease.item_id in self.leases:
+                    self.leases[lease.item_id] = lease
+            for lease in held:
+                if lease.item_id not in kept and lease.item_id in self.leases:
+                    log.warning("lease on item %r was lost; stopping work on it", lease.item_id)
+                    self.lost.add(lease.item_id)
+                    self.leases.pop(lease.item_id, None)
+                    task = self.tasks.get(lease.item_id)
+                    if task is not None:
+                        task.cancel()
+
+    async def claim(self, limit: int, item_ids: Sequence[str] | None = None) -> list[Lease]:
+        worker, seconds = self.worker_id, self.lease_seconds
+        leases = await self.committer.submit(lambda s: s.claim(worker, limit, seconds, item_ids))
+        for lease in leases:
+            self.leases[lease.item_id] = lease
+        return leases
+
+    async def release(self, lease: Lease) -> None:
+        if self.leases.pop(lease.item_id, None) is not None:
+            await self.committer.submit(lambda s: s.release([lease]))

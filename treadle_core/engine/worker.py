@@ -1,0 +1,218 @@
+"""The claim loop behind ``Workflow.run``, ``serve`` and ``advance``: claim due items in
+batches, advance each under its lease (`item.ItemRun`), sleep until the next one is due,
+and on ``stop`` claim nothing more and let in-flight stages finish."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..errors import LeaseLostError
+from ..model import Item, ItemState, Lease, StageState, WorkItem
+from ..store.base import StateStore
+from . import writes
+from .item import ItemRun
+from .session import Session
+
+log = logging.getLogger("treadle.engine")
+
+#: Item states whose items have work that ``run`` waits for (review deadlines aside).
+WAITING = (ItemState.READY, ItemState.SCHEDULED, ItemState.RUNNING)
+
+
+@dataclass
+class RunReport:
+    """What one ``Workflow.run`` call did."""
+
+    items: int = 0
+    executions: int = 0
+    lost_leases: list[str] = field(default_factory=list)
+
+
+def check_items(items: Sequence[WorkItem]) -> None:
+    for item in items:
+        if not isinstance(getattr(item, "id", None), str):
+            raise TypeError(f"a work item needs a string id, got {item!r}")
+
+
+async def advance_claimed(session: Session, item: WorkItem | None, lease: Lease) -> None:
+    """Advance an item this session claimed (loading its data when ``item`` is None);
+    its lease is given back at the end."""
+    item_id = lease.item_id
+
+    def load(store: StateStore) -> tuple[dict[str, Any] | None, dict[str, StageState]]:
+        data = None if item is not None else (store.get_work_item_data(item_id) or {})
+        return data, store.get_all_stage_states(item_id)
+
+    try:
+        data, states = await session.read(load)
+        run = ItemRun(session, item or Item(item_id, dict(data or {})), lease, states)
+        await run.advance()
+    finally:
+        if item_id not in session.lost:
+            await session.release(lease)
+
+
+async def advance_one(session: Session, item: WorkItem) -> bool:
+    """Register, claim and advance one item; False when another worker holds it."""
+    check_items([item])
+    await session.committer.submit(writes.register([item]))
+    leases = await session.claim(1, [item.id])
+    if not leases:
+        log.info("item %r is leased by another worker; not advancing it", item.id)
+        return False
+    await advance_claimed(session, item, leases[0])
+    return True
+
+
+class ClaimLoop:
+    """Claims due items and advances them, at most ``concurrency`` executions in flight."""
+
+    def __init__(
+        self,
+        session: Session,
+        items: Sequence[WorkItem] | None,
+        *,
+        concurrency: int,
+        until_idle: bool,
+        forever: bool,
+        poll_interval: float,
+    ):
+        self.session = session
+        self.concurrency = concurrency
+        self.until_idle = until_idle
+        self.forever = forever
+        self.poll_interval = poll_interval
+        self.objects: dict[str, WorkItem] = {} if items is None else {i.id: i for i in items}
+        #: For a run over given items: item id -> (aggregate state, due_at), kept current.
+        self.local: dict[str, tuple[ItemState, datetime | None]] | None = (
+            None if items is None else {}
+        )
+        self.report = RunReport()
+
+    async def run(self) -> RunReport:
+        session, tasks = self.session, self.session.tasks
+        if self.local is not None:
+            self.local.update(
+                await session.committer.submit(writes.register(list(self.objects.values())))
+            )
+        try:
+            while True:
+                stopping = session.stopping
+                room = 2 * self.concurrency - len(tasks)
+                leases: list[Lease] = []
+                # Claim in batches: one claim transaction per half window.
+                if (
+                    not stopping
+                    and room > 0
+                    and (room >= max(self.concurrency // 2, 1) or len(tasks) < self.concurrency)
+                ):
+                    leases = await self._claim(room)
+                for lease in leases:
+                    tasks[lease.item_id] = asyncio.create_task(
+                        advance_claimed(session, self.objects.get(lease.item_id), lease)
+                    )
+                    self.report.items += 1
+                if leases and len(tasks) < 2 * self.concurrency:
+                    continue
+                wake = None if stopping else await self._next_wake()
+                if wake is not None or (self.forever and not stopping):
+                    # Look again at least every poll_interval: other processes add
+                    # items and release leases without telling us.
+                    poll = session.clock.now() + timedelta(seconds=self.poll_interval)
+                    wake = poll if wake is None else min(wake, poll)
+                if not tasks:
+                    if stopping or wake is None or not (self.until_idle or self.forever):
+                        break
+                    await self._sleep_until(wake)
+                    continue
+                timeout = None
+                if wake is not None and room > 0:
+                    timeout = max((wake - session.clock.now()).total_seconds(), 0.001)
+                done, _ = await asyncio.wait(
+                    list(tasks.values()), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    await self._finished(task)
+        finally:
+            if tasks:
+                for task in tasks.values():
+                    task.cancel()
+                await asyncio.gather(*tasks.values(), return_exceptions=True)
+        self.report.executions = session.executions
+        return self.report
+
+    async def _finished(self, task: asyncio.Task[None]) -> None:
+        session, tasks = self.session, self.session.tasks
+        item_id = next(k for k, t in tasks.items() if t is task)
+        del tasks[item_id]
+        if self.local is not None:
+            rec = await session.read(lambda s: s.get_item(item_id))
+            self.local[item_id] = (rec.state, rec.due_at) if rec else (ItemState.COMPLETE, None)
+        if task.cancelled():
+            if item_id in session.lost:
+                self.report.lost_leases.append(item_id)
+                return
+            raise asyncio.CancelledError
+        exc = task.exception()
+        if isinstance(exc, LeaseLostError):
+            log.warning("%s", exc)
+            self.report.lost_leases.append(item_id)
+        elif exc is not None:
+            raise exc
+
+    async def _claim(self, room: int) -> list[Lease]:
+        session, local = self.session, self.local
+        if local is None:
+            return await session.claim(room)
+        now = session.clock.now()
+        wanted = [
+            i
+            for i, (_, due) in local.items()
+            if due is not None and due <= now and i not in session.tasks
+        ][:room]
+        if not wanted:
+            return []
+        leases = await session.claim(room, wanted)
+        got = {lease.item_id for lease in leases}
+        missed = [i for i in wanted if i not in got]
+        if missed:  # another worker holds them: look again when their leases end
+            recs = await session.read(lambda s: {i: s.get_item(i) for i in missed})
+            for i, rec in recs.items():
+                if rec is None:
+                    del local[i]
+                else:
+                    local[i] = (rec.state, rec.lease_expires_at or rec.due_at)
+        return leases
+
+    async def _next_wake(self) -> datetime | None:
+        """When some item next has work that `run` waits for (not review deadlines)."""
+        if self.local is None:
+            return await self.session.read(lambda s: s.next_due_at(WAITING))
+        times = [
+            due
+            for i, (state, due) in self.local.items()
+            if due is not None and state in WAITING and i not in self.session.tasks
+        ]
+        return min(times, default=None)
+
+    async def _sleep_until(self, when: datetime) -> None:
+        session = self.session
+        delay = max((when - session.clock.now()).total_seconds(), 0.0)
+        if session.stop is None:
+            await session.clock.sleep(delay)
+            return
+        sleeper = asyncio.ensure_future(session.clock.sleep(delay))
+        stopper = asyncio.ensure_future(session.stop.wait())
+        try:
+            await asyncio.wait([sleeper, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (sleeper, stopper):
+                fut.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(sleeper, stopper, return_exceptions=True)

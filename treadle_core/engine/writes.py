@@ -1,0 +1,199 @@
+"""Transaction bodies: each function here returns a write ``fn(store)`` that the group-commit
+writer (`treadle_core._commit.Committer`) runs inside a transaction.
+
+Every write that changes a stage locks the item's row first (checking the lease's
+fencing token when it has one), stores the change with its attempt or review record,
+recomputes the item's aggregate state and journals the events, all in one commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from ..clock import Clock
+from ..errors import RetryError, ReviewError
+from ..events import Event, WorkflowCompleted
+from ..model import (
+    REVIEW_DECISION_TYPES,
+    ApproveWithEdits,
+    AttemptRecord,
+    ItemRecord,
+    ItemState,
+    Lease,
+    ReviewDecision,
+    StageState,
+    StageStatus,
+    WorkItem,
+)
+from ..store.base import StateStore, normalise_artefact
+from . import actions
+from .plan import Plan
+from .ready import aggregate
+
+#: What a write returns: the item's stage states after it, and the events it journalled.
+WriteResult = tuple[dict[str, StageState], list[Event]]
+Write = Callable[[StateStore], WriteResult]
+
+
+def finish(
+    store: StateStore,
+    plan: Plan,
+    rec: ItemRecord,
+    events: Sequence[Event],
+    now: datetime,
+    view: dict[str, StageState] | None = None,
+) -> WriteResult:
+    """Inside a write: recompute the item's aggregate state, journal the events.
+
+    ``view`` is the writer's idea of the item's stages including what this write
+    stored; only stages whose stored status or ``updated_at`` differ from it (changed
+    by another process, or by an earlier write still in flight) are read again.
+    """
+    if view is None:
+        states = store.get_all_stage_states(rec.id)
+    else:
+        states = view
+        for name, (status, updated) in store.get_stage_versions(rec.id).items():
+            mine = states.get(name)
+            if (
+                mine is None
+                or mine.status != status
+                or (None if mine.updated_at is None else mine.updated_at.timestamp()) != updated
+            ):
+                fresh = store.get_stage_state(rec.id, name)
+                if fresh is not None:
+                    states[name] = fresh
+    state, due_at = aggregate(plan, states, now)
+    if state == rec.state == ItemState.READY and rec.due_at is not None and rec.due_at <= now:
+        due_at = rec.due_at  # still ready: keep its place in the queue
+    journal = list(events)
+    if state == ItemState.COMPLETE and rec.state != ItemState.COMPLETE:
+        journal.append(WorkflowCompleted(item_id=rec.id, at=now))
+    if state != rec.state or due_at != rec.due_at:
+        store.set_item_state(rec.id, state, due_at)
+    if journal:
+        store.append_events(journal)
+    return states, journal
+
+
+def transition(
+    plan: Plan,
+    clock: Clock,
+    item_id: str,
+    lease: Lease | None,
+    stage: str | None,
+    state: StageState | None,
+    events: Sequence[Event],
+    record: AttemptRecord | None,
+    view: Mapping[str, StageState],
+) -> Write:
+    """One step of a stage under the item's lease: its new state, attempt record, events."""
+
+    def apply(store: StateStore) -> WriteResult:
+        rec = store.lock_item(item_id, lease)
+        if stage is not None and state is not None:
+            store.save_stage_state(item_id, stage, state)
+        if record is not None and stage is not None:
+            store.record_attempt(item_id, stage, record)
+        # A copy: a batch that rolls back runs this again from the same view.
+        return finish(store, plan, rec, events, clock.now(), dict(view))
+
+    return apply
+
+
+def review(
+    plan: Plan,
+    clock: Clock,
+    item_id: str,
+    stage: str,
+    decision: ReviewDecision,
+    *,
+    reviewer: str | None,
+    comment: str | None,
+    lease: Lease | None = None,
+    deadline: datetime | None = None,
+) -> Write:
+    """A review decision (a person's, or the timeout's when ``deadline`` is given).
+
+    A refused decision raises here (a decision that is not one) or inside the write
+    (``ReviewError``: the stage is not awaiting review, or its review was re-opened).
+    """
+    if not isinstance(decision, REVIEW_DECISION_TYPES):
+        raise TypeError(
+            f"a review decision is Approve(), Reject(reason) or ApproveWithEdits(artefact), "
+            f"not {type(decision).__name__}"
+        )
+    edited: Any = None
+    if isinstance(decision, ApproveWithEdits):
+        edited = normalise_artefact(
+            decision.artefact,
+            where=f"item {item_id!r} stage {stage!r} edited artefact",
+            max_bytes=plan.max_artefact_bytes,
+        )
+
+    def apply(store: StateStore) -> WriteResult:
+        rec = store.lock_item(item_id, lease)
+        st = store.get_stage_state(item_id, stage)
+        if st is None or st.status != StageStatus.AWAITING_REVIEW:
+            status = "pending" if st is None else st.status.value
+            raise ReviewError(f"item {item_id!r} stage {stage!r} is {status}, not awaiting review")
+        if deadline is not None and st.review_deadline != deadline:
+            raise ReviewError(f"item {item_id!r} stage {stage!r}: the review was re-opened")
+        now = clock.now()
+        new, events, record = actions.resolve(
+            st,
+            decision,
+            now,
+            item_id=item_id,
+            stage=stage,
+            reviewer=reviewer,
+            comment=comment,
+            edited=edited,
+        )
+        store.save_stage_state(item_id, stage, new)
+        store.record_review(item_id, stage, record)
+        return finish(store, plan, rec, events, now)
+
+    return apply
+
+
+def retry(plan: Plan, clock: Clock, item_id: str, stage: str) -> Write:
+    """``retry_stage``: a FAILED stage back to PENDING (anything else is a `RetryError`)."""
+
+    def apply(store: StateStore) -> WriteResult:
+        rec = store.lock_item(item_id)
+        st = store.get_stage_state(item_id, stage)
+        if st is None or st.status != StageStatus.FAILED:
+            status = "pending" if st is None else st.status.value
+            raise RetryError(f"item {item_id!r} stage {stage!r} is {status}, not failed")
+        now = clock.now()
+        new, events = actions.reset_failed(st, now, item_id=item_id, stage=stage)
+        store.save_stage_state(item_id, stage, new)
+        return finish(store, plan, rec, events, now)
+
+    return apply
+
+
+#: Each item's aggregate state and due time, as `register` returns them.
+ItemStates = dict[str, tuple[ItemState, datetime | None]]
+
+
+def register(items: Sequence[WorkItem]) -> Callable[[StateStore], ItemStates]:
+    """Give every item that has no row one (keeping the data of `Item`-like objects);
+    return each item's aggregate state and due time."""
+
+    def apply(store: StateStore) -> ItemStates:
+        out: ItemStates = {}
+        for item in items:
+            rec = store.get_item(item.id)
+            if rec is None:
+                data = getattr(item, "data", None)
+                store.save_work_item_data(item.id, data if isinstance(data, dict) else {})
+                rec = store.get_item(item.id)
+            if rec is not None:
+                out[item.id] = (rec.state, rec.due_at)
+        return out
+
+    return apply
