@@ -140,3 +140,24 @@ def mysql_url(_mysql_database: str) -> str:
     finally:
         conn.close()
     return _mysql_database
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Callable[[], Any]]:
+    """Makes fresh stores of one kind: the memory store, then a SQLite file (each test
+    that asks for it runs on both)."""
+    from treadle_core import MemoryStateStore, open_store
+
+    stores: list[Any] = []
+
+    def make() -> Any:
+        if request.param == "memory":
+            store: Any = MemoryStateStore()
+        else:
+            store = open_store(f"sqlite:///{tmp_path}/store-{len(stores)}.db")
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()

@@ -15,7 +15,6 @@ from treadle_core import (
     Failed,
     Item,
     ItemState,
-    MemoryStateStore,
     NeedsReview,
     Retry,
     RetryBudget,
@@ -42,7 +41,7 @@ def chain(*stages):
     return b.build()
 
 
-async def test_advance_runs_stages_in_dependency_order_and_completes():
+async def test_advance_runs_stages_in_dependency_order_and_completes(make_store):
     order = []
 
     async def a(item, ctx):
@@ -52,7 +51,7 @@ async def test_advance_runs_stages_in_dependency_order_and_completes():
         order.append("b")
 
     wf = chain(("a", a), ("b", b))
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert order == ["a", "b"]
     assert status.is_complete and status.progress == 100.0
@@ -60,7 +59,7 @@ async def test_advance_runs_stages_in_dependency_order_and_completes():
     assert journal(store)[-1] == "WorkflowCompleted"
 
 
-async def test_independent_ready_stages_run_concurrently():
+async def test_independent_ready_stages_run_concurrently(make_store):
     left_started, right_started = asyncio.Event(), asyncio.Event()
 
     async def root(item, ctx):
@@ -81,11 +80,11 @@ async def test_independent_ready_stages_run_concurrently():
         .stage("right", right, needs=["root"])
         .build()
     )
-    status = await wf.advance(Item("x"), MemoryStateStore())
+    status = await wf.advance(Item("x"), make_store())
     assert status.is_complete, str(status)
 
 
-async def test_sync_function_stage_runs_in_a_thread_without_blocking_the_loop():
+async def test_sync_function_stage_runs_in_a_thread_without_blocking_the_loop(make_store):
     gate = threading.Event()
     seen = {}
 
@@ -98,12 +97,12 @@ async def test_sync_function_stage_runs_in_a_thread_without_blocking_the_loop():
         gate.set()
 
     wf = Workflow.builder().stage("blocking", blocking).stage("releaser", releaser).build()
-    status = await wf.advance(Item("x"), MemoryStateStore())
+    status = await wf.advance(Item("x"), make_store())
     assert status.is_complete
     assert seen["thread"] != threading.get_ident()
 
 
-async def test_run_advances_every_item_in_the_store_within_the_concurrency_limit():
+async def test_run_advances_every_item_in_the_store_within_the_concurrency_limit(make_store):
     live = 0
     peak = 0
 
@@ -115,7 +114,7 @@ async def test_run_advances_every_item_in_the_store_within_the_concurrency_limit
         live -= 1
 
     wf = chain(("a", work), ("b", work))
-    store = MemoryStateStore()
+    store = make_store()
     for i in range(30):
         store.save_work_item_data(f"i{i}", {"n": i})
     report = await wf.run(store, concurrency=4)
@@ -124,33 +123,33 @@ async def test_run_advances_every_item_in_the_store_within_the_concurrency_limit
     assert store.count_items() == {ItemState.COMPLETE: 30}
 
 
-async def test_run_with_items_registers_them_and_passes_their_data():
+async def test_run_with_items_registers_them_and_passes_their_data(make_store):
     seen = []
 
     def work(item, ctx):
         seen.append((item.id, item.data["n"]))
 
     wf = chain(("a", work))
-    store = MemoryStateStore()
+    store = make_store()
     await wf.run(store, [Item("p", {"n": 1}), Item("q", {"n": 2})])
     assert sorted(seen) == [("p", 1), ("q", 2)]
     assert store.get_work_item_data("q") == {"n": 2}
 
 
-async def test_run_without_items_builds_items_from_stored_data():
+async def test_run_without_items_builds_items_from_stored_data(make_store):
     seen = []
 
     def work(item, ctx):
         seen.append((type(item).__name__, item.id, item.data))
 
     wf = chain(("a", work))
-    store = MemoryStateStore()
+    store = make_store()
     store.save_work_item_data("doc", {"path": "a.txt"})
     await wf.run(store)
     assert seen == [("Item", "doc", {"path": "a.txt"})]
 
 
-async def test_upstream_holds_artefacts_of_direct_and_indirect_dependencies():
+async def test_upstream_holds_artefacts_of_direct_and_indirect_dependencies(make_store):
     seen = {}
 
     async def a(item, ctx):
@@ -163,11 +162,11 @@ async def test_upstream_holds_artefacts_of_direct_and_indirect_dependencies():
         seen.update(ctx.upstream)
 
     wf = chain(("a", a), ("b", b), ("c", c))
-    await wf.advance(Item("x"), MemoryStateStore())
+    await wf.advance(Item("x"), make_store())
     assert seen == {"a": {"a": 1}, "b": [2]}
 
 
-async def test_none_and_bare_outcomes_are_accepted():
+async def test_none_and_bare_outcomes_are_accepted(make_store):
     async def none(item, ctx):
         return None
 
@@ -175,10 +174,10 @@ async def test_none_and_bare_outcomes_are_accepted():
         return Complete()
 
     wf = chain(("none", none), ("bare", bare))
-    assert (await wf.advance(Item("x"), MemoryStateStore())).is_complete
+    assert (await wf.advance(Item("x"), make_store())).is_complete
 
 
-async def test_skipped_stage_satisfies_dependents():
+async def test_skipped_stage_satisfies_dependents(make_store):
     ran = []
 
     async def skip(item, ctx):
@@ -188,14 +187,14 @@ async def test_skipped_stage_satisfies_dependents():
         ran.append(True)
 
     wf = chain(("skip", skip), ("after", after))
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.stages["skip"].status == StageStatus.SKIPPED
     assert ran == [True] and status.is_complete
     assert "StageSkipped" in journal(store)
 
 
-async def test_failed_is_permanent_and_blocks_dependents():
+async def test_failed_is_permanent_and_blocks_dependents(make_store):
     calls = []
 
     async def boom(item, ctx):
@@ -212,7 +211,7 @@ async def test_failed_is_permanent_and_blocks_dependents():
         .retry_budget("boom", RetryBudget(max_attempts=3))
         .build()
     )
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert calls == [1]
     assert status.failed_stages == ["boom"]
@@ -221,7 +220,7 @@ async def test_failed_is_permanent_and_blocks_dependents():
     assert store.get_item("x").state == ItemState.FAILED
 
 
-async def test_exception_is_a_retry_with_traceback_recorded():
+async def test_exception_is_a_retry_with_traceback_recorded(make_store):
     async def flaky(item, ctx):
         if ctx.attempt == 1:
             raise ConnectionError("network down")
@@ -233,7 +232,7 @@ async def test_exception_is_a_retry_with_traceback_recorded():
         .retry_budget("flaky", RetryBudget(max_attempts=2))
         .build()
     )
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.is_complete
     first = store.get_attempts("x", "flaky")[0]
@@ -243,7 +242,7 @@ async def test_exception_is_a_retry_with_traceback_recorded():
     assert first.feedback.summary == "ConnectionError: network down"
 
 
-async def test_never_retry_on_makes_an_exception_permanent():
+async def test_never_retry_on_makes_an_exception_permanent(make_store):
     calls = []
 
     async def picky(item, ctx):
@@ -256,12 +255,12 @@ async def test_never_retry_on_makes_an_exception_permanent():
         .retry_budget("picky", RetryBudget(max_attempts=3, never_retry_on=(KeyError,)))
         .build()
     )
-    status = await wf.advance(Item("x"), MemoryStateStore())
+    status = await wf.advance(Item("x"), make_store())
     assert calls == [1]
     assert status.failed_stages == ["picky"]
 
 
-async def test_retry_on_narrows_retryable_exceptions():
+async def test_retry_on_narrows_retryable_exceptions(make_store):
     calls = []
 
     async def picky(item, ctx):
@@ -274,11 +273,11 @@ async def test_retry_on_narrows_retryable_exceptions():
         .retry_budget("picky", RetryBudget(max_attempts=3, retry_on=(ConnectionError,)))
         .build()
     )
-    status = await wf.advance(Item("x"), MemoryStateStore())
+    status = await wf.advance(Item("x"), make_store())
     assert calls == [1] and status.failed_stages == ["picky"]
 
 
-async def test_wrong_return_type_raises_type_error_and_leaves_store_unchanged():
+async def test_wrong_return_type_raises_type_error_and_leaves_store_unchanged(make_store):
     async def ok(item, ctx):
         return StageOutput(Complete(), artefact=1)
 
@@ -286,7 +285,7 @@ async def test_wrong_return_type_raises_type_error_and_leaves_store_unchanged():
         return 42
 
     wf = chain(("ok", ok), ("wrong", wrong))
-    store = MemoryStateStore()
+    store = make_store()
     with pytest.raises(
         StageOutputError, match=r"stage 'wrong' returned a value of type int"
     ) as err:
@@ -308,12 +307,12 @@ async def test_wrong_return_type_raises_type_error_and_leaves_store_unchanged():
     [({"f": object()}, ArtefactNotSerialisableError), ("x" * 2000, ArtefactTooLargeError)],
     ids=["not-serialisable", "too-large"],
 )
-async def test_bad_artefact_raises_and_leaves_store_unchanged(artefact, error):
+async def test_bad_artefact_raises_and_leaves_store_unchanged(artefact, error, make_store):
     async def produce(item, ctx):
         return StageOutput(Complete(), artefact=artefact)
 
     wf = Workflow.builder().stage("produce", produce).max_artefact_bytes(1000).build()
-    store = MemoryStateStore()
+    store = make_store()
     store.save_work_item_data("x", {})
     before = snapshot(store, ["x"], wf.stages)
     with pytest.raises(error, match="item 'x' stage 'produce'"):
@@ -321,16 +320,16 @@ async def test_bad_artefact_raises_and_leaves_store_unchanged(artefact, error):
     assert snapshot(store, ["x"], wf.stages) == before
 
 
-async def test_too_large_artefact_message_says_to_store_it_elsewhere():
+async def test_too_large_artefact_message_says_to_store_it_elsewhere(make_store):
     async def produce(item, ctx):
         return StageOutput(Complete(), artefact="x" * 100)
 
     wf = Workflow.builder().stage("produce", produce).max_artefact_bytes(10).build()
     with pytest.raises(ArtefactTooLargeError, match="store the payload elsewhere"):
-        await wf.advance(Item("x"), MemoryStateStore())
+        await wf.advance(Item("x"), make_store())
 
 
-async def test_artefact_with_to_json_is_stored_as_json():
+async def test_artefact_with_to_json_is_stored_as_json(make_store):
     class Doc:
         def to_json(self):
             return {"title": "T"}
@@ -339,23 +338,23 @@ async def test_artefact_with_to_json_is_stored_as_json():
         return StageOutput(Complete(), artefact=Doc(), summary="one doc")
 
     wf = Workflow.builder().stage("produce", produce).build()
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     assert store.get_stage_state("x", "produce").artefact == {"title": "T"}
     assert store.get_attempts("x", "produce")[0].summary == "one doc"
 
 
-async def test_stage_metadata_is_persisted_with_the_state():
+async def test_stage_metadata_is_persisted_with_the_state(make_store):
     async def meta(item, ctx):
         ctx.metadata["pages"] = 3
 
     wf = Workflow.builder().stage("meta", meta).build()
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     assert store.get_stage_state("x", "meta").metadata == {"pages": 3}
 
 
-async def test_stage_hooks_run_around_execute():
+async def test_stage_hooks_run_around_execute(make_store):
     calls = []
 
     class Hooked(Stage):
@@ -372,11 +371,11 @@ async def test_stage_hooks_run_around_execute():
             calls.append(("after", type(output.outcome).__name__))
 
     wf = Workflow.builder().stage("h", Hooked()).build()
-    await wf.advance(Item("x"), MemoryStateStore())
+    await wf.advance(Item("x"), make_store())
     assert calls == [("before", 1), ("execute", 1), ("after", "Complete")]
 
 
-async def test_context_carries_item_stage_attempt_and_state():
+async def test_context_carries_item_stage_attempt_and_state(make_store):
     seen = {}
 
     async def look(item, ctx):
@@ -390,7 +389,7 @@ async def test_context_carries_item_stage_attempt_and_state():
         )
 
     wf = Workflow.builder().stage("look", look).build()
-    await wf.advance(Item("doc-1"), MemoryStateStore())
+    await wf.advance(Item("doc-1"), make_store())
     assert seen == {
         "item_id": "doc-1",
         "stage": "look",
@@ -401,7 +400,7 @@ async def test_context_carries_item_stage_attempt_and_state():
     }
 
 
-async def test_work_item_protocol_object_is_accepted():
+async def test_work_item_protocol_object_is_accepted(make_store):
     class Doc:
         def __init__(self, id):
             self.id = id
@@ -413,13 +412,13 @@ async def test_work_item_protocol_object_is_accepted():
 
     wf = Workflow.builder().stage("look", look).build()
     doc = Doc("d1")
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(doc, store)
     assert seen == [doc]
     assert store.get_work_item_data("d1") == {}
 
 
-async def test_status_reports_progress_failed_and_review_stages():
+async def test_status_reports_progress_failed_and_review_stages(make_store):
     async def ok(item, ctx):
         pass
 
@@ -437,7 +436,7 @@ async def test_status_reports_progress_failed_and_review_stages():
         .stage("later", ok, needs=["ok"])
         .build()
     )
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     status = wf.status("x", store)
     assert status.progress == 50.0
@@ -450,19 +449,19 @@ async def test_status_reports_progress_failed_and_review_stages():
     assert "x: 50% complete" in text and "error: nope" in text and "awaiting_review" in text
 
 
-async def test_status_of_unknown_item_raises():
+async def test_status_of_unknown_item_raises(make_store):
     wf = chain(("a", lambda item, ctx: None))
     with pytest.raises(UnknownItemError, match="unknown item 'ghost'"):
-        wf.status("ghost", MemoryStateStore())
+        wf.status("ghost", make_store())
 
 
-async def test_summary_counts_items_per_stage_and_status():
+async def test_summary_counts_items_per_stage_and_status(make_store):
     async def review(item, ctx):
         if item.id == "b":
             return NeedsReview()
 
     wf = chain(("first", review), ("second", lambda item, ctx: None))
-    store = MemoryStateStore()
+    store = make_store()
     for i in "abc":
         store.save_work_item_data(i, {})
     await wf.run(store)
@@ -473,21 +472,21 @@ async def test_summary_counts_items_per_stage_and_status():
     }
 
 
-async def test_item_leased_elsewhere_is_not_advanced():
+async def test_item_leased_elsewhere_is_not_advanced(make_store):
     calls = []
 
     async def a(item, ctx):
         calls.append(1)
 
     wf = chain(("a", a))
-    store = MemoryStateStore()
+    store = make_store()
     store.save_work_item_data("x", {})
     store.claim("other-worker", 1, 60, ["x"])
     status = await wf.advance(Item("x"), store)
     assert calls == [] and status.stages["a"].status == StageStatus.PENDING
 
 
-async def test_retry_outcome_uses_the_budget_then_fails():
+async def test_retry_outcome_uses_the_budget_then_fails(make_store):
     async def again(item, ctx):
         return Retry(f"try {ctx.attempt}")
 
@@ -497,7 +496,7 @@ async def test_retry_outcome_uses_the_budget_then_fails():
         .retry_budget("again", RetryBudget(max_attempts=3))
         .build()
     )
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.stages["again"].attempt == 3
     assert status.stages["again"].status == StageStatus.FAILED

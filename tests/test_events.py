@@ -13,7 +13,6 @@ from treadle_core import (
     Event,
     Item,
     Lagged,
-    MemoryStateStore,
     NeedsReview,
     StageCompleted,
     StageFailed,
@@ -35,10 +34,10 @@ def two_stage():
     return Workflow.builder().stage("a", a).stage("b", b, needs=["a"]).build()
 
 
-async def test_subscriber_sees_every_event_in_order():
+async def test_subscriber_sees_every_event_in_order(make_store):
     wf = two_stage()
     sub = wf.subscribe()
-    await wf.advance(Item("x"), MemoryStateStore())
+    await wf.advance(Item("x"), make_store())
     got = []
     while (ev := sub.get_nowait()) is not None:
         got.append((type(ev).__name__, ev.stage))
@@ -51,7 +50,7 @@ async def test_subscriber_sees_every_event_in_order():
     ]
 
 
-async def test_async_iteration_receives_events_while_the_engine_runs():
+async def test_async_iteration_receives_events_while_the_engine_runs(make_store):
     wf = two_stage()
     received = []
 
@@ -64,16 +63,16 @@ async def test_async_iteration_receives_events_while_the_engine_runs():
 
     consumer = asyncio.create_task(consume())
     await asyncio.sleep(0)
-    await wf.advance(Item("x"), MemoryStateStore())
+    await wf.advance(Item("x"), make_store())
     await asyncio.wait_for(consumer, 2)
     assert isinstance(received[0], StageStarted) and received[0].item_id == "x"
     assert isinstance(received[-1], WorkflowCompleted)
 
 
-async def test_slow_subscriber_gets_lagged_marker_and_never_blocks_the_engine():
+async def test_slow_subscriber_gets_lagged_marker_and_never_blocks_the_engine(make_store):
     wf = two_stage()
     sub = wf.subscribe(maxsize=2)
-    store = MemoryStateStore()
+    store = make_store()
     await asyncio.wait_for(wf.run(store, [Item(f"i{n}") for n in range(10)]), 5)
     first = await sub.__anext__()
     second = await sub.__anext__()
@@ -97,9 +96,9 @@ async def test_closed_subscription_ends_iteration():
     assert await asyncio.wait_for(task, 1) == []
 
 
-async def test_journal_records_events_with_their_state_changes():
+async def test_journal_records_events_with_their_state_changes(make_store):
     wf = two_stage()
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     stored = store.read_events("x")
     assert [s.event.kind for s in stored][:2] == ["StageStarted", "StageCompleted"]
@@ -107,12 +106,12 @@ async def test_journal_records_events_with_their_state_changes():
     assert store.read_events("x", after=stored[2].id)[0].id == stored[3].id
 
 
-async def test_refused_transition_journals_nothing_new():
+async def test_refused_transition_journals_nothing_new(make_store):
     async def wrong(item, ctx):
         return "nope"
 
     wf = Workflow.builder().stage("w", wrong).build()
-    store = MemoryStateStore()
+    store = make_store()
     sub = wf.subscribe()
     with pytest.raises(StageOutputError):
         await wf.advance(Item("x"), store)
@@ -143,16 +142,16 @@ def test_unknown_event_type_from_a_newer_version_is_kept():
     assert ev.type_name == "FutureEvent" and ev.payload == {"extra": 1}
 
 
-async def test_events_carry_item_stage_and_time():
+async def test_events_carry_item_stage_and_time(make_store):
     wf = two_stage()
     sub = wf.subscribe()
     before = datetime.now(UTC)
-    await wf.advance(Item("x"), MemoryStateStore())
+    await wf.advance(Item("x"), make_store())
     ev = sub.get_nowait()
     assert ev.item_id == "x" and ev.stage == "a" and ev.at >= before
 
 
-async def test_listener_failure_does_not_break_the_engine():
+async def test_listener_failure_does_not_break_the_engine(make_store):
     wf = two_stage()
     seen = []
 
@@ -161,16 +160,16 @@ async def test_listener_failure_does_not_break_the_engine():
 
     wf.bus.add_listener(bad)
     wf.bus.add_listener(seen.append)
-    status = await wf.advance(Item("x"), MemoryStateStore())
+    status = await wf.advance(Item("x"), make_store())
     assert status.is_complete and len(seen) == 5
 
 
-async def test_review_events_describe_the_decision():
+async def test_review_events_describe_the_decision(make_store):
     async def ask(item, ctx):
         return NeedsReview("ok?", {"k": 1})
 
     wf = Workflow.builder().stage("ask", ask).build()
-    store = MemoryStateStore()
+    store = make_store()
     sub = wf.subscribe()
     await wf.advance(Item("x"), store)
     await wf.reject_review("x", "ask", "no", store, reviewer="ann")

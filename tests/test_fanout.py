@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 
 from _util import journal
 
@@ -13,7 +14,6 @@ from treadle_core import (
     Failed,
     FanOut,
     Item,
-    MemoryStateStore,
     NeedsReview,
     Retry,
     RetryBudget,
@@ -38,7 +38,7 @@ def enrich_pipeline(fn, budget=None):
     return b.build(), seen
 
 
-async def test_subtasks_run_concurrently_and_their_artefacts_are_collected():
+async def test_subtasks_run_concurrently_and_their_artefacts_are_collected(make_store):
     started = {s: asyncio.Event() for s in SOURCES}
 
     async def enrich(item, ctx):
@@ -50,7 +50,7 @@ async def test_subtasks_run_concurrently_and_their_artefacts_are_collected():
         return StageOutput(Complete(), artefact={"source": ctx.subtask})
 
     wf, seen = enrich_pipeline(enrich)
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.is_complete
     st = status.stages["enrich"]
@@ -64,7 +64,7 @@ async def test_subtasks_run_concurrently_and_their_artefacts_are_collected():
     assert "FanOutStarted" in kinds
 
 
-async def test_failed_subtasks_fail_the_stage_and_retry_reruns_only_them():
+async def test_failed_subtasks_fail_the_stage_and_retry_reruns_only_them(make_store):
     calls = Counter()
     broken = {"discogs"}
 
@@ -78,7 +78,7 @@ async def test_failed_subtasks_fail_the_stage_and_retry_reruns_only_them():
         return StageOutput(Complete(), artefact=ctx.subtask)
 
     wf, seen = enrich_pipeline(enrich)
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     st = status.stages["enrich"]
     assert st.status == StageStatus.FAILED
@@ -95,7 +95,7 @@ async def test_failed_subtasks_fail_the_stage_and_retry_reruns_only_them():
     assert seen[0] == {s: s for s in SOURCES}
 
 
-async def test_subtask_retries_within_the_budget_on_its_own():
+async def test_subtask_retries_within_the_budget_on_its_own(make_store):
     calls = Counter()
 
     async def enrich(item, ctx):
@@ -107,7 +107,7 @@ async def test_subtask_retries_within_the_budget_on_its_own():
         return StageOutput(Complete(), artefact=ctx.attempt)
 
     wf, _ = enrich_pipeline(enrich, RetryBudget(max_attempts=3))
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.is_complete
     assert calls == Counter({"musicbrainz": 1, "discogs": 1, "lastfm": 3})
@@ -116,7 +116,7 @@ async def test_subtask_retries_within_the_budget_on_its_own():
     assert lastfm[1].feedback.summary == "flaky"
 
 
-async def test_subtask_returning_fanout_or_needs_review_is_an_error_on_that_subtask():
+async def test_subtask_returning_fanout_or_needs_review_is_an_error_on_that_subtask(make_store):
     async def enrich(item, ctx):
         if ctx.subtask is None:
             return FanOut([SubTask("a"), SubTask("b"), SubTask("c")])
@@ -127,7 +127,7 @@ async def test_subtask_returning_fanout_or_needs_review_is_an_error_on_that_subt
         return None
 
     wf, _ = enrich_pipeline(enrich)
-    status = await wf.advance(Item("x"), MemoryStateStore())
+    status = await wf.advance(Item("x"), make_store())
     st = status.stages["enrich"]
     assert st.status == StageStatus.FAILED
     assert "returned FanOut, which a subtask cannot do" in st.subtask("a").error
@@ -135,7 +135,7 @@ async def test_subtask_returning_fanout_or_needs_review_is_an_error_on_that_subt
     assert st.subtask("c").status == StageStatus.COMPLETE
 
 
-async def test_exhausted_subtasks_escalate_the_stage_when_asked():
+async def test_exhausted_subtasks_escalate_the_stage_when_asked(make_store):
     async def enrich(item, ctx):
         if ctx.subtask is None:
             return FanOut([SubTask("a"), SubTask("b")])
@@ -146,7 +146,7 @@ async def test_exhausted_subtasks_escalate_the_stage_when_asked():
     wf, seen = enrich_pipeline(
         enrich, RetryBudget(max_attempts=2, on_exhausted=ExhaustedAction.ESCALATE)
     )
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.review_stages == ["enrich"]
     await wf.approve_review("x", "enrich", store)
@@ -154,7 +154,7 @@ async def test_exhausted_subtasks_escalate_the_stage_when_asked():
     assert seen == [{"a": "A"}]
 
 
-async def test_delayed_subtask_retry_is_scheduled_and_resumed_by_run():
+async def test_delayed_subtask_retry_is_scheduled_and_resumed_by_run(make_store):
     calls = Counter()
 
     async def enrich(item, ctx):
@@ -167,10 +167,64 @@ async def test_delayed_subtask_retry_is_scheduled_and_resumed_by_run():
         return None
 
     wf, _ = enrich_pipeline(enrich, RetryBudget(max_attempts=2, delay=0.1))
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.stages["enrich"].status == StageStatus.PENDING
     assert status.stages["enrich"].next_attempt_at is not None
     await asyncio.wait_for(wf.run(store), 5)
     assert wf.status("x", store).is_complete
     assert calls == Counter({"fanout": 1, "a": 1, "b": 2})
+
+
+async def test_a_gate_rejecting_a_subtask_journals_verdict_and_retry_like_a_stage(make_store):
+    """The same trail a stage leaves: QualityCheckFailed, StageRetried, RetryScheduled,
+    RetryAttempt with the gate's feedback, then QualityCheckPassed, each naming the
+    subtask."""
+    from treadle_core import Accepted, ManualClock, QualityFeedback, QualityGate, Rejected
+
+    class NeedsTwoTries(QualityGate):
+        async def evaluate(self, item, stage, output, ctx):
+            if ctx.attempt == 1:
+                return Rejected(QualityFeedback("too thin"))
+            return Accepted()
+
+    async def enrich(item, ctx):
+        if ctx.subtask is None:
+            return FanOut([SubTask("a")])
+        return StageOutput(Complete(), artefact={"feedback": ctx.feedback and ctx.feedback.summary})
+
+    clock = ManualClock()
+    wf = (
+        Workflow.builder()
+        .stage("enrich", enrich)
+        .quality_gate("enrich", NeedsTwoTries())
+        .retry_budget("enrich", RetryBudget(max_attempts=2, delay=60))
+        .clock(clock)
+        .build()
+    )
+    store = make_store()
+    status = await wf.advance(Item("x"), store)
+    assert status.stages["enrich"].subtask("a").status == StageStatus.PENDING
+    clock.advance(60)
+    status = await wf.advance(Item("x"), store)
+    assert status.is_complete
+    assert status.stages["enrich"].artefact == {"a": {"feedback": "too thin"}}
+    kinds = ("QualityCheckFailed", "StageRetried", "RetryScheduled", "RetryAttempt")
+    trail = [
+        (e.event.kind, getattr(e.event, "subtask", None))
+        for e in store.read_events("x")
+        if e.event.kind in (*kinds, "QualityCheckPassed")
+    ]
+    assert trail == [
+        ("QualityCheckFailed", "a"),
+        ("StageRetried", "a"),
+        ("RetryScheduled", "a"),
+        ("RetryAttempt", "a"),
+        ("QualityCheckPassed", "a"),
+    ]
+    events = {e.event.kind: e.event for e in store.read_events("x")}
+    assert events["QualityCheckFailed"].feedback_summary == "too thin"
+    assert events["RetryAttempt"].feedback_summary == "too thin"
+    assert events["RetryScheduled"].retry_at == events["StageRetried"].at + timedelta(seconds=60)
+    verdicts = [(a.subtask, a.verdict) for a in store.get_attempts("x", "enrich") if a.subtask]
+    assert verdicts == [("a", "rejected"), ("a", "accepted")]

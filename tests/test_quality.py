@@ -15,7 +15,6 @@ from treadle_core import (
     ExhaustedAction,
     Item,
     ItemState,
-    MemoryStateStore,
     QualityFeedback,
     QualityGate,
     Rejected,
@@ -82,11 +81,11 @@ def build(stage_fn, *, gate=None, budget=None, policy=None, timeout=None):
     return b.build()
 
 
-async def test_rejected_output_is_retried_with_feedback():
+async def test_rejected_output_is_retried_with_feedback(make_store):
     seen = []
     gate = MinLength(8)
     wf = build(writer(seen), gate=gate, budget=RetryBudget(max_attempts=3))
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.is_complete
     assert seen[0] is None
@@ -103,10 +102,10 @@ async def test_rejected_output_is_retried_with_feedback():
     )
 
 
-async def test_quality_context_has_attempt_budget_and_previous_attempts():
+async def test_quality_context_has_attempt_budget_and_previous_attempts(make_store):
     gate = MinLength(100)
     wf = build(writer([]), gate=gate, budget=RetryBudget(max_attempts=2))
-    await wf.advance(Item("x"), MemoryStateStore())
+    await wf.advance(Item("x"), make_store())
     first, second = gate.contexts
     assert (first.attempt, first.max_attempts, len(first.previous_attempts)) == (1, 2, 0)
     assert (second.attempt, second.max_attempts) == (2, 2)
@@ -114,22 +113,22 @@ async def test_quality_context_has_attempt_budget_and_previous_attempts():
     assert first.item_id == "x" and first.stage == "s"
 
 
-async def test_exhausted_budget_fails_by_default():
+async def test_exhausted_budget_fails_by_default(make_store):
     wf = build(writer([]), gate=MinLength(100), budget=RetryBudget(max_attempts=2))
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.stages["s"].status == StageStatus.FAILED
     assert "too short" in status.stages["s"].error
     assert len(store.get_attempts("x", "s")) == 2
 
 
-async def test_exhausted_budget_escalates_to_review_when_asked():
+async def test_exhausted_budget_escalates_to_review_when_asked(make_store):
     wf = build(
         writer([]),
         gate=MinLength(100),
         budget=RetryBudget(max_attempts=2, on_exhausted=ExhaustedAction.ESCALATE),
     )
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.review_stages == ["s"]
     kinds = journal(store)
@@ -144,53 +143,53 @@ async def test_exhausted_budget_escalates_to_review_when_asked():
 @pytest.mark.parametrize(
     "policy", [ReviewPolicy.ON_ESCALATION, ReviewPolicy.ON_ESCALATION_OR_UNCERTAIN]
 )
-async def test_escalation_policy_escalates_when_budget_runs_out(policy):
+async def test_escalation_policy_escalates_when_budget_runs_out(policy, make_store):
     wf = build(writer([]), gate=MinLength(100), budget=RetryBudget(max_attempts=1), policy=policy)
-    status = await wf.advance(Item("x"), MemoryStateStore())
+    status = await wf.advance(Item("x"), make_store())
     assert status.review_stages == ["s"]
 
 
 @pytest.mark.parametrize(
     "policy", [ReviewPolicy.ON_UNCERTAIN, ReviewPolicy.ON_ESCALATION_OR_UNCERTAIN]
 )
-async def test_uncertain_verdict_goes_to_a_person_under_on_uncertain(policy):
+async def test_uncertain_verdict_goes_to_a_person_under_on_uncertain(policy, make_store):
     wf = build(
         writer([]),
         gate=Always(Uncertain("cannot tell")),
         budget=RetryBudget(max_attempts=3),
         policy=policy,
     )
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.review_stages == ["s"]
     assert len(store.get_attempts("x", "s")) == 1
     assert "cannot tell" in wf.pending_reviews(store)[0].prompt
 
 
-async def test_uncertain_verdict_without_policy_is_treated_as_rejected_with_reason():
+async def test_uncertain_verdict_without_policy_is_treated_as_rejected_with_reason(make_store):
     seen = []
     wf = build(
         writer(seen), gate=Always(Uncertain("cannot tell")), budget=RetryBudget(max_attempts=2)
     )
-    status = await wf.advance(Item("x"), MemoryStateStore())
+    status = await wf.advance(Item("x"), make_store())
     assert status.stages["s"].status == StageStatus.FAILED
     assert seen[1].summary == "cannot tell"
 
 
-async def test_gate_that_raises_becomes_uncertain_with_the_error():
+async def test_gate_that_raises_becomes_uncertain_with_the_error(make_store):
     wf = build(
         writer([]), gate=Always(RuntimeError("gate broke")), policy=ReviewPolicy.ON_UNCERTAIN
     )
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.review_stages == ["s"]
     assert "quality gate raised RuntimeError: gate broke" in wf.pending_reviews(store)[0].prompt
     assert store.get_attempts("x", "s")[0].verdict == "uncertain"
 
 
-async def test_accepted_output_under_always_policy_waits_for_review():
+async def test_accepted_output_under_always_policy_waits_for_review(make_store):
     wf = build(writer([]), gate=MinLength(1), policy=ReviewPolicy.ALWAYS)
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.review_stages == ["s"]
     assert store.get_item("x").state == ItemState.AWAITING_REVIEW
@@ -223,12 +222,12 @@ async def test_any_of_accepts_when_one_gate_accepts_else_merges():
     assert verdict.feedback.summary == "a; b"
 
 
-async def test_retry_delay_is_persisted_and_advance_does_not_sleep():
+async def test_retry_delay_is_persisted_and_advance_does_not_sleep(make_store):
     async def flaky(item, ctx):
         return Retry("later") if ctx.attempt == 1 else None
 
     wf = build(flaky, budget=RetryBudget(max_attempts=2, delay=30))
-    store = MemoryStateStore()
+    store = make_store()
     status = await asyncio.wait_for(wf.advance(Item("x"), store), 2)
     st = status.stages["s"]
     assert st.status == StageStatus.PENDING
@@ -240,12 +239,12 @@ async def test_retry_delay_is_persisted_and_advance_does_not_sleep():
     assert "RetryScheduled" in journal(store)
 
 
-async def test_run_until_idle_waits_for_a_scheduled_retry():
+async def test_run_until_idle_waits_for_a_scheduled_retry(make_store):
     async def flaky(item, ctx):
         return Retry("later") if ctx.attempt == 1 else None
 
     wf = build(flaky, budget=RetryBudget(max_attempts=2, delay=0.1))
-    store = MemoryStateStore()
+    store = make_store()
     await wf.run(store, [Item("x")], until_idle=False)
     assert store.get_stage_state("x", "s").status == StageStatus.PENDING
     await asyncio.wait_for(wf.run(store, until_idle=True), 5)
@@ -267,14 +266,14 @@ def test_budget_rejects_nonsense():
         RetryBudget(attempt_timeout=0)
 
 
-async def test_attempt_timeout_cancels_the_attempt_and_records_why():
+async def test_attempt_timeout_cancels_the_attempt_and_records_why(make_store):
     async def slow(item, ctx):
         if ctx.attempt == 1:
             await asyncio.sleep(10)
         return StageOutput(Complete(), artefact=ctx.feedback.summary)
 
     wf = build(slow, budget=RetryBudget(max_attempts=2, attempt_timeout=0.05))
-    store = MemoryStateStore()
+    store = make_store()
     status = await asyncio.wait_for(wf.advance(Item("x"), store), 5)
     assert status.is_complete
     first = store.get_attempts("x", "s")[0]
@@ -282,7 +281,7 @@ async def test_attempt_timeout_cancels_the_attempt_and_records_why():
     assert store.get_stage_state("x", "s").artefact == "attempt timed out after 0.05 s"
 
 
-async def test_attempt_timeout_covers_the_gate_too():
+async def test_attempt_timeout_covers_the_gate_too(make_store):
     class SlowGate(QualityGate):
         async def evaluate(self, item, stage, output, ctx):
             await asyncio.sleep(10)
@@ -291,16 +290,16 @@ async def test_attempt_timeout_covers_the_gate_too():
     wf = build(
         writer([]), gate=SlowGate(), budget=RetryBudget(max_attempts=1, attempt_timeout=0.05)
     )
-    status = await asyncio.wait_for(wf.advance(Item("x"), MemoryStateStore()), 5)
+    status = await asyncio.wait_for(wf.advance(Item("x"), make_store()), 5)
     assert status.stages["s"].error == "attempt timed out after 0.05 s"
 
 
-async def test_retry_stage_renews_the_budget_and_attempts_keep_counting():
+async def test_retry_stage_renews_the_budget_and_attempts_keep_counting(make_store):
     async def always_retry(item, ctx):
         return Retry(f"no {ctx.attempt}")
 
     wf = build(always_retry, budget=RetryBudget(max_attempts=2))
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     assert store.get_stage_state("x", "s").attempt == 2
     await wf.retry_stage("x", "s", store)
@@ -310,7 +309,7 @@ async def test_retry_stage_renews_the_budget_and_attempts_keep_counting():
     assert status.stages["s"].status == StageStatus.FAILED
 
 
-async def test_next_attempt_waits_until_due_even_across_calls():
+async def test_next_attempt_waits_until_due_even_across_calls(make_store):
     calls = []
 
     async def flaky(item, ctx):
@@ -318,7 +317,7 @@ async def test_next_attempt_waits_until_due_even_across_calls():
         return Retry("later") if ctx.attempt == 1 else None
 
     wf = build(flaky, budget=RetryBudget(max_attempts=2, delay=60))
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     await wf.advance(Item("x"), store)
     assert calls == [1]

@@ -18,7 +18,6 @@ from treadle_core import (
     Failed,
     Item,
     ItemState,
-    MemoryStateStore,
     NeedsReview,
     Reject,
     RetryError,
@@ -55,10 +54,10 @@ def review_pipeline(seen=None, timeout=None):
     return b.build()
 
 
-async def test_needs_review_pauses_until_approved_then_dependents_run():
+async def test_needs_review_pauses_until_approved_then_dependents_run(make_store):
     seen = []
     wf = review_pipeline(seen)
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     assert status.review_stages == ["approve"]
     assert seen == []
@@ -76,9 +75,9 @@ async def test_needs_review_pauses_until_approved_then_dependents_run():
     assert "ReviewResolved" in journal(store)
 
 
-async def test_reject_fails_the_stage_with_the_reason():
+async def test_reject_fails_the_stage_with_the_reason(make_store):
     wf = review_pipeline()
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     status = await wf.reject_review("x", "approve", "wrong tone", store, reviewer="bob")
     assert status.failed_stages == ["approve"]
@@ -86,10 +85,10 @@ async def test_reject_fails_the_stage_with_the_reason():
     assert store.get_reviews("x")[0].reason == "wrong tone"
 
 
-async def test_approve_with_edits_hands_the_edited_artefact_downstream():
+async def test_approve_with_edits_hands_the_edited_artefact_downstream(make_store):
     seen = []
     wf = review_pipeline(seen)
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     await wf.resolve_review(
         "x", "approve", ApproveWithEdits({"text": "edited"}, note="typo"), store, reviewer="ann"
@@ -104,9 +103,9 @@ async def test_approve_with_edits_hands_the_edited_artefact_downstream():
     )
 
 
-async def test_resolving_a_stage_not_awaiting_review_raises_and_changes_nothing():
+async def test_resolving_a_stage_not_awaiting_review_raises_and_changes_nothing(make_store):
     wf = review_pipeline()
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     before = snapshot(store, ["x"], wf.stages)
     events_before = journal(store)
@@ -120,9 +119,9 @@ async def test_resolving_a_stage_not_awaiting_review_raises_and_changes_nothing(
     assert journal(store) == events_before
 
 
-async def test_unknown_item_or_stage_raise_specific_errors():
+async def test_unknown_item_or_stage_raise_specific_errors(make_store):
     wf = review_pipeline()
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     before = snapshot(store, ["x"], wf.stages)
     with pytest.raises(UnknownItemError):
@@ -136,9 +135,9 @@ async def test_unknown_item_or_stage_raise_specific_errors():
     assert snapshot(store, ["x"], wf.stages) == before
 
 
-async def test_unserialisable_edit_is_refused_and_changes_nothing():
+async def test_unserialisable_edit_is_refused_and_changes_nothing(make_store):
     wf = review_pipeline()
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     before = snapshot(store, ["x"], wf.stages)
     with pytest.raises(ArtefactNotSerialisableError):
@@ -146,9 +145,9 @@ async def test_unserialisable_edit_is_refused_and_changes_nothing():
     assert snapshot(store, ["x"], wf.stages) == before
 
 
-async def test_two_concurrent_resolutions_exactly_one_wins():
+async def test_two_concurrent_resolutions_exactly_one_wins(make_store):
     wf = review_pipeline()
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     results = []
     barrier = threading.Barrier(8)
@@ -170,9 +169,9 @@ async def test_two_concurrent_resolutions_exactly_one_wins():
     assert len(store.get_reviews("x")) == 1
 
 
-async def test_review_timeout_applies_the_default_decision_as_timeout():
+async def test_review_timeout_applies_the_default_decision_as_timeout(make_store):
     wf = review_pipeline(timeout=(0.05, Reject("no answer")))
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     deadline = status.stages["approve"].review_deadline
     assert deadline is not None
@@ -185,19 +184,19 @@ async def test_review_timeout_applies_the_default_decision_as_timeout():
     assert review.reviewer == "timeout" and review.decision == "reject"
 
 
-async def test_review_timeout_approve_lets_dependents_run():
+async def test_review_timeout_approve_lets_dependents_run(make_store):
     seen = []
     wf = review_pipeline(seen, timeout=(0.05, Approve()))
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     await asyncio.sleep(0.1)
     status = await wf.advance(Item("x"), store)
     assert status.is_complete and len(seen) == 1
 
 
-async def test_a_person_answering_first_means_the_timeout_never_applies():
+async def test_a_person_answering_first_means_the_timeout_never_applies(make_store):
     wf = review_pipeline(timeout=(0.05, Reject("no answer")))
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     await wf.approve_review("x", "approve", store, reviewer="ann")
     await asyncio.sleep(0.1)
@@ -206,10 +205,10 @@ async def test_a_person_answering_first_means_the_timeout_never_applies():
     assert [r.reviewer for r in store.get_reviews("x")] == ["ann"]
 
 
-async def test_timeout_and_person_racing_apply_exactly_one_decision():
+async def test_timeout_and_person_racing_apply_exactly_one_decision(make_store):
     wf = review_pipeline(timeout=(0.05, Reject("no answer")))
     for _ in range(5):
-        store = MemoryStateStore()
+        store = make_store()
         await wf.advance(Item("x"), store)
         await asyncio.sleep(0.06)
         results = await asyncio.gather(
@@ -224,9 +223,9 @@ async def test_timeout_and_person_racing_apply_exactly_one_decision():
             assert isinstance(results[1], ReviewError)
 
 
-async def test_pending_reviews_are_oldest_first_and_filter_by_stage():
+async def test_pending_reviews_are_oldest_first_and_filter_by_stage(make_store):
     wf = review_pipeline()
-    store = MemoryStateStore()
+    store = make_store()
     for i in ("b", "a", "c"):
         await wf.advance(Item(i), store)
         await asyncio.sleep(0.002)
@@ -236,7 +235,7 @@ async def test_pending_reviews_are_oldest_first_and_filter_by_stage():
         wf.pending_reviews(store, stage="nope")
 
 
-async def test_other_branches_keep_running_while_one_waits_for_review():
+async def test_other_branches_keep_running_while_one_waits_for_review(make_store):
     ran = []
 
     async def ask(item, ctx):
@@ -255,12 +254,12 @@ async def test_other_branches_keep_running_while_one_waits_for_review():
         .stage("after_other", after_other, needs=["other"])
         .build()
     )
-    status = await wf.advance(Item("x"), MemoryStateStore())
+    status = await wf.advance(Item("x"), make_store())
     assert ran == ["other", "after_other"]
     assert status.review_stages == ["ask"]
 
 
-async def test_retry_stage_puts_a_failed_stage_back_to_pending():
+async def test_retry_stage_puts_a_failed_stage_back_to_pending(make_store):
     calls = []
 
     async def once_bad(item, ctx):
@@ -268,7 +267,7 @@ async def test_retry_stage_puts_a_failed_stage_back_to_pending():
         return Failed("bad") if ctx.attempt == 1 else None
 
     wf = Workflow.builder().stage("s", once_bad).build()
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     status = await wf.retry_stage("x", "s", store)
     assert status.stages["s"].status == StageStatus.PENDING
@@ -278,9 +277,9 @@ async def test_retry_stage_puts_a_failed_stage_back_to_pending():
     assert "StageRetried" in journal(store)
 
 
-async def test_retry_stage_on_a_stage_that_has_not_failed_raises_and_changes_nothing():
+async def test_retry_stage_on_a_stage_that_has_not_failed_raises_and_changes_nothing(make_store):
     wf = review_pipeline()
-    store = MemoryStateStore()
+    store = make_store()
     await wf.advance(Item("x"), store)
     before = snapshot(store, ["x"], wf.stages)
     with pytest.raises(RetryError, match="item 'x' stage 'approve' is awaiting_review, not failed"):
@@ -290,9 +289,9 @@ async def test_retry_stage_on_a_stage_that_has_not_failed_raises_and_changes_not
     assert snapshot(store, ["x"], wf.stages) == before
 
 
-async def test_review_deadline_is_the_items_due_time():
+async def test_review_deadline_is_the_items_due_time(make_store):
     wf = review_pipeline(timeout=(3600, Approve()))
-    store = MemoryStateStore()
+    store = make_store()
     status = await wf.advance(Item("x"), store)
     deadline = status.stages["approve"].review_deadline
     since = wf.pending_reviews(store)[0].since
@@ -305,7 +304,7 @@ async def test_review_deadline_is_the_items_due_time():
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 async def test_review_approved_elsewhere_while_another_branch_runs_is_seen(kind, tmp_path):
     """The worker holding the item sees a decision another process committed meanwhile."""
-    from treadle_core import open_store
+    from treadle_core import MemoryStateStore, open_store
 
     url = f"sqlite:///{tmp_path}/s.db"
     store = MemoryStateStore() if kind == "memory" else open_store(url)
@@ -349,9 +348,9 @@ async def test_review_approved_elsewhere_while_another_branch_runs_is_seen(kind,
     other.close()
 
 
-async def test_pending_reviews_limit_takes_the_oldest():
+async def test_pending_reviews_limit_takes_the_oldest(make_store):
     wf = review_pipeline()
-    store = MemoryStateStore()
+    store = make_store()
     for i in ("b", "a", "c", "d"):
         await wf.advance(Item(i), store)
         await asyncio.sleep(0.002)

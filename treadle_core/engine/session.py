@@ -10,12 +10,14 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from .._commit import Committer, Reader
 from ..clock import Clock
 from ..events import EventBus
-from ..model import Lease
+from ..model import ItemState, Lease, StageState
 from ..store.base import StateStore
 from .plan import Plan
 
@@ -27,6 +29,29 @@ T = TypeVar("T")
 def default_worker_id() -> str:
     """``host:pid:random``: names a worker in leases and logs."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+#: Item states whose items have work that ``run`` waits for (review deadlines aside).
+WAITING = (ItemState.READY, ItemState.SCHEDULED, ItemState.RUNNING)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An item this session leased, with what it needs to start: its stage states and
+    (when it was claimed for being due) its data."""
+
+    lease: Lease
+    data: dict[str, Any] | None
+    states: dict[str, StageState]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one claim took, and when the next due item not taken becomes due (None:
+    none is coming, or the claim named its items)."""
+
+    items: list[Claimed]
+    next_due: datetime | None
 
 
 class Session:
@@ -111,12 +136,31 @@ class Session:
                     if task is not None:
                         task.cancel()
 
-    async def claim(self, limit: int, item_ids: Sequence[str] | None = None) -> list[Lease]:
+    async def claim(self, limit: int, item_ids: Sequence[str] | None = None) -> Claim:
+        """Lease up to ``limit`` due items (or those of ``item_ids``) and load them.
+
+        One transaction on the writer thread: the leases, each claimed item's stage
+        states (and, for items claimed because they were due, their data), and when
+        the next item not claimed becomes due. No read of its own per item.
+        """
         worker, seconds = self.worker_id, self.lease_seconds
-        leases = await self.committer.submit(lambda s: s.claim(worker, limit, seconds, item_ids))
-        for lease in leases:
-            self.leases[lease.item_id] = lease
-        return leases
+
+        def apply(store: StateStore) -> Claim:
+            leases = store.claim(worker, limit, seconds, item_ids)
+            items = [
+                Claimed(
+                    lease,
+                    store.get_work_item_data(lease.item_id) if item_ids is None else None,
+                    store.get_all_stage_states(lease.item_id),
+                )
+                for lease in leases
+            ]
+            return Claim(items, store.next_due_at(WAITING) if item_ids is None else None)
+
+        claim = await self.committer.submit(apply)
+        for claimed in claim.items:
+            self.leases[claimed.lease.item_id] = claimed.lease
+        return claim
 
     async def release(self, lease: Lease) -> None:
         if self.leases.pop(lease.item_id, None) is not None:

@@ -10,19 +10,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from ..errors import LeaseLostError
-from ..model import Item, ItemState, Lease, StageState, WorkItem
-from ..store.base import StateStore
+from ..model import Item, ItemState, WorkItem
 from . import writes
 from .item import ItemRun
-from .session import Session
+from .session import WAITING, Claimed, Session
 
 log = logging.getLogger("treadle.engine")
-
-#: Item states whose items have work that ``run`` waits for (review deadlines aside).
-WAITING = (ItemState.READY, ItemState.SCHEDULED, ItemState.RUNNING)
 
 
 @dataclass
@@ -40,21 +35,15 @@ def check_items(items: Sequence[WorkItem]) -> None:
             raise TypeError(f"a work item needs a string id, got {item!r}")
 
 
-async def advance_claimed(session: Session, item: WorkItem | None, lease: Lease) -> None:
-    """Advance an item this session claimed (loading its data when ``item`` is None);
+async def advance_claimed(session: Session, item: WorkItem | None, claimed: Claimed) -> None:
+    """Advance an item this session claimed (``item`` None: built from its stored data);
     its lease is given back at the end."""
-    item_id = lease.item_id
-
-    def load(store: StateStore) -> tuple[dict[str, Any] | None, dict[str, StageState]]:
-        data = None if item is not None else (store.get_work_item_data(item_id) or {})
-        return data, store.get_all_stage_states(item_id)
-
+    lease = claimed.lease
     try:
-        data, states = await session.read(load)
-        run = ItemRun(session, item or Item(item_id, dict(data or {})), lease, states)
-        await run.advance()
+        work = item if item is not None else Item(lease.item_id, dict(claimed.data or {}))
+        await ItemRun(session, work, lease, claimed.states).advance()
     finally:
-        if item_id not in session.lost:
+        if lease.item_id not in session.lost:
             await session.release(lease)
 
 
@@ -62,11 +51,11 @@ async def advance_one(session: Session, item: WorkItem) -> bool:
     """Register, claim and advance one item; False when another worker holds it."""
     check_items([item])
     await session.committer.submit(writes.register([item]))
-    leases = await session.claim(1, [item.id])
-    if not leases:
+    claim = await session.claim(1, [item.id])
+    if not claim.items:
         log.info("item %r is leased by another worker; not advancing it", item.id)
         return False
-    await advance_claimed(session, item, leases[0])
+    await advance_claimed(session, item, claim.items[0])
     return True
 
 
@@ -94,6 +83,8 @@ class ClaimLoop:
             None if items is None else {}
         )
         self.report = RunReport()
+        #: When the next due item not claimed becomes due, as the last claim saw it.
+        self.next_due: datetime | None = None
 
     async def run(self) -> RunReport:
         session, tasks = self.session, self.session.tasks
@@ -105,22 +96,23 @@ class ClaimLoop:
             while True:
                 stopping = session.stopping
                 room = 2 * self.concurrency - len(tasks)
-                leases: list[Lease] = []
+                claimed: list[Claimed] = []
                 # Claim in batches: one claim transaction per half window.
                 if (
                     not stopping
                     and room > 0
                     and (room >= max(self.concurrency // 2, 1) or len(tasks) < self.concurrency)
                 ):
-                    leases = await self._claim(room)
-                for lease in leases:
-                    tasks[lease.item_id] = asyncio.create_task(
-                        advance_claimed(session, self.objects.get(lease.item_id), lease)
+                    claimed = await self._claim(room)
+                for c in claimed:
+                    item_id = c.lease.item_id
+                    tasks[item_id] = asyncio.create_task(
+                        advance_claimed(session, self.objects.get(item_id), c)
                     )
                     self.report.items += 1
-                if leases and len(tasks) < 2 * self.concurrency:
+                if claimed and len(tasks) < 2 * self.concurrency:
                     continue
-                wake = None if stopping else await self._next_wake()
+                wake = None if stopping else self._next_wake()
                 if wake is not None or (self.forever and not stopping):
                     # Look again at least every poll_interval: other processes add
                     # items and release leases without telling us.
@@ -166,10 +158,12 @@ class ClaimLoop:
         elif exc is not None:
             raise exc
 
-    async def _claim(self, room: int) -> list[Lease]:
+    async def _claim(self, room: int) -> list[Claimed]:
         session, local = self.session, self.local
         if local is None:
-            return await session.claim(room)
+            claim = await session.claim(room)
+            self.next_due = claim.next_due
+            return claim.items
         now = session.clock.now()
         wanted = [
             i
@@ -178,8 +172,8 @@ class ClaimLoop:
         ][:room]
         if not wanted:
             return []
-        leases = await session.claim(room, wanted)
-        got = {lease.item_id for lease in leases}
+        claimed = (await session.claim(room, wanted)).items
+        got = {c.lease.item_id for c in claimed}
         missed = [i for i in wanted if i not in got]
         if missed:  # another worker holds them: look again when their leases end
             recs = await session.read(lambda s: {i: s.get_item(i) for i in missed})
@@ -188,12 +182,12 @@ class ClaimLoop:
                     del local[i]
                 else:
                     local[i] = (rec.state, rec.lease_expires_at or rec.due_at)
-        return leases
+        return claimed
 
-    async def _next_wake(self) -> datetime | None:
+    def _next_wake(self) -> datetime | None:
         """When some item next has work that `run` waits for (not review deadlines)."""
         if self.local is None:
-            return await self.session.read(lambda s: s.next_due_at(WAITING))
+            return self.next_due
         times = [
             due
             for i, (state, due) in self.local.items()
