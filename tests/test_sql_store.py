@@ -15,12 +15,13 @@ from typing import Any
 import peewee
 import pytest
 
+from treadle_core import open_store
 from treadle_core.errors import SchemaVersionError, StoreError, StoreUnavailableError
 from treadle_core.events import StageStarted
 from treadle_core.model import AttemptRecord, ItemState, StageState, StageStatus, utcnow
 from treadle_core.store import sql
 from treadle_core.store.memory import MemoryStateStore
-from treadle_core.store.sql import MIGRATIONS, SqlStateStore, open_store, register_scheme
+from treadle_core.store.sql import MIGRATIONS, SqlStateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,8 +158,11 @@ def test_memory_url_opens_a_memory_store() -> None:
     assert isinstance(open_store("memory://"), MemoryStateStore)
 
 
-def test_registered_scheme_opens_through_its_factory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql, "STORE_SCHEMES", dict(sql.STORE_SCHEMES))
+def test_a_scheme_registered_through_the_hook_opens_with_the_callers_options() -> None:
+    from treadle_core import hookimpl
+    from treadle_core.hookspecs import StoreBackend
+    from treadle_core.plugins import get_plugin_manager
+
     calls: list[tuple[str, dict[str, Any]]] = []
     made = MemoryStateStore()
 
@@ -166,13 +170,37 @@ def test_registered_scheme_opens_through_its_factory(monkeypatch: pytest.MonkeyP
         calls.append((url, options))
         return made
 
-    register_scheme("Acme", factory)
-    assert open_store("acme://bucket/x", region="eu") is made
-    assert calls == [("acme://bucket/x", {"region": "eu"})]
+    class AcmePlugin:
+        @hookimpl
+        def register_stores(self, register: Any) -> None:
+            register(StoreBackend("acme", factory, "a test backend"))
+
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.add_plugin(AcmePlugin(), "acme-store")
+    assert open_store("Acme://bucket/x", plugins=pm, region="eu") is made
+    assert calls == [("Acme://bucket/x", {"region": "eu"})]
     with pytest.raises(StoreError, match="acme://"):
-        open_store("nope://x")
-    with pytest.raises(ValueError, match="is not a URL scheme"):
-        register_scheme("bad scheme", factory)
+        open_store("nope://x", plugins=pm)
+
+
+def test_options_a_backend_does_not_take_are_one_clear_error() -> None:
+    with pytest.raises(StoreError, match="memory:// takes no options"):
+        open_store("memory://", region="eu")
+
+
+def test_the_same_memory_url_is_the_same_store_in_the_library_and_the_cli(
+    tmp_path: Path,
+) -> None:
+    """memory://NAME is shared by name within a process, whoever opens it."""
+    from treadle_core.cli.context import CliContext
+    from treadle_core.plugins import get_plugin_manager
+
+    url = f"memory://shared-{tmp_path.name}"
+    mine = open_store(url)
+    cli = CliContext(get_plugin_manager(), None, url)
+    assert cli.store() is mine
+    assert open_store(url) is mine
+    assert open_store("memory://") is not open_store("memory://")
 
 
 # --- SQLite files and settings ------------------------------------------------------------

@@ -92,7 +92,8 @@ from .quality import (
 )
 from .stage import Stage, stage
 from .store import MemoryStateStore, StateStore
-from .store.sql import SqlStateStore, open_store
+from .store.open import open_store
+from .store.sql import SqlStateStore
 from .workflow import Workflow, WorkflowBuilder
 
 __version__ = "0.1.0"

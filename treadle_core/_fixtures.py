@@ -106,7 +106,7 @@ class EventRecorder:
 def open_test_store(tmp_path: Path) -> StateStore:
     """A SQLite store in ``tmp_path`` (an in-memory one where the SQL store is unavailable)."""
     from .store.memory import MemoryStateStore
-    from .store.sql import open_store
+    from .store.open import open_store
 
     try:
         return open_store(f"sqlite:///{tmp_path}/state.db")

@@ -59,10 +59,11 @@ class StageType:
 
 @dataclass(frozen=True)
 class StoreBackend:
-    """A URL scheme: ``factory(url)`` returns an open `StateStore`."""
+    """A URL scheme: ``factory(url, **options)`` returns an open `StateStore` (`open_store`
+    passes the options its caller gave, usually none)."""
 
     scheme: str
-    factory: Callable[[str], StateStore]
+    factory: Callable[..., StateStore]
     description: str = ""
 
 

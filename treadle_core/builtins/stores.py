@@ -1,10 +1,12 @@
-"""Built-in store backends: ``memory://`` and the SQL schemes of `open_store`."""
+"""Built-in store backends: ``memory://`` and the SQL schemes, resolved by `open_store`."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
+from ..errors import StoreError
 from ..hookspecs import StoreBackend, hookimpl
 from ..store.base import StateStore
 from ..store.memory import MemoryStateStore
@@ -14,8 +16,10 @@ _named: dict[str, MemoryStateStore] = {}
 _named_lock = threading.Lock()
 
 
-def open_memory_store(url: str) -> StateStore:
-    name = url.split("://", 1)[1].strip("/")
+def open_memory_store(url: str, **options: Any) -> StateStore:
+    if options:
+        raise StoreError(f"memory:// takes no options (got {', '.join(sorted(options))})")
+    name = url.partition(":")[2].strip("/")
     if not name:
         return MemoryStateStore()
     with _named_lock:
@@ -25,11 +29,10 @@ def open_memory_store(url: str) -> StateStore:
         return store
 
 
-def _open_sql(url: str) -> StateStore:
-    from ..store.sql import STORE_SCHEMES
+def _open_sql(url: str, **options: Any) -> StateStore:
+    from ..store.sql import SqlStateStore
 
-    # The scheme table directly, not open_store: open_store falls back to this registry.
-    return STORE_SCHEMES[url.partition(":")[0].lower()](url)
+    return SqlStateStore(url, **options)
 
 
 SQL_SCHEMES: dict[str, str] = {

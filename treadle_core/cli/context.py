@@ -22,6 +22,7 @@ from ..errors import (
     UnknownStageError,
 )
 from ..pipeline import DEFAULT_FILE, Pipeline, close_sinks, load_pipeline
+from ..store.open import open_store
 
 if TYPE_CHECKING:
     from ..plugins import TreadlePluginManager
@@ -97,7 +98,7 @@ class CliContext:
                     raise StoreError(
                         f"no store at {path} yet (add items with 'treadle add', or pass --store)"
                     )
-            self._store = open_store_url(url, self.pm)
+            self._store = open_store(url, plugins=self.pm)
         return self._store
 
     def close(self) -> None:
@@ -129,30 +130,6 @@ def sqlite_path(url: str) -> Path | None:
     if not rest or rest.startswith(":memory:"):
         return None
     return Path(rest)
-
-
-def open_store_url(url: str, pm: TreadlePluginManager) -> StateStore:
-    """Open a store through the registered backends (by URL scheme)."""
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    registry = pm.store_backends()
-    backend = registry.get(scheme) if scheme else None
-    if backend is None:
-        known = ", ".join(f"{s}://" for s in registry.names()) or "none"
-        raise StoreError(
-            f"cannot open store {url!r}: unknown scheme {scheme or url!r} (known: {known}); "
-            "a plugin may provide it (pip install treadle-store-<name>)"
-        )
-    path = sqlite_path(url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return backend.factory(url)
-    except NotImplementedError:
-        raise StoreError(f"the {scheme}:// store is not available in this build") from None
-    except TreadleError:
-        raise
-    except Exception as exc:
-        raise StoreError(f"cannot open store {url!r}: {type(exc).__name__}: {exc}") from None
 
 
 # --- output helpers ---------------------------------------------------------------------

@@ -48,7 +48,6 @@ from ..model import (
     utcnow,
 )
 from .base import StateStore, dumps, fence
-from .memory import MemoryStateStore
 
 DEFAULT_URL = "sqlite:///.treadle/state.db"
 
@@ -1055,68 +1054,4 @@ def _close_quietly(conn: Any) -> None:
         conn.close()
 
 
-# --- opening stores by URL ----------------------------------------------------------
-
-
-def _memory_store(url: str, **options: Any) -> StateStore:
-    if options:
-        raise StoreError(f"memory:// takes no options (got {', '.join(sorted(options))})")
-    return MemoryStateStore()
-
-
-StoreFactory = Callable[..., StateStore]
-
-#: URL scheme -> ``factory(url, **options)``; plugins add schemes through `register_scheme`.
-STORE_SCHEMES: dict[str, StoreFactory] = {
-    "sqlite": SqlStateStore,
-    "postgresql": SqlStateStore,
-    "postgres": SqlStateStore,
-    "mysql": SqlStateStore,
-    "memory": _memory_store,
-}
-
-
-def register_scheme(scheme: str, factory: StoreFactory) -> None:
-    """Make ``open_store`` open ``scheme://...`` URLs with ``factory(url, **options)``."""
-    scheme = scheme.lower().removesuffix("://")
-    if not scheme or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
-        raise ValueError(f"{scheme!r} is not a URL scheme (like 'redis' or 'sqlite')")
-    STORE_SCHEMES[scheme] = factory
-
-
-def open_store(url: str | None = None, **options: Any) -> StateStore:
-    """The store a URL names; default ``$TREADLE_STORE``, else ``sqlite:///.treadle/state.db``."""
-    url = url or os.environ.get("TREADLE_STORE") or DEFAULT_URL
-    known = ", ".join(f"{s}://" for s in sorted(STORE_SCHEMES))
-    scheme, sep, _ = url.partition(":")
-    if not sep or not scheme.isascii() or len(scheme) < 2:
-        # No scheme, or a Windows drive letter ("C:\..."): most likely a file path.
-        raise StoreError(
-            f"store URL {url!r} has no scheme; for a SQLite file write sqlite:///{url} "
-            f"(known schemes: {known})"
-        )
-    factory = STORE_SCHEMES.get(scheme.lower())
-    if factory is None:
-        # Schemes added by plugins (`register_stores`), e.g. redis:// from treadle-store-redis.
-        from ..plugins import get_plugin_manager, store_backends
-
-        backends = store_backends(get_plugin_manager())
-        backend = backends.get(scheme.lower())
-        if backend is None:
-            known = ", ".join(f"{s}://" for s in sorted(set(STORE_SCHEMES) | set(backends)))
-            raise StoreError(
-                f"store URL {_redact(url)!r}: unknown scheme {scheme!r}; known schemes: {known} "
-                "(a plugin may add more: pip install treadle-store-<name>)"
-            )
-        return backend.factory(url)
-    return factory(url, **options)
-
-
-__all__ = [
-    "DEFAULT_URL",
-    "MIGRATIONS",
-    "STORE_SCHEMES",
-    "SqlStateStore",
-    "open_store",
-    "register_scheme",
-]
+__all__ = ["DEFAULT_URL", "MIGRATIONS", "SqlStateStore"]
