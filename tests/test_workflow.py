@@ -116,10 +116,12 @@ def test_self_dependency_is_refused():
     ids=["gate", "budget", "policy", "timeout"],
 )
 def test_policy_for_unknown_stage_is_refused(configure):
+    """A build error like any other (WorkflowError), and an unknown stage."""
     b = Workflow.builder().stage("a", noop)
     configure(b)
-    with pytest.raises(UnknownStageError, match="'nope', which is not a stage"):
+    with pytest.raises(WorkflowError, match="'nope', which is not a stage") as caught:
         b.build()
+    assert isinstance(caught.value, UnknownStageError)
 
 
 def test_stage_must_be_a_stage_or_function():

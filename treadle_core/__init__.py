@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .clock import Clock, ManualClock, SystemClock
-from .engine import RunReport
+from .engine import RunReport, default_worker_id
 from .errors import (
     ArtefactError,
     ArtefactNotSerialisableError,
@@ -25,6 +25,7 @@ from .errors import (
     UnknownDependencyError,
     UnknownItemError,
     UnknownStageError,
+    UnknownTargetError,
     WorkflowError,
 )
 from .events import (
@@ -184,6 +185,7 @@ __all__ = [
     "UnknownDependencyError",
     "UnknownItemError",
     "UnknownStageError",
+    "UnknownTargetError",
     "WorkItem",
     "Workflow",
     "WorkflowBuilder",
@@ -191,6 +193,7 @@ __all__ = [
     "WorkflowError",
     "all_of",
     "any_of",
+    "default_worker_id",
     "hookimpl",
     "open_store",
     "stage",

@@ -53,6 +53,13 @@ class UnknownItemError(TreadleError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownTargetError(WorkflowError, UnknownStageError):
+    """A per-stage setting (gate, retry budget, review policy, ...) for a stage the
+    workflow does not define: a build error, and an unknown stage."""
+
+    code = "unknown_target"
+
+
 class InvalidTransitionError(TreadleError):
     """An operation that the stage's current status does not allow."""
 

@@ -18,6 +18,7 @@ from .errors import (
     UnknownDependencyError,
     UnknownItemError,
     UnknownStageError,
+    UnknownTargetError,
     WorkflowError,
 )
 from .events import EventBus, Subscription
@@ -117,39 +118,11 @@ class WorkflowBuilder:
         return self
 
     def build(self) -> Workflow:
+        """Validate and freeze: a `WorkflowError` names the first mistake found."""
         if self._errors:
             raise self._errors[0]
-        known = list(self._stages)
-        graph: nx.DiGraph[str] = nx.DiGraph()
-        graph.add_nodes_from(known)
-        for stage, dep in self._deps:
-            for name in (stage, dep):
-                if name not in self._stages:
-                    raise UnknownDependencyError(
-                        f"dependency {stage!r} -> {dep!r}: {name!r} is not a stage"
-                        f"{_closest(name, known)}"
-                    )
-            if stage == dep:
-                raise SelfDependencyError(f"stage {stage!r} depends on itself")
-            graph.add_edge(dep, stage)
-        try:
-            cycle = nx.find_cycle(graph)
-        except nx.NetworkXNoCycle:
-            cycle = None
-        if cycle:
-            names = [edge[0] for edge in cycle] + [cycle[0][0]]
-            raise CycleError(f"dependency cycle: {' -> '.join(names)}")
-        for what, mapping in (
-            ("quality gate", self._gates),
-            ("retry budget", self._budgets),
-            ("review policy", self._policies),
-            ("review timeout", self._timeouts),
-        ):
-            for name in mapping:
-                if name not in self._stages:
-                    raise UnknownStageError(
-                        f"{what} for {name!r}, which is not a stage{_closest(name, known)}"
-                    )
+        graph = self._graph()
+        self._check_targets()
         specs = {
             name: StageSpec(
                 name=name,
@@ -169,6 +142,43 @@ class WorkflowBuilder:
             max_recoveries=self._max_recoveries,
         )
         return Workflow(plan, clock=self._clock)
+
+    def _graph(self) -> nx.DiGraph[str]:
+        """The dependency DAG: every edge between known stages, no self-loop, no cycle."""
+        known = list(self._stages)
+        graph: nx.DiGraph[str] = nx.DiGraph()
+        graph.add_nodes_from(known)
+        for stage, dep in self._deps:
+            for name in (stage, dep):
+                if name not in self._stages:
+                    raise UnknownDependencyError(
+                        f"dependency {stage!r} -> {dep!r}: {name!r} is not a stage"
+                        f"{_closest(name, known)}"
+                    )
+            if stage == dep:
+                raise SelfDependencyError(f"stage {stage!r} depends on itself")
+            graph.add_edge(dep, stage)
+        try:
+            cycle = nx.find_cycle(graph)
+        except nx.NetworkXNoCycle:
+            return graph
+        names = [edge[0] for edge in cycle] + [cycle[0][0]]
+        raise CycleError(f"dependency cycle: {' -> '.join(names)}")
+
+    def _check_targets(self) -> None:
+        """Every per-stage setting names a stage of this workflow."""
+        known = list(self._stages)
+        for what, mapping in (
+            ("quality gate", self._gates),
+            ("retry budget", self._budgets),
+            ("review policy", self._policies),
+            ("review timeout", self._timeouts),
+        ):
+            for name in mapping:
+                if name not in self._stages:
+                    raise UnknownTargetError(
+                        f"{what} for {name!r}, which is not a stage{_closest(name, known)}"
+                    )
 
 
 class Workflow:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..engine import default_worker_id
+from .. import default_worker_id
 from ..pipeline import parse_duration
 from .context import EXIT_USAGE, CliContext, CliError, console, emit_json, pass_state, run_async
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -115,54 +116,63 @@ def judge(
     may_retry = attempt < max_attempts(spec, budget_start)
 
     def retry(
-        label: str, error: str, feedback: QualityFeedback, passed: bool | None = None
+        label: str,
+        error: str,
+        feedback: QualityFeedback,
+        passed: bool | None = None,
+        retryable: bool = True,
     ) -> Judgement:
-        return Judgement(
-            Next.RETRY if may_retry else Next.EXHAUSTED, label, error, feedback, passed=passed
-        )
+        nxt = Next.FAIL if not retryable else Next.RETRY if may_retry else Next.EXHAUSTED
+        return Judgement(nxt, label, error, feedback, passed=passed)
 
-    J = Judgement
     if out is None:
         error = result.error or "attempt failed"
-        if not result.retryable:
-            return J(Next.FAIL, "error", error, QualityFeedback(error.splitlines()[0]))
-        return retry("error", error, QualityFeedback(error.splitlines()[0]))
+        feedback = QualityFeedback(error.splitlines()[0])
+        return retry("error", error, feedback, retryable=result.retryable)
     outcome = out.outcome
     label = outcome_name(outcome)
     match outcome:
         case Complete():
-            verdict = result.verdict
-            if isinstance(verdict, Rejected):
-                summary = verdict.feedback.summary
-                error = f"quality gate rejected the output: {summary}"
-                return retry(label, error, verdict.feedback, passed=False)
-            if isinstance(verdict, Uncertain):
-                if subtask is None and spec.policy.reviews_uncertain:
-                    return J(
-                        Next.REVIEW, label, prompt=f"quality gate is uncertain: {verdict.reason}"
-                    )
-                error = f"quality gate is uncertain: {verdict.reason}"
-                return retry(label, error, QualityFeedback(verdict.reason))
-            passed = True if isinstance(verdict, Accepted) else None
-            if subtask is None and spec.policy == ReviewPolicy.ALWAYS:
-                return J(Next.REVIEW, label, prompt=out.summary or "", passed=passed)
-            return J(Next.COMPLETE, label, passed=passed)
+            return _judge_complete(spec, result, subtask, retry)
         case NeedsReview(prompt, context) if subtask is None:
-            return J(Next.REVIEW, label, prompt=prompt, context=dict(context))
+            return Judgement(Next.REVIEW, label, prompt=prompt, context=dict(context))
         case FanOut() if subtask is None:
-            return J(Next.FAN_OUT, label)
+            return Judgement(Next.FAN_OUT, label)
         case NeedsReview() | FanOut():
-            error = (
-                f"subtask {subtask!r} returned {type(outcome).__name__}, which a subtask cannot do"
-            )
-            return J(Next.FAIL, label, error)
+            name = type(outcome).__name__
+            error = f"subtask {subtask!r} returned {name}, which a subtask cannot do"
+            return Judgement(Next.FAIL, label, error)
         case Failed(error):
-            return J(Next.FAIL, label, error)
+            return Judgement(Next.FAIL, label, error)
         case Retry(error):
             return retry(label, error, QualityFeedback(error))
         case Skipped():
-            return J(Next.SKIP, label)
+            return Judgement(Next.SKIP, label)
     raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
+
+
+def _judge_complete(
+    spec: StageSpec,
+    result: AttemptResult,
+    subtask: str | None,
+    retry: Callable[..., Judgement],
+) -> Judgement:
+    """A ``Complete`` outcome, by the gate's verdict and the review policy."""
+    verdict, label = result.verdict, "complete"
+    if isinstance(verdict, Rejected):
+        error = f"quality gate rejected the output: {verdict.feedback.summary}"
+        return retry(label, error, verdict.feedback, passed=False)
+    if isinstance(verdict, Uncertain):
+        if subtask is None and spec.policy.reviews_uncertain:
+            prompt = f"quality gate is uncertain: {verdict.reason}"
+            return Judgement(Next.REVIEW, label, prompt=prompt)
+        error = f"quality gate is uncertain: {verdict.reason}"
+        return retry(label, error, QualityFeedback(verdict.reason))
+    passed = True if isinstance(verdict, Accepted) else None
+    if subtask is None and spec.policy == ReviewPolicy.ALWAYS:
+        summary = result.output.summary if result.output is not None else None
+        return Judgement(Next.REVIEW, label, prompt=summary or "", passed=passed)
+    return Judgement(Next.COMPLETE, label, passed=passed)
 
 
 def decide(

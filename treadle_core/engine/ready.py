@@ -57,34 +57,29 @@ def expired_reviews(plan: Plan, states: States, now: datetime) -> list[tuple[str
 
 
 def aggregate(plan: Plan, states: States, now: datetime) -> tuple[ItemState, datetime | None]:
-    """The item's aggregate state and when it next has work, from its stage states."""
-    running = failed = review = False
-    due: list[datetime] = []
+    """The item's aggregate state and when it next has work, from its stage states.
+
+    RUNNING wins (due now: once its lease lapses, anyone may take it over), then
+    ready or scheduled work, then a review waiting, then a failure; else COMPLETE.
+    """
+    seen: set[StageStatus] = set()
+    deadlines: list[datetime] = []
     ready_at: list[datetime] = []
     for name in plan.order:
         st = states.get(name)
         status = st.status if st is not None else StageStatus.PENDING
-        if status == StageStatus.PENDING:
-            if all(is_done(states, d) for d in plan.deps[name]):
-                when = st.next_attempt_at if st is not None and st.next_attempt_at else now
-                ready_at.append(when)
-        elif status == StageStatus.RUNNING:
-            running = True
-        elif status == StageStatus.AWAITING_REVIEW:
-            review = True
-            if st is not None and st.review_deadline is not None:
-                due.append(st.review_deadline)
-        elif status == StageStatus.FAILED:
-            failed = True
-    due_at = min(due + ready_at, default=None)
-    if running:
-        # Due now: once its lease lapses (its process died), anyone may take it over.
+        seen.add(status)
+        if st is not None and status == StageStatus.AWAITING_REVIEW and st.review_deadline:
+            deadlines.append(st.review_deadline)
+        elif status == StageStatus.PENDING and all(is_done(states, d) for d in plan.deps[name]):
+            ready_at.append(st.next_attempt_at if st is not None and st.next_attempt_at else now)
+    due_at = min(deadlines + ready_at, default=None)
+    if StageStatus.RUNNING in seen:
         return ItemState.RUNNING, now
     if ready_at:
-        first = min(ready_at)
-        return (ItemState.READY if first <= now else ItemState.SCHEDULED), due_at
-    if review:
+        return (ItemState.READY if min(ready_at) <= now else ItemState.SCHEDULED), due_at
+    if StageStatus.AWAITING_REVIEW in seen:
         return ItemState.AWAITING_REVIEW, due_at
-    if failed:
+    if StageStatus.FAILED in seen:
         return ItemState.FAILED, None
     return ItemState.COMPLETE, None

@@ -93,44 +93,8 @@ class ClaimLoop:
                 await session.committer.submit(writes.register(list(self.objects.values())))
             )
         try:
-            while True:
-                stopping = session.stopping
-                room = 2 * self.concurrency - len(tasks)
-                claimed: list[Claimed] = []
-                # Claim in batches: one claim transaction per half window.
-                if (
-                    not stopping
-                    and room > 0
-                    and (room >= max(self.concurrency // 2, 1) or len(tasks) < self.concurrency)
-                ):
-                    claimed = await self._claim(room)
-                for c in claimed:
-                    item_id = c.lease.item_id
-                    tasks[item_id] = asyncio.create_task(
-                        advance_claimed(session, self.objects.get(item_id), c)
-                    )
-                    self.report.items += 1
-                if claimed and len(tasks) < 2 * self.concurrency:
-                    continue
-                wake = None if stopping else self._next_wake()
-                if wake is not None or (self.forever and not stopping):
-                    # Look again at least every poll_interval: other processes add
-                    # items and release leases without telling us.
-                    poll = session.clock.now() + timedelta(seconds=self.poll_interval)
-                    wake = poll if wake is None else min(wake, poll)
-                if not tasks:
-                    if stopping or wake is None or not (self.until_idle or self.forever):
-                        break
-                    await self._sleep_until(wake)
-                    continue
-                timeout = None
-                if wake is not None and room > 0:
-                    timeout = max((wake - session.clock.now()).total_seconds(), 0.001)
-                done, _ = await asyncio.wait(
-                    list(tasks.values()), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in done:
-                    await self._finished(task)
+            while await self._turn():
+                pass
         finally:
             if tasks:
                 for task in tasks.values():
@@ -138,6 +102,48 @@ class ClaimLoop:
                 await asyncio.gather(*tasks.values(), return_exceptions=True)
         self.report.executions = session.executions
         return self.report
+
+    async def _turn(self) -> bool:
+        """Claim what fits, then wait for an item to finish, the next due time or a stop;
+        False once there is nothing more to do."""
+        session, tasks, concurrency = self.session, self.session.tasks, self.concurrency
+        stopping = session.stopping
+        room = 2 * concurrency - len(tasks)
+        # Claim in batches: one claim transaction per half window.
+        if (
+            not stopping
+            and room > 0
+            and (room >= max(concurrency // 2, 1) or len(tasks) < concurrency)
+        ):
+            claimed = await self._claim(room)
+            for c in claimed:
+                item_id = c.lease.item_id
+                tasks[item_id] = asyncio.create_task(
+                    advance_claimed(session, self.objects.get(item_id), c)
+                )
+                self.report.items += 1
+            if claimed and len(tasks) < 2 * concurrency:
+                return True
+        wake = None if stopping else self._next_wake()
+        if wake is not None or (self.forever and not stopping):
+            # Look again at least every poll_interval: other processes add
+            # items and release leases without telling us.
+            poll = session.clock.now() + timedelta(seconds=self.poll_interval)
+            wake = poll if wake is None else min(wake, poll)
+        if not tasks:
+            if stopping or wake is None or not (self.until_idle or self.forever):
+                return False
+            await self._sleep_until(wake)
+            return True
+        timeout = None
+        if wake is not None and room > 0:
+            timeout = max((wake - session.clock.now()).total_seconds(), 0.001)
+        done, _ = await asyncio.wait(
+            list(tasks.values()), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            await self._finished(task)
+        return True
 
     async def _finished(self, task: asyncio.Task[None]) -> None:
         session, tasks = self.session, self.session.tasks
