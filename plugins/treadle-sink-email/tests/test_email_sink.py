@@ -296,6 +296,11 @@ def test_a_slow_server_never_blocks_the_listener_and_a_full_queue_drops(
     ]
 
 
+def test_closing_an_idle_sink_says_nothing(smtp: SmtpServer, sinks, caplog) -> None:
+    sinks(smtp.port).close(timeout=0)
+    assert [r for r in caplog.records if r.name.startswith("treadle")] == []
+
+
 def test_close_waits_no_longer_than_its_timeout(smtp: SmtpServer, sinks, caplog) -> None:
     smtp.inbox.hold = True
     sink = sinks(smtp.port, close_timeout=0.2)

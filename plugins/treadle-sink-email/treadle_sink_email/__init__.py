@@ -360,13 +360,14 @@ class EmailSink:
             self._queue.put(_STOP, timeout=wait)
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            self._abandon.set()
-            log.warning(
-                "%s: closed with %d messages unsent after waiting %g s",
-                self.name,
-                self.pending,
-                wait,
-            )
+            self._abandon.set()  # it stops at its next step (a daemon: never holds up exit)
+            if self.pending:
+                log.warning(
+                    "%s: closed with %d messages unsent after waiting %g s",
+                    self.name,
+                    self.pending,
+                    wait,
+                )
 
     @property
     def pending(self) -> int:

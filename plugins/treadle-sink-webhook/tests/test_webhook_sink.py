@@ -153,6 +153,11 @@ def test_close_delivers_everything_queued_in_order(server: RecordingServer, sink
     assert (sink.delivered, sink.pending) == (20, 0)
 
 
+def test_closing_an_idle_sink_says_nothing(server: RecordingServer, sinks, caplog) -> None:
+    sinks(f"{server.url}/ok").close(timeout=0)
+    assert caplog.records == []
+
+
 def test_events_after_close_are_ignored(server: RecordingServer, sinks) -> None:
     sink = sinks(f"{server.url}/ok")
     sink.close()
