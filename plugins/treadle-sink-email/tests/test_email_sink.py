@@ -108,6 +108,7 @@ def test_a_review_sends_one_mail_to_every_recipient(smtp: SmtpServer, sinks) -> 
     assert mail.message["To"] == "Ada <ada@example.com>, grace@example.com"
     assert mail.message["Subject"] == "[treadle] Review waiting: doc 1/a at approve"
     assert mail.message.get_content_type() == "text/plain"
+    assert mail.message["Message-ID"].endswith(".treadle@example.com>")
     text = mail.message.get_content()
     assert "Item 'doc 1/a' is waiting for review at stage 'approve'." in text
     assert "Publish doc 1/a?" in text

@@ -158,7 +158,9 @@ def compose(
     message["From"] = sender
     message["To"] = ", ".join(to)
     message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = make_msgid("treadle")
+    # The sender's domain, not socket.getfqdn(): that can wait seconds on a DNS lookup.
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "treadle.invalid"
+    message["Message-ID"] = make_msgid("treadle", domain=domain)
     message.set_content("\n".join(lines) + "\n")
     return message
 
