@@ -353,7 +353,8 @@ def _server_params(url: str, options: dict[str, Any], example: str) -> dict[str,
 def _postgres_database(url: str, options: dict[str, Any]) -> peewee.Database:
     if getattr(peewee, "psycopg2", None) is None and getattr(peewee, "psycopg", None) is None:
         raise StoreError(
-            f"store URL {_redact(url)!r} needs a PostgreSQL driver: pip install 'treadle[postgres]'"
+            f"store URL {_redact(url)!r} needs a PostgreSQL driver: pip install psycopg2-binary "
+            "(or, in your clone of Treadle, pip install '.[postgres]')"
         )
     params = _server_params(url, options, "postgresql://user@localhost:5432/treadle")
     return peewee.PostgresqlDatabase(params.pop("database"), **params)
@@ -362,7 +363,8 @@ def _postgres_database(url: str, options: dict[str, Any]) -> peewee.Database:
 def _mysql_database(url: str, options: dict[str, Any]) -> peewee.Database:
     if getattr(peewee, "mysql", None) is None:
         raise StoreError(
-            f"store URL {_redact(url)!r} needs a MySQL driver: pip install 'treadle[mysql]'"
+            f"store URL {_redact(url)!r} needs a MySQL driver: pip install pymysql "
+            "(or, in your clone of Treadle, pip install '.[mysql]')"
         )
     params = _server_params(url, options, "mysql://user@localhost:3306/treadle")
     if "client_flag" not in params:
