@@ -711,8 +711,21 @@ class SqlStateStore(StateStore):
                             raise
                         stack.enter_context(self._begin())  # nothing was sent yet: again
                     yield
-            except (peewee.OperationalError, peewee.InterfaceError) as exc:
-                if self.dialect == "sqlite" or not outermost:
+            except peewee.DataError as exc:  # PostgreSQL/MySQL refusing a value (an id)
+                raise StoreError(
+                    f"store {_redact(self.url)!r} refused a value: {_first(exc)}"
+                ) from exc
+            except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
+                if self.dialect == "sqlite":
+                    # A full disk, a corrupt or read-only file: one line naming the file
+                    # (SQLite rolls back by itself, so peewee's ROLLBACK error hides why).
+                    failure = _sqlite_failure(exc)
+                    if failure is not None:
+                        raise StoreError(f"store {self.url!r}: {failure}") from exc
+                    raise
+                if not outermost or not isinstance(
+                    exc, peewee.OperationalError | peewee.InterfaceError
+                ):
                     raise
                 # The server went away or aborted the transaction (restart, deadlock):
                 # nothing of it was applied unless the connection died during COMMIT.
@@ -1049,6 +1062,35 @@ class SqlStateStore(StateStore):
             ids = [row[0] for row in rows]
             self._delete_items(ids)
         return ids
+
+
+#: SQLite errors that no retry mends, each with what to do (the file is named by the caller).
+_SQLITE_FAILURES = {
+    "database or disk is full": "the disk is full; free some space and try again",
+    "disk I/O error": "disk I/O error (is the disk full or failing?)",
+    "database disk image is malformed": "the database file is corrupt (restore it from a backup)",
+    "file is not a database": "the file is not a Treadle database (or it is corrupt)",
+    "attempt to write a readonly database": "the database file is read-only",
+    "unable to open database file": "cannot open the database file (is its directory writable?)",
+}
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _sqlite_failure(exc: BaseException | None) -> str | None:
+    """What a SQLite error (or one it caused) says about the file, in words; None if
+    nothing the user must mend."""
+    seen = 0
+    while exc is not None and seen < 10:
+        text = str(exc)
+        for needle, words in _SQLITE_FAILURES.items():
+            if needle in text:
+                return words
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def _close_quietly(conn: Any) -> None:
