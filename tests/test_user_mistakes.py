@@ -360,8 +360,12 @@ def test_a_corrupt_database_is_one_line_naming_the_file(world, tmp_path):
         fh.seek(4096)
         fh.write(b"\xa5" * (db.stat().st_size - 4096))
     for args in (["status"], ["status", "a"], ["review", "list"], ["run"], ["add", "--id", "c"]):
-        message = refused(world, *args, code=1, says=f"{db}")
-        assert "corrupt" in message or "malformed" in message, message
+        refused(
+            world,
+            *args,
+            code=1,
+            says=f"store 'sqlite:///{db}': the database file is corrupt (restore it from a backup)",
+        )
     db.write_bytes(b"this is not a database" * 300)
     refused(world, "status", code=1, says=f"store 'sqlite:///{db}': file is not a database")
 

@@ -118,12 +118,14 @@ class TreadleGroup(click.Group):
         except click.UsageError as exc:
             raise one_line_usage_error(exc) from None
         except (peewee.DatabaseError, peewee.InterfaceError, sqlite3.Error) as exc:
+            from ..store.sql import _sqlite_failure
+
             obj = ctx.find_object(CliContext)
             where = "the store"
             if obj is not None:
                 with suppress(TreadleError):
-                    where = f"store {redact(obj.store_url())}"
-            raise CliError(f"{where}: {_first_line(exc)}") from None
+                    where = f"store {redact(obj.store_url())!r}"
+            raise CliError(f"{where}: {_sqlite_failure(exc) or _first_line(exc)}") from None
         except OSError as exc:
             if exc.filename is not None:
                 raise CliError(f"{exc.filename}: {exc.strerror or _first_line(exc)}") from None

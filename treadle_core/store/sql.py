@@ -442,11 +442,23 @@ class SqlStateStore(StateStore):
             self._connect()
             self._migrate()
         except peewee.DatabaseError as exc:
+            reason = _sqlite_failure(exc) or self._damage() or exc
             self.close()
-            raise StoreError(f"cannot open store {_redact(url)!r}: {exc}") from exc
+            raise StoreError(f"cannot open store {_redact(url)!r}: {reason}") from exc
         except BaseException:
             self.close()
             raise
+
+    def _damage(self) -> str | None:
+        """Why a SQLite file that failed to open is unusable (a corrupt schema makes the
+        migration fail with an unrelated error), or None."""
+        if self.dialect != "sqlite":
+            return None
+        try:
+            rows = self._db.execute_sql("PRAGMA quick_check(1)").fetchall()
+        except peewee.DatabaseError as exc:
+            return _sqlite_failure(exc) or _SQLITE_FAILURES["database disk image is malformed"]
+        return None if rows == [("ok",)] else _SQLITE_FAILURES["database disk image is malformed"]
 
     def __enter__(self) -> SqlStateStore:
         return self
