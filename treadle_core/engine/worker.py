@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from ..errors import LeaseLostError
+from ..errors import LeaseLostError, StoreError
 from ..model import Item, ItemState, WorkItem
 from . import writes
 from .item import ItemRun
@@ -50,8 +50,8 @@ async def advance_claimed(session: Session, item: WorkItem | None, claimed: Clai
     try:
         work = item if item is not None else Item(lease.item_id, dict(claimed.data or {}))
         await ItemRun(session, work, lease, claimed.states).advance()
-    except LeaseLostError:
-        raise
+    except (LeaseLostError, StoreError):
+        raise  # the lease is gone, or the whole store is (a full disk, an outage)
     except Exception as exc:
         # Not a stage's error (those are recorded on its attempts): the engine or the
         # store failed on this item. Say so, put it aside, and go on with the others.
