@@ -298,6 +298,9 @@ class StageState:
     budget_start: int = 0
     #: How many times this stage was found RUNNING after its process died.
     recoveries: int = 0
+    #: It reached the recovery limit: its next attempt runs with no other stage executing
+    #: in its process, so a crash then is its own (and fails it).
+    run_alone: bool = False
 
     def replace(self, **changes: Any) -> StageState:
         """A copy with some fields changed (on the per-transition path, so kept cheap)."""
@@ -329,6 +332,7 @@ class StageState:
             "review_context": self.review_context,
             "budget_start": self.budget_start,
             "recoveries": self.recoveries,
+            "run_alone": self.run_alone,
         }
 
     @classmethod
@@ -349,6 +353,7 @@ class StageState:
             review_context=dict(d.get("review_context") or {}),
             budget_start=d.get("budget_start", 0),
             recoveries=d.get("recoveries", 0),
+            run_alone=d.get("run_alone", False),
         )
 
 

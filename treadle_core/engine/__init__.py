@@ -94,7 +94,7 @@ class Engine:
             )
             return await loop.run()
 
-    async def _write(self, store: StateStore, write: writes.Write) -> None:
+    async def _write(self, store: StateStore, write: writes.StageWrite) -> None:
         async with Committer(store) as committer:
             _, events = await committer.submit(write)
         self.bus.publish(events)

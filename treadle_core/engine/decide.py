@@ -65,7 +65,12 @@ class Decision:
 
     state: StageState
     events: list[Event]
-    record: AttemptRecord | None = None
+    records: list[AttemptRecord] = field(default_factory=list)
+
+    @property
+    def record(self) -> AttemptRecord | None:
+        """The attempt record, when the decision made exactly one."""
+        return self.records[0] if len(self.records) == 1 else None
 
 
 class Next(enum.Enum):
@@ -191,7 +196,10 @@ def decide(
     name, attempt = spec.name, running.attempt
     j = judge(spec, result, attempt, running.budget_start)
     events = _quality_events(j, item_id, name, attempt, None, now)
-    base = running.replace(metadata=result.metadata, completed_at=now, updated_at=now)
+    # An attempt that ended (rather than taking its process down) clears "run alone".
+    base = running.replace(
+        metadata=result.metadata, completed_at=now, updated_at=now, run_alone=False
+    )
     if result.output is not None:
         base = base.replace(artefact=result.artefact)
     new: StageState
@@ -226,7 +234,8 @@ def decide(
         case Next.EXHAUSTED if spec.escalates:
             assert j.error is not None
             used = attempt - running.budget_start
-            reason = f"retry budget exhausted after {used} attempts: {j.error.splitlines()[0]}"
+            plural = "attempt" if used == 1 else "attempts"
+            reason = f"retry budget exhausted after {used} {plural}: {j.error.splitlines()[0]}"
             new = awaiting(spec, base.replace(error=j.error), reason, {}, now)
             events.append(Escalated(item_id=item_id, stage=name, reason=reason, at=now))
             events.append(review_required(item_id, name, reason, {}, now))
@@ -234,7 +243,7 @@ def decide(
             assert j.error is not None
             new = base.replace(status=StageStatus.FAILED, error=j.error)
             events.append(StageFailed(item_id=item_id, stage=name, error=j.error, at=now))
-    return Decision(new, events, _record(j, result, attempt, now, None))
+    return Decision(new, events, [_record(j, result, attempt, now, None)])
 
 
 def _decide_subtask(
@@ -278,7 +287,7 @@ def _decide_subtask(
         next_attempt_at=next_at,
     )
     state = running.replace(subtasks=[new_sub if t.id == sub_id else t for t in running.subtasks])
-    return Decision(state, events, _record(j, result, attempt, now, sub_id))
+    return Decision(state, events, [_record(j, result, attempt, now, sub_id)])
 
 
 def _quality_events(

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from ..errors import LeaseLostError, StoreError
-from ..model import Item, ItemState, WorkItem
+from ..model import Item, ItemState, Lease, WorkItem
 from . import writes
 from .item import ItemRun
-from .session import WAITING, Claimed, Session
+from .session import WAITING, Claimed, Session, process_gone
 
 log = logging.getLogger("treadle.engine")
 
@@ -105,6 +105,9 @@ class ClaimLoop:
         self.report = RunReport()
         #: When the next due item not claimed becomes due, as the last claim saw it.
         self.next_due: datetime | None = None
+        #: When we last looked for leases of dead local processes; what we said we wait for.
+        self._looked: datetime | None = None
+        self._said: set[tuple[str, datetime]] = set()
 
     async def run(self) -> RunReport:
         session, tasks = self.session, self.session.tasks
@@ -112,6 +115,7 @@ class ClaimLoop:
             self.local.update(
                 await session.committer.submit(writes.register(list(self.objects.values())))
             )
+        await self._take_over()
         try:
             while await self._turn():
                 pass
@@ -154,6 +158,8 @@ class ClaimLoop:
         if not tasks:
             if stopping or wake is None or not (self.until_idle or self.forever):
                 return False
+            if await self._take_over():
+                return True
             await self._sleep_until(wake)
             return True
         timeout = None
@@ -165,6 +171,49 @@ class ClaimLoop:
         for task in done:
             await self._finished(task)
         return True
+
+    async def _take_over(self) -> bool:
+        """Leases held by a process on this host that is gone end at once (a ``kill -9``d
+        run need not be waited out); whether any did. Otherwise say what we wait for."""
+        session = self.session
+        now = session.clock.now()
+        if self._looked is not None and (now - self._looked).total_seconds() < self.poll_interval:
+            return False
+        self._looked = now
+        leases = await session.read(lambda s: s.live_leases(100))
+        others = [lease for lease in leases if lease.worker_id != session.owner]
+        gone = sorted({lease.worker_id for lease in others if process_gone(lease.worker_id)})
+        if gone:
+            n = await session.committer.submit(lambda s: s.expire_leases(gone))
+            if n:
+                log.warning(
+                    "took over %d item%s from %s: that process is gone",
+                    n,
+                    "" if n == 1 else "s",
+                    ", ".join(gone),
+                )
+                return True
+        if not self.forever:
+            self._say_waiting(others)
+        return False
+
+    def _say_waiting(self, leases: list[Lease]) -> None:
+        """Once per holder and expiry: which items another live worker holds, until when."""
+        by_owner: dict[tuple[str, datetime], list[str]] = {}
+        for lease in leases:
+            key = (lease.worker_id, lease.expires_at.replace(microsecond=0))
+            by_owner.setdefault(key, []).append(lease.item_id)
+        for (owner, until), ids in by_owner.items():
+            if (owner, until) in self._said:
+                continue
+            self._said.add((owner, until))
+            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            log.warning(
+                "waiting for %s, leased by %s until %s",
+                shown,
+                owner,
+                until.astimezone().strftime("%H:%M:%S"),
+            )
 
     async def _finished(self, task: asyncio.Task[None]) -> None:
         session, tasks = self.session, self.session.tasks

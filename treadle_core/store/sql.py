@@ -47,7 +47,7 @@ from ..model import (
     to_ts,
     utcnow,
 )
-from .base import StateStore, dumps, fence
+from .base import MARK_MEMORY, StateStore, commit_mark, dumps, fence
 
 DEFAULT_URL = "sqlite:///.treadle/state.db"
 
@@ -230,9 +230,16 @@ def m002_stage_state_queries(db: peewee.Database) -> None:
         after = (rows[-1][0], rows[-1][1])
 
 
+def m003_commit_marks(db: peewee.Database) -> None:
+    """A mark per committed transaction, so a COMMIT whose reply was lost is never
+    applied twice (ids are time-ordered: old marks are deleted by id)."""
+    _ddl(db, "CREATE TABLE IF NOT EXISTS commit_marks (id VARCHAR(64) NOT NULL PRIMARY KEY){table}")
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     m001_initial,
     m002_stage_state_queries,
+    m003_commit_marks,
 ]
 
 
@@ -436,6 +443,7 @@ class SqlStateStore(StateStore):
         self._connections_lock = threading.Lock()
         self._created_lock = threading.Lock()
         self._last_created = 0.0
+        self._marks_made = 0
         self._prepare_sql()
         try:
             self._connect()
@@ -620,6 +628,7 @@ class SqlStateStore(StateStore):
             "SELECT stage, status, updated_at FROM stage_states WHERE item_id = ?"
         )
         self._sql_record_attempt = q("INSERT INTO attempts (item_id, stage, data) VALUES (?, ?, ?)")
+        self._sql_mark = q("INSERT INTO commit_marks (id) VALUES (?)")
         self._sql_record_review = q("INSERT INTO reviews (item_id, stage, data) VALUES (?, ?, ?)")
         self._sql_event_row = q("(?, ?, ?, ?, ?)")
         self._sql_renew = q(
@@ -1067,6 +1076,45 @@ class SqlStateStore(StateStore):
         with self.transaction():
             for lease in leases:
                 self._run(self._sql_release, (lease.item_id, lease.token))
+
+    # --- exactly once --------------------------------------------------------------
+    def mark_commit(self, mark: str) -> None:
+        with self._guard:
+            self._run(self._sql_mark, (mark,))
+            self._marks_made += 1
+            if self._marks_made % 1000 == 0:  # forget marks older than MARK_MEMORY
+                cutoff = commit_mark(time.time() - MARK_MEMORY)
+                self._run(self._q("DELETE FROM commit_marks WHERE id < ?"), (cutoff,))
+
+    def committed(self, mark: str) -> bool:
+        with self._guard:
+            row = self._run(self._q("SELECT 1 FROM commit_marks WHERE id = ?"), (mark,)).fetchone()
+        return row is not None
+
+    def live_leases(self, limit: int = 100) -> list[Lease]:
+        sql = self._q(
+            "SELECT id, lease_owner, lease_token, lease_expires_at FROM items"
+            f" WHERE lease_expires_at > ? ORDER BY lease_expires_at, id LIMIT {int(limit)}"
+        )
+        with self._guard:
+            rows = self._run(sql, (_now(),)).fetchall()
+        return [Lease(i, owner or "", token, from_ts(exp)) for i, owner, token, exp in rows]  # type: ignore[arg-type]
+
+    def expire_leases(self, owners: Sequence[str]) -> int:
+        if not owners:
+            return 0
+        now = _now()
+        n = 0
+        with self.transaction():
+            for chunk in _chunks(list(owners)):
+                cur = self._run(
+                    self._q("UPDATE items SET lease_expires_at = ?")
+                    + f" WHERE lease_owner IN ({self._marks(len(chunk))})"
+                    + self._q(" AND lease_expires_at > ?"),
+                    (now, *chunk, now),
+                )
+                n += cur.rowcount
+        return n
 
     def prune(self, completed_before: datetime, limit: int = 500) -> list[str]:
         if limit <= 0:
