@@ -176,11 +176,12 @@ STAGE_ROWS = [
     ),
     *[
         Row(
-            f"gate uncertain, {policy.value}: a person decides",
+            f"gate uncertain, {policy.value}: a person decides, the reason kept as feedback",
             _result(Complete(), verdict=Uncertain("cannot tell")),
             _spec(policy=policy),
             status=StageStatus.AWAITING_REVIEW,
             events=["ReviewRequired"],
+            feedback="cannot tell",
             verdict="uncertain",
         )
         for policy in (ReviewPolicy.ON_UNCERTAIN, ReviewPolicy.ON_ESCALATION_OR_UNCERTAIN)

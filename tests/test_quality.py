@@ -184,7 +184,10 @@ async def test_gate_that_raises_becomes_uncertain_with_the_error(make_store):
     status = await wf.advance(Item("x"), store)
     assert status.review_stages == ["s"]
     assert "quality gate raised RuntimeError: gate broke" in wf.pending_reviews(store)[0].prompt
-    assert store.get_attempts("x", "s")[0].verdict == "uncertain"
+    (record,) = store.get_attempts("x", "s")
+    assert record.verdict == "uncertain"
+    # The reason is kept in the attempt history a reviewer reads, not only in the prompt.
+    assert record.feedback.summary == "quality gate raised RuntimeError: gate broke"
 
 
 async def test_accepted_output_under_always_policy_waits_for_review(make_store):

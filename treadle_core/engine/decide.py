@@ -169,8 +169,12 @@ def _judge_complete(
         return retry(label, error, verdict.feedback, passed=False)
     if isinstance(verdict, Uncertain):
         if subtask is None and spec.policy.reviews_uncertain:
+            # The reason is the gate's word on this attempt: kept as its feedback, so the
+            # attempt history a reviewer reads says why.
             prompt = f"quality gate is uncertain: {verdict.reason}"
-            return Judgement(Next.REVIEW, label, prompt=prompt)
+            return Judgement(
+                Next.REVIEW, label, feedback=QualityFeedback(verdict.reason), prompt=prompt
+            )
         error = f"quality gate is uncertain: {verdict.reason}"
         return retry(label, error, QualityFeedback(verdict.reason))
     passed = True if isinstance(verdict, Accepted) else None
