@@ -84,6 +84,7 @@ class Engine:
             store, concurrency=concurrency, lease_seconds=lease_seconds, worker_id=worker_id
         ) as session:
             session.stop = stop
+            session.forever = forever
             loop = ClaimLoop(
                 session,
                 items,

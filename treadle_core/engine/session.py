@@ -148,8 +148,12 @@ class Session:
         self.lost: set[str] = set()
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.executions = 0
-        #: Items whose advance broke outside any attempt: item id -> what broke.
+        #: Items whose advance broke outside any attempt: item id -> what broke, and how
+        #: many times it did in this call.
         self.errors: dict[str, str] = {}
+        self.broken: dict[str, int] = {}
+        #: A worker (``serve``) rather than a run until idle.
+        self.forever = False
         self.stop: asyncio.Event | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 

@@ -21,7 +21,7 @@ log = logging.getLogger("treadle.engine")
 
 
 #: How long an item whose advance broke (not a stage's error: those are attempts) waits
-#: before it is claimed again.
+#: before a worker claims it again; doubled each time it breaks again, up to an hour.
 BROKEN_ITEM_DELAY = 60.0
 
 
@@ -33,7 +33,8 @@ class RunReport:
     executions: int = 0
     lost_leases: list[str] = field(default_factory=list)
     #: Items whose advance broke outside any attempt (item id -> the error's first line);
-    #: each was logged with its traceback and put aside for a while.
+    #: each was logged with its traceback and put aside: ``run`` does not wait for it
+    #: (``run --item`` tries it again), a worker claims it again later.
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -55,12 +56,14 @@ async def advance_claimed(session: Session, item: WorkItem | None, claimed: Clai
     except Exception as exc:
         # Not a stage's error (those are recorded on its attempts): the engine or the
         # store failed on this item. Say so, put it aside, and go on with the others.
-        log.exception("item %r: advancing it failed; trying it again later", lease.item_id)
+        log.exception("item %r: advancing it failed; putting it aside", lease.item_id)
         session.errors[lease.item_id] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        session.broken[lease.item_id] = times = session.broken.get(lease.item_id, 0) + 1
+        delay = min(BROKEN_ITEM_DELAY * 2 ** (times - 1), 3600.0) if session.forever else None
         if lease.item_id not in session.lost:
             with contextlib.suppress(Exception):
                 await session.committer.submit(
-                    writes.defer(session.clock, lease.item_id, lease, BROKEN_ITEM_DELAY)
+                    writes.put_aside(session.clock, lease.item_id, lease, delay)
                 )
     finally:
         if lease.item_id not in session.lost:
@@ -219,7 +222,9 @@ class ClaimLoop:
         session, tasks = self.session, self.session.tasks
         item_id = next(k for k, t in tasks.items() if t is task)
         del tasks[item_id]
-        if self.local is not None:
+        if self.local is not None and item_id in session.errors:
+            self.local.pop(item_id, None)  # put aside: this run does not wait for it
+        elif self.local is not None:
             rec = await session.read(lambda s: s.get_item(item_id))
             self.local[item_id] = (rec.state, rec.due_at) if rec else (ItemState.COMPLETE, None)
         if task.cancelled():

@@ -192,13 +192,17 @@ def retry(plan: Plan, clock: Clock, item_id: str, stage: str) -> StageWrite:
     return Write(apply, _read_back(item_id, applied))
 
 
-def defer(clock: Clock, item_id: str, lease: Lease, seconds: float) -> Callable[[StateStore], None]:
-    """Put an item that broke its advance aside for ``seconds`` (its state unchanged), so
-    claims do not spin on it while every other item goes on."""
+def put_aside(
+    clock: Clock, item_id: str, lease: Lease, seconds: float | None
+) -> Callable[[StateStore], None]:
+    """Put an item whose advance broke aside (its state unchanged), so claims do not spin
+    on it while every other item goes on: due again in ``seconds``, or (None) not until
+    something else moves it (``treadle run --item``, a rerun, a review)."""
 
     def apply(store: StateStore) -> None:
         rec = store.lock_item(item_id, lease)
-        store.set_item_state(item_id, rec.state, clock.now() + timedelta(seconds=seconds))
+        due = None if seconds is None else clock.now() + timedelta(seconds=seconds)
+        store.set_item_state(item_id, rec.state, due)
 
     return apply
 
