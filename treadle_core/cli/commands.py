@@ -6,9 +6,12 @@ import asyncio
 import dataclasses
 import glob as globlib
 import json
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ from .context import (
     pass_state,
     plural,
     run_async,
+    seconds_option,
     warn_plugin_errors,
 )
 from .starter import FILES
@@ -338,6 +342,12 @@ class _RunProgress:
     "--item", "item_ids", type=ITEM_ID, multiple=True, help="Only this item (repeatable)."
 )
 @click.option("--no-wait", is_flag=True, help="Do not wait for retries scheduled for later.")
+@click.option(
+    "--grace",
+    default="30s",
+    show_default=True,
+    help="After Ctrl-C or SIGTERM, how long running stages may finish before they stop.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @pass_state
 def run(
@@ -345,9 +355,16 @@ def run(
     concurrency: int | None,
     item_ids: tuple[str, ...],
     no_wait: bool,
+    grace: str,
     as_json: bool,
 ) -> None:
-    """Advance every item with work until nothing is ready (exit 1 if anything failed)."""
+    """Advance every item with work until nothing is ready (exit 1 if anything failed).
+
+    Ctrl-C (or SIGTERM) stops claiming and lets the stages in flight finish (up to
+    --grace) and commit; a second one stops them at once, puts them back as they were
+    and gives the leases back (exit 130 either way).
+    """
+    grace_seconds = seconds_option(grace, "--grace", positive=False)
     pipeline = state.pipeline()
     wf = pipeline.workflow
     warn_plugin_errors(state)
@@ -366,7 +383,9 @@ def run(
     show = not as_json and console(stderr=True).is_terminal
     bars = _RunProgress(wf, total, done, show)
 
-    async def go() -> None:
+    interrupt = _Interrupt(grace_seconds)
+
+    async def go() -> Any:
         with state.sinks(wf), wf.subscribe() as sub:
 
             async def feed() -> None:
@@ -375,21 +394,27 @@ def run(
 
             feeder = asyncio.create_task(feed())
             try:
-                with bars.progress:
-                    await wf.run(
-                        store,
-                        items,
-                        concurrency=concurrency or pipeline.concurrency,
-                        until_idle=not no_wait,
+                with bars.progress, interrupt:
+                    report = await interrupt.guard(
+                        wf.run(
+                            store,
+                            items,
+                            concurrency=concurrency or pipeline.concurrency,
+                            until_idle=not no_wait,
+                            stop=interrupt.stop,
+                        )
                     )
                     await asyncio.sleep(0)
                     while (event := sub.get_nowait()) is not None:
                         bars.handle(event)
+                    return report
             finally:
                 feeder.cancel()
                 await asyncio.gather(feeder, return_exceptions=True)
 
-    run_async(go())
+    report = run_async(go())
+    for item_id, error in (report.errors if report is not None else {}).items():
+        click.echo(f"error: item {item_id}: {error} (put aside; see the log above)", err=True)
     if items is None:
         counts = store.count_items()
         failed = counts.get(ItemState.FAILED, 0)
@@ -408,8 +433,68 @@ def run(
         out = console()
         out.print(_summary_table(wf, summary, f"pipeline {pipeline.name!r}"))
         out.print(", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(states.items())))
-    if failed:
+    if interrupt.signals:
+        interrupt.exit()
+    if failed or (report is not None and report.errors):
         raise click.exceptions.Exit(1)
+
+
+class _Interrupt:
+    """Ctrl-C / SIGTERM during ``treadle run``: the first stops claiming and lets running
+    stages finish (up to ``grace`` seconds) and commit; the second stops at once."""
+
+    def __init__(self, grace: float):
+        self.grace = grace
+        self.stop = asyncio.Event()
+        self.signals = 0
+        self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> _Interrupt:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    async def guard(self, run: Coroutine[Any, Any, Any]) -> Any:
+        """Await the run; a run stopped at once (second signal, grace over) returns None."""
+        self._task = asyncio.create_task(run)
+        try:
+            return await self._task
+        except asyncio.CancelledError:
+            if not self.signals or not self._task.cancelled():
+                raise
+            return None
+
+    def _on_signal(self, signum: int) -> None:
+        self.signals += 1
+        err = console(stderr=True)
+        if self.signals == 1:
+            err.print(
+                f"{signal.Signals(signum).name}: claiming nothing more; the stages running "
+                f"finish (up to {self.grace:g} s). Press Ctrl-C again to stop them at once."
+            )
+            self.stop.set()
+            if self._task is not None:
+                self._timer = asyncio.get_running_loop().call_later(self.grace, self._task.cancel)
+        elif self._task is not None:
+            err.print("stopping at once: running stages go back to where they were")
+            self._task.cancel()
+
+    def exit(self) -> None:
+        """Exit 130 (interrupted); without waiting for a sync stage still in its thread."""
+        if any(t.name.startswith("treadle-stage") and t.is_alive() for t in threading.enumerate()):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise click.exceptions.Exit(130)
 
 
 # --- status ------------------------------------------------------------------------------

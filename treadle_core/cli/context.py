@@ -263,6 +263,20 @@ def sqlite_path(url: str) -> Path | None:
     return Path(rest)
 
 
+def seconds_option(value: str, option: str, *, positive: bool = True) -> float:
+    """A duration option (``500ms``, ``2s``, ``5m``...) as seconds, or one clear line."""
+    from ..pipeline import parse_duration
+    from ..validation import check_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise CliError(f"{option}: {exc}", EXIT_USAGE) from None
+    if positive and seconds <= 0:
+        raise CliError(f"{option}: {value!r} must be more than zero", EXIT_USAGE)
+    return check_duration(seconds, option)
+
+
 # --- input and warnings ---------------------------------------------------------------------
 
 

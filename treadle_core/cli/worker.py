@@ -11,28 +11,16 @@ from typing import Any
 import click
 
 from .. import default_worker_id
-from ..pipeline import parse_duration
-from ..validation import MAX_CONCURRENCY, check_duration
+from ..validation import MAX_CONCURRENCY
 from .context import (
-    EXIT_USAGE,
     CliContext,
-    CliError,
     console,
     emit_json,
     pass_state,
     plural,
     run_async,
+    seconds_option,
 )
-
-
-def _duration(value: str, option: str, *, positive: bool = True) -> float:
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise CliError(f"{option}: {exc}", EXIT_USAGE) from None
-    if positive and seconds <= 0:
-        raise CliError(f"{option}: {value!r} must be more than zero", EXIT_USAGE)
-    return check_duration(seconds, option)
 
 
 @click.command()
@@ -65,8 +53,8 @@ def worker(
     leases; a second signal exits at once (its leases then expire and other
     workers take the items over).
     """
-    lease_seconds = _duration(lease, "--lease")
-    poll_seconds = _duration(poll, "--poll")
+    lease_seconds = seconds_option(lease, "--lease")
+    poll_seconds = seconds_option(poll, "--poll")
     pipeline = state.pipeline()
     wf = pipeline.workflow
     store = state.store()
