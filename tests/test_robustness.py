@@ -224,7 +224,7 @@ def test_a_run_after_kill_9_takes_the_dead_run_over_at_once(project):
     for item in "ab":
         st, _ = state_of(project, item, "slow")
         assert st.status == StageStatus.COMPLETE and st.attempt == 2
-        assert st.recoveries == 1
+        assert (st.recoveries, st.suspect) == (0, True)  # a first crash: a suspect
 
 
 # --- a fair crash limit ----------------------------------------------------------------------

@@ -311,6 +311,10 @@ class StageState:
     budget_start: int = 0
     #: How many times this stage was found RUNNING after its process died.
     recoveries: int = 0
+    #: Its process died while it was RUNNING: from now on it is written RUNNING only once
+    #: it holds an execution slot, so being found RUNNING after a crash means it was
+    #: executing (and that crash counts towards max_recoveries).
+    suspect: bool = False
     #: It reached the recovery limit: its next attempt runs with no other stage executing
     #: in its process, so a crash then is its own (and fails it).
     run_alone: bool = False
@@ -345,6 +349,7 @@ class StageState:
             "review_context": self.review_context,
             "budget_start": self.budget_start,
             "recoveries": self.recoveries,
+            "suspect": self.suspect,
             "run_alone": self.run_alone,
         }
 
@@ -366,6 +371,7 @@ class StageState:
             review_context=dict(d.get("review_context") or {}),
             budget_start=d.get("budget_start", 0),
             recoveries=d.get("recoveries", 0),
+            suspect=d.get("suspect", False),
             run_alone=d.get("run_alone", False),
         )
 

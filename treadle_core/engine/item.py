@@ -216,29 +216,37 @@ class ItemRun:
         previous = await self._previous(name, None) if prev.attempt > 0 else []
         feedback = _last_feedback(previous)
         slots = self.session.slots
-        # The slot is taken before RUNNING is written, so a stage found RUNNING after a
-        # crash was executing (only those count towards max_recoveries); RUNNING is
-        # durable before the stage's code runs.
-        async with slots.alone() if prev.run_alone else slots.one:
-            running, events = decide.begin(
-                spec, prev, self.clock.now(), item_id=self.item_id, feedback=feedback
-            )
-            await self.write(name, running, events)
-            ctx = StageContext(
-                item_id=self.item_id,
-                stage=name,
-                attempt=running.attempt,
-                subtask=None,
-                feedback=feedback,
-                upstream=upstream(self.plan, self.states, name),
-                state=running,
-                metadata=dict(prev.metadata),
-            )
-            try:
-                result = await self._attempt(spec, ctx, running.budget_start, previous)
-            except BaseException:
-                await self.abandon(name, prev)
-                raise
+        slot = slots.alone() if prev.run_alone else slots.one
+        running, events = decide.begin(
+            spec, prev, self.clock.now(), item_id=self.item_id, feedback=feedback
+        )
+        ctx = StageContext(
+            item_id=self.item_id,
+            stage=name,
+            attempt=running.attempt,
+            subtask=None,
+            feedback=feedback,
+            upstream=upstream(self.plan, self.states, name),
+            state=running,
+            metadata=dict(prev.metadata),
+        )
+        # RUNNING is durable before the stage's code runs, so a stage that takes its
+        # process down is seen on recovery. Usually it is written before the execution
+        # slot is taken (commit latency never idles a slot); a stage already suspected
+        # of a crash writes it once it holds the slot, so being found RUNNING again
+        # means it was executing, and only that counts towards max_recoveries.
+        try:
+            if prev.suspect or prev.run_alone:
+                async with slot:
+                    await self.write(name, running, events)
+                    result = await self._attempt(spec, ctx, running.budget_start, previous)
+            else:
+                await self.write(name, running, events)
+                async with slot:
+                    result = await self._attempt(spec, ctx, running.budget_start, previous)
+        except BaseException:
+            await self.abandon(name, prev)
+            raise
         self.session.executions += 1
         d = decide.decide(spec, running, result, self.clock.now(), item_id=self.item_id)
         await self.write(name, d.state, d.events, d.records)

@@ -500,9 +500,9 @@ class SqlStateStore(StateStore):
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
         db = self._db
-        if db.is_closed():
-            self._open_thread_connection()
         try:
+            if db.is_closed():  # reconnecting may fail too: handled like the statement
+                self._open_thread_connection()
             return db.execute_sql(sql, params)
         except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
             if self.dialect == "sqlite":
