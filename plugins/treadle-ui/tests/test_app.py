@@ -617,15 +617,17 @@ def test_review_page_shows_every_done_upstream_stage_and_its_artefact() -> None:
         Workflow.builder("chain")
         .stage("fetch", lambda item, ctx: StageOutput(Complete(), artefact={"raw": "<i>r</i>"}))
         .stage("summary", summary, needs=["fetch"])
-        .stage("ask", ask, needs=["summary"])
+        .stage("meta", lambda item, ctx: StageOutput(Complete(), artefact={"lang": "en"}))
+        .stage("ask", ask, needs=["summary", "meta"])
         .build()
     )
     store = make_store(wf, [Item("n1", {})])
     page = client(wf, store).get("/review?item=n1&stage=ask").text
     upstream = page.split('id="upstream"', 1)[1].split("</section>", 1)[0]
-    assert re.findall(r'data-stage="(\w+)"', upstream) == ["summary", "fetch"]  # nearest first
-    assert '<details class="upstream" open data-stage="summary">' in upstream  # a direct input
-    assert '<details class="upstream" data-stage="fetch">' in upstream
+    shown = re.findall(r'<details class="upstream"( open)? data-stage="(\w+)">', upstream)
+    assert sorted(shown[:2]) == [("", "summary"), (" open", "meta")]  # direct inputs first
+    assert shown[2:] == [("", "fetch")]  # then the rest, folded
+    assert "the artefact under review" in upstream.split('data-stage="summary"')[1]
     assert "&lt;i&gt;r&lt;/i&gt;" in upstream and "<i>r</i>" not in upstream
     assert "x" * 300 in upstream  # long values whole: wrapped by the page, never cut
 

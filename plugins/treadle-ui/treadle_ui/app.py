@@ -154,6 +154,7 @@ class Upstream:
     state: StageState
     direct: bool
     attempts_by_subtask: dict[str, list[AttemptRecord]]
+    under_review: bool  # its artefact is the one under review (shown above already)
 
 
 class Console:
@@ -310,6 +311,7 @@ class Console:
 
     def _upstream(self, item_id: str, stage: str, states: dict[str, StageState]) -> list[Upstream]:
         """Every done ancestor, direct dependencies first, then the nearest first."""
+        reviewed = states[stage].artefact
         wf, store = self.wf, self.store
         direct = set(wf.dependencies(stage))
         order = wf.ancestors(stage)
@@ -319,7 +321,8 @@ class Console:
             if st is None or not st.status.is_done:
                 continue
             by_sub = _by_subtask(store.get_attempts(item_id, name)) if st.subtasks else {}
-            found.append(Upstream(name, st, name in direct, by_sub))
+            same = st.artefact is not None and st.artefact == reviewed
+            found.append(Upstream(name, st, name in direct, by_sub, same))
         return found
 
     def _review_data(

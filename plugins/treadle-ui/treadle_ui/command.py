@@ -56,7 +56,10 @@ def default_secret_file(state: CliContext, users: Path | None) -> Path:
     help="Key that signs sessions and CSRF tokens, created on first start "
     "[default: ui-secret beside the SQLite store, or beside --users].",
 )
-@click.option("--reviewer", help="Name recorded on decisions (the page asks when missing).")
+@click.option(
+    "--reviewer",
+    help="Name recorded on decisions without --users (the page asks when missing).",
+)
 @click.option(
     "--poll",
     type=click.FloatRange(min=0.2),
@@ -137,7 +140,7 @@ def ui(
 
 @ui.group()
 def users() -> None:
-    """Reviewers who sign in with their own tokens (``treadle ui --users FILE``)."""
+    """Give reviewers their own tokens for 'treadle ui --users FILE'."""
 
 
 FILE_OPTION = click.option(
