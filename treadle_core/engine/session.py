@@ -81,6 +81,8 @@ class Session:
         self.lost: set[str] = set()
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.executions = 0
+        #: Items whose advance broke outside any attempt: item id -> what broke.
+        self.errors: dict[str, str] = {}
         self.stop: asyncio.Event | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 

@@ -20,6 +20,11 @@ from .session import WAITING, Claimed, Session
 log = logging.getLogger("treadle.engine")
 
 
+#: How long an item whose advance broke (not a stage's error: those are attempts) waits
+#: before it is claimed again.
+BROKEN_ITEM_DELAY = 60.0
+
+
 @dataclass
 class RunReport:
     """What one ``Workflow.run`` call did."""
@@ -27,6 +32,9 @@ class RunReport:
     items: int = 0
     executions: int = 0
     lost_leases: list[str] = field(default_factory=list)
+    #: Items whose advance broke outside any attempt (item id -> the error's first line);
+    #: each was logged with its traceback and put aside for a while.
+    errors: dict[str, str] = field(default_factory=dict)
 
 
 def check_items(items: Sequence[WorkItem]) -> None:
@@ -42,6 +50,18 @@ async def advance_claimed(session: Session, item: WorkItem | None, claimed: Clai
     try:
         work = item if item is not None else Item(lease.item_id, dict(claimed.data or {}))
         await ItemRun(session, work, lease, claimed.states).advance()
+    except LeaseLostError:
+        raise
+    except Exception as exc:
+        # Not a stage's error (those are recorded on its attempts): the engine or the
+        # store failed on this item. Say so, put it aside, and go on with the others.
+        log.exception("item %r: advancing it failed; trying it again later", lease.item_id)
+        session.errors[lease.item_id] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if lease.item_id not in session.lost:
+            with contextlib.suppress(Exception):
+                await session.committer.submit(
+                    writes.defer(session.clock, lease.item_id, lease, BROKEN_ITEM_DELAY)
+                )
     finally:
         if lease.item_id not in session.lost:
             await session.release(lease)
@@ -101,6 +121,7 @@ class ClaimLoop:
                     task.cancel()
                 await asyncio.gather(*tasks.values(), return_exceptions=True)
         self.report.executions = session.executions
+        self.report.errors = dict(session.errors)
         return self.report
 
     async def _turn(self) -> bool:

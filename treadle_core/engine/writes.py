@@ -9,7 +9,7 @@ recomputes the item's aggregate state and journals the events, all in one commit
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..clock import Clock
@@ -172,6 +172,17 @@ def retry(plan: Plan, clock: Clock, item_id: str, stage: str) -> Write:
         new, events = actions.reset_failed(st, now, item_id=item_id, stage=stage)
         store.save_stage_state(item_id, stage, new)
         return finish(store, plan, rec, events, now)
+
+    return apply
+
+
+def defer(clock: Clock, item_id: str, lease: Lease, seconds: float) -> Callable[[StateStore], None]:
+    """Put an item that broke its advance aside for ``seconds`` (its state unchanged), so
+    claims do not spin on it while every other item goes on."""
+
+    def apply(store: StateStore) -> None:
+        rec = store.lock_item(item_id, lease)
+        store.set_item_state(item_id, rec.state, clock.now() + timedelta(seconds=seconds))
 
     return apply
 
