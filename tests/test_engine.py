@@ -549,3 +549,86 @@ async def test_retry_outcome_uses_the_budget_then_fails(make_store):
     assert status.stages["again"].status == StageStatus.FAILED
     assert status.stages["again"].error == "try 3"
     assert [a.error for a in store.get_attempts("x", "again")] == ["try 1", "try 2", "try 3"]
+
+
+class _Refusing:
+    """A memory store that refuses to save some stage states (a store-side failure that
+    is about one item, not the whole store)."""
+
+    @staticmethod
+    def make(refuse):
+        from treadle_core import MemoryStateStore
+
+        class Refusing(MemoryStateStore):
+            def save_stage_state(self, item_id, stage, state):
+                if refuse(item_id, stage, state):
+                    raise ValueError("the store says no")
+                super().save_stage_state(item_id, stage, state)
+
+        return Refusing()
+
+
+async def test_a_result_the_store_refuses_fails_that_stage_and_the_run_goes_on(caplog):
+    """The engine cannot record one stage's result: that stage is FAILED with why (one
+    line); its item's other stages and every other item go on."""
+
+    async def work(item, ctx):
+        return StageOutput(Complete(), artefact={"big": item.id == "bad"})
+
+    def refuse(item_id, stage, state):
+        return state.status == StageStatus.COMPLETE and state.artefact == {"big": True}
+
+    wf = chain(("a", work), ("b", work))
+    store = _Refusing.make(refuse)
+    items = [Item(f"ok{n}") for n in range(3)] + [Item("bad")]
+    report = await wf.run(store, items, concurrency=2)
+    assert report.errors == {}
+    assert all(wf.status(f"ok{n}", store).is_complete for n in range(3))
+    bad = wf.status("bad", store).stages["a"]
+    assert bad.status == StageStatus.FAILED
+    assert bad.error == (
+        "the engine could not record this stage's attempt: ValueError: the store says no"
+    )
+    assert "the engine failed; failing the stage" in caplog.text
+
+
+async def test_an_item_the_store_refuses_entirely_is_put_aside_and_the_run_ends():
+    """Not even a FAILED state can be stored for it: the item is reported and put aside
+    (not due, so the run does not wait for it); every other item completes."""
+
+    async def work(item, ctx):
+        return None
+
+    wf = chain(("a", work), ("b", work))
+    store = _Refusing.make(lambda item_id, stage, state: item_id == "bad")
+    items = [Item(f"ok{n}") for n in range(5)] + [Item("bad")]
+    report = await asyncio.wait_for(wf.run(store, items, concurrency=2), 10)
+    assert report.errors == {"bad": "ValueError: the store says no"}
+    assert all(wf.status(f"ok{n}", store).is_complete for n in range(5))
+    assert store.get_item("bad").due_at is None
+    # A run over every item does not spin on it either.
+    report = await asyncio.wait_for(wf.run(store), 10)
+    assert report.items == 0
+
+
+async def test_a_worker_claims_a_broken_item_again_later_with_growing_delays():
+    from treadle_core.engine.worker import BROKEN_ITEM_DELAY
+    from treadle_core.model import utcnow
+
+    async def work(item, ctx):
+        return None
+
+    wf = chain(("a", work))
+    store = _Refusing.make(lambda item_id, stage, state: item_id == "bad")
+    store.save_work_item_data("bad", {})
+    stop = asyncio.Event()
+    serving = asyncio.create_task(wf.serve(store, stop=stop, poll_interval=0.05))
+    deadline = asyncio.get_running_loop().time() + 10
+    while store.get_item("bad").due_at is None or store.get_item("bad").due_at <= utcnow():
+        assert asyncio.get_running_loop().time() < deadline, "the worker never put it aside"
+        await asyncio.sleep(0.01)
+    stop.set()
+    report = await asyncio.wait_for(serving, 10)
+    assert report.errors == {"bad": "ValueError: the store says no"}
+    wait = (store.get_item("bad").due_at - utcnow()).total_seconds()
+    assert BROKEN_ITEM_DELAY - 5 < wait <= BROKEN_ITEM_DELAY

@@ -35,8 +35,9 @@ ALLOWED: dict[str, set[str]] = {
     "engine.attempt": {"errors", "model", "store.base", "engine.plan"},
     "engine.decide": {"events", "model", "quality", "engine.attempt", "engine.plan"},
     "engine.fanout": {"events", "model", "quality", "engine.decide", "engine.plan"},
-    "engine.actions": {"events", "model", "engine.decide"},
+    "engine.actions": {"events", "model", "engine.decide", "engine.fanout", "engine.plan"},
     "engine.writes": {
+        "_commit",
         "clock",
         "errors",
         "events",

@@ -106,9 +106,11 @@ async def test_stage_left_running_by_a_dead_worker_is_rerun_as_a_new_attempt(sto
 
 
 def test_crash_loop_stops_at_the_recovery_limit(tmp_path):
+    """Three crashes reach the limit (3); the fourth attempt runs alone, and when the
+    process dies then too the stage is FAILED: it was certainly the culprit."""
     url = f"sqlite:///{tmp_path}/s.db"
     outputs = []
-    for _ in range(5):
+    for _ in range(6):
         proc = subprocess.run(
             [sys.executable, str(HERE / "suicide_pipeline.py"), url],
             capture_output=True,
@@ -119,11 +121,18 @@ def test_crash_loop_stops_at_the_recovery_limit(tmp_path):
             assert b"recovery limit reached" in proc.stdout
             break
         time.sleep(0.35)  # let the dead process's lease lapse
-    assert outputs[:3] == [-9, -9, -9] and outputs[-1] == 0, outputs
+    assert outputs == [-9, -9, -9, -9, 0], outputs
     store = open_store(url)
     st = store.get_stage_state("x", "crash")
-    assert st.status == StageStatus.FAILED and st.recoveries == 3
+    assert st.status == StageStatus.FAILED and st.recoveries == 4
     assert st.error.startswith("recovery limit reached")
+    assert "the last time with no other stage beside it" in st.error
+    retried = [e.event.error for e in store.read_events("x") if e.event.kind == "StageRetried"]
+    assert retried[-1] == (
+        "recovered after its process died (3 times: it runs once more with no other stage "
+        "beside it)"
+    )
+    assert [a.outcome for a in store.get_attempts("x", "crash")] == ["crashed"] * 4
     store.close()
 
 

@@ -123,13 +123,13 @@ def test_server_url_without_a_database_names_the_fix(url: str, fix: str) -> None
 def test_missing_postgres_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(peewee, "psycopg2", None)
     monkeypatch.setattr(peewee, "psycopg", None)
-    with pytest.raises(StoreError, match=r"pip install 'treadle\[postgres\]'"):
+    with pytest.raises(StoreError, match=r"psycopg2-binary \(or, .*'\.\[postgres\]'\)"):
         open_store("postgres://u@localhost/db")
 
 
 def test_missing_mysql_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(peewee, "mysql", None)
-    with pytest.raises(StoreError, match=r"pip install 'treadle\[mysql\]'"):
+    with pytest.raises(StoreError, match=r"pymysql \(or, in your clone .*'\.\[mysql\]'\)"):
         open_store("mysql://u@localhost/db")
 
 

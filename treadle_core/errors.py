@@ -134,3 +134,10 @@ class PluginError(TreadleError):
     """A plugin failed to load, or two plugins claim the same name."""
 
     code = "plugin_error"
+
+
+class InputError(TreadleError, ValueError):
+    """Input refused at the door: an id, item data or an edited artefact that no store
+    takes back intact, or a number out of range (see `treadle_core.validation`)."""
+
+    code = "invalid_input"

@@ -67,9 +67,22 @@ class Failed:
 
 @dataclass(frozen=True)
 class Retry:
-    """Transient failure: counts an attempt against the retry budget."""
+    """Transient failure: counts an attempt against the retry budget.
+
+    ``delay`` (seconds) is when the stage wants to be tried again (a server's
+    ``Retry-After``); it replaces the budget's back-off for this retry.
+    """
 
     error: str
+    delay: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.delay is not None and (
+            isinstance(self.delay, bool)
+            or not isinstance(self.delay, int | float)
+            or not 0 <= self.delay < float("inf")
+        ):
+            raise ValueError(f"Retry delay must be a number of seconds >= 0, not {self.delay!r}")
 
 
 @dataclass(frozen=True)
@@ -298,6 +311,9 @@ class StageState:
     budget_start: int = 0
     #: How many times this stage was found RUNNING after its process died.
     recoveries: int = 0
+    #: It reached the recovery limit: its next attempt runs with no other stage executing
+    #: in its process, so a crash then is its own (and fails it).
+    run_alone: bool = False
 
     def replace(self, **changes: Any) -> StageState:
         """A copy with some fields changed (on the per-transition path, so kept cheap)."""
@@ -329,6 +345,7 @@ class StageState:
             "review_context": self.review_context,
             "budget_start": self.budget_start,
             "recoveries": self.recoveries,
+            "run_alone": self.run_alone,
         }
 
     @classmethod
@@ -349,6 +366,7 @@ class StageState:
             review_context=dict(d.get("review_context") or {}),
             budget_start=d.get("budget_start", 0),
             recoveries=d.get("recoveries", 0),
+            run_alone=d.get("run_alone", False),
         )
 
 

@@ -84,6 +84,7 @@ class Engine:
             store, concurrency=concurrency, lease_seconds=lease_seconds, worker_id=worker_id
         ) as session:
             session.stop = stop
+            session.forever = forever
             loop = ClaimLoop(
                 session,
                 items,
@@ -94,7 +95,7 @@ class Engine:
             )
             return await loop.run()
 
-    async def _write(self, store: StateStore, write: writes.Write) -> None:
+    async def _write(self, store: StateStore, write: writes.StageWrite) -> None:
         async with Committer(store) as committer:
             _, events = await committer.submit(write)
         self.bus.publish(events)

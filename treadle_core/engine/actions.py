@@ -19,29 +19,44 @@ from ..model import (
     decision_name,
 )
 from .decide import Decision
+from .fanout import finish_fanout
+from .plan import StageSpec
 
 
 def recover(
-    state: StageState, now: datetime, *, item_id: str, stage: str, max_recoveries: int
+    spec: StageSpec, state: StageState, now: datetime, *, item_id: str, max_recoveries: int
 ) -> Decision:
-    """A stage found RUNNING after its process died: run it again, or give up after
-    ``max_recoveries`` crashes. The crash does not spend the retry budget."""
-    recoveries = state.recoveries + 1
+    """A stage found RUNNING after its process died.
+
+    Only a stage whose code was executing counts a recovery: an attempt is RUNNING only
+    while it holds an execution slot, and a fan-out counts when one of its subtasks was
+    RUNNING (each gets a ``crashed`` record naming it). A fan-out none of whose subtasks
+    was running is decided at once, running no finished subtask again. At the recovery
+    limit the stage runs once more alone; if its process dies then too, it is FAILED.
+    A crash never spends the retry budget.
+    """
+    stage = spec.name
+    running = [t for t in state.subtasks if t.status == StageStatus.RUNNING]
+    if state.subtasks and not running:
+        new, events = finish_fanout(spec, state, now, item_id=item_id)
+        if new.status == StageStatus.PENDING:
+            events = [_retried(item_id, stage, state, "no subtask was running", now)]
+        return Decision(new, events)
+    if running:
+        records = [_crashed(t.attempt, state.started_at, now, t.id) for t in running]
+    else:
+        records = [_crashed(state.attempt, state.started_at, now, None)]
     subtasks = [
-        dataclasses.replace(t, status=StageStatus.PENDING) if t.status == StageStatus.RUNNING else t
+        dataclasses.replace(t, status=StageStatus.PENDING, budget_start=t.budget_start + 1)
+        if t.status == StageStatus.RUNNING
+        else t
         for t in state.subtasks
     ]
-    crashed = AttemptRecord(
-        attempt=state.attempt,
-        started_at=state.started_at,
-        completed_at=now,
-        outcome="crashed",
-        error="the process running this attempt died",
-    )
-    if recoveries >= max_recoveries:
+    recoveries = state.recoveries + 1
+    if state.run_alone:
         error = (
-            "recovery limit reached: the stage was running when its process died "
-            f"{recoveries} times"
+            f"recovery limit reached: its process died {recoveries} times while it ran, "
+            "the last time with no other stage beside it"
         )
         new = state.replace(
             status=StageStatus.FAILED,
@@ -49,26 +64,43 @@ def recover(
             completed_at=now,
             updated_at=now,
             recoveries=recoveries,
+            run_alone=False,
             subtasks=subtasks,
         )
         return Decision(
-            new, [StageFailed(item_id=item_id, stage=stage, error=error, at=now)], crashed
+            new, [StageFailed(item_id=item_id, stage=stage, error=error, at=now)], records
         )
+    alone = recoveries >= max_recoveries
     new = state.replace(
         status=StageStatus.PENDING,
         updated_at=now,
         recoveries=recoveries,
-        budget_start=state.budget_start + 1,
+        run_alone=alone,
+        budget_start=state.budget_start + (0 if state.subtasks else 1),
         subtasks=subtasks,
     )
-    event = StageRetried(
-        item_id=item_id,
-        stage=stage,
-        attempt=state.attempt,
-        error="recovered after its process died",
-        at=now,
+    why = f"{recoveries} times: it runs once more with no other stage beside it" if alone else None
+    return Decision(new, [_retried(item_id, stage, state, why, now)], records)
+
+
+def _crashed(
+    attempt: int, started_at: datetime | None, now: datetime, subtask: str | None
+) -> AttemptRecord:
+    return AttemptRecord(
+        attempt=attempt,
+        started_at=started_at,
+        completed_at=now,
+        outcome="crashed",
+        error="the process running this attempt died",
+        subtask=subtask,
     )
-    return Decision(new, [event], crashed)
+
+
+def _retried(
+    item_id: str, stage: str, state: StageState, why: str | None, now: datetime
+) -> StageRetried:
+    error = "recovered after its process died" + (f" ({why})" if why else "")
+    return StageRetried(item_id=item_id, stage=stage, attempt=state.attempt, error=error, at=now)
 
 
 def resolve(
@@ -130,6 +162,7 @@ def reset_failed(
         updated_at=now,
         budget_start=state.attempt,
         recoveries=0,
+        run_alone=False,
         subtasks=subtasks,
     )
     event = StageRetried(

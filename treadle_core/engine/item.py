@@ -9,12 +9,13 @@ concurrently). Each stage is: write RUNNING, run one attempt (`attempt`), decide
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import LeaseLostError, ReviewError
-from ..events import Event
+from ..errors import LeaseLostError, ReviewError, StoreError
+from ..events import Event, StageFailed
 from ..model import (
     AttemptRecord,
     Lease,
@@ -58,7 +59,7 @@ class ItemRun:
         stage: str | None,
         state: StageState | None,
         events: list[Event],
-        record: AttemptRecord | None = None,
+        records: Sequence[AttemptRecord] = (),
     ) -> asyncio.Future[writes.WriteResult]:
         """Queue a transition now (writes apply in queue order); await the result to know
         it committed."""
@@ -66,7 +67,7 @@ class ItemRun:
         if stage is not None and state is not None:
             view[stage] = state
         write = writes.transition(
-            self.plan, self.clock, self.item_id, self.lease, stage, state, events, record, view
+            self.plan, self.clock, self.item_id, self.lease, stage, state, events, records, view
         )
         self._submitted += 1
         seq = self._submitted
@@ -88,11 +89,11 @@ class ItemRun:
         stage: str | None,
         state: StageState | None,
         events: list[Event],
-        record: AttemptRecord | None = None,
+        records: Sequence[AttemptRecord] = (),
     ) -> None:
         # Not shielded: a cancelled caller gives up waiting; the write still commits in
         # order, and whoever cancelled it puts the stage back afterwards (`abandon`).
-        await self.start_write(stage, state, events, record)
+        await self.start_write(stage, state, events, records)
 
     async def abandon(self, name: str, prev: StageState) -> None:
         """Put a stage back as it was before an attempt that will never finish here."""
@@ -132,18 +133,18 @@ class ItemRun:
                 await asyncio.gather(*running.values(), return_exceptions=True)
 
     async def _recover(self) -> None:
-        """Stages left RUNNING by a process that died: re-run them, or give up after N crashes."""
+        """Stages left RUNNING by a process that died (`actions.recover`)."""
         for name, st in list(self.states.items()):
             if name not in self.plan or st.status != StageStatus.RUNNING:
                 continue
             d = actions.recover(
+                self.plan.specs[name],
                 st,
                 self.clock.now(),
                 item_id=self.item_id,
-                stage=name,
                 max_recoveries=self.plan.max_recoveries,
             )
-            await self.write(name, d.state, d.events, d.record)
+            await self.write(name, d.state, d.events, d.records)
 
     async def _apply_review_timeouts(self) -> None:
         for name, deadline in expired_reviews(self.plan, self.states, self.clock.now()):
@@ -180,6 +181,29 @@ class ItemRun:
         return [r for r in records if r.subtask == subtask]
 
     async def _execute_stage(self, name: str) -> None:
+        """One stage, guarded: whatever breaks outside its attempt fails this stage (when
+        the store still takes that), never the run."""
+        try:
+            await self._stage(name)
+        except (LeaseLostError, StoreError):
+            raise
+        except Exception as exc:
+            log.exception(
+                "item %r stage %r: the engine failed; failing the stage", self.item_id, name
+            )
+            await self._fail_stage(name, exc)
+
+    async def _fail_stage(self, name: str, exc: Exception) -> None:
+        st, now = self.states.get(name) or StageState(), self.clock.now()
+        error = f"the engine could not record this stage's attempt: {type(exc).__name__}: {exc}"
+        failed = st.replace(
+            status=StageStatus.FAILED, error=error, completed_at=now, updated_at=now
+        )
+        await self.write(
+            name, failed, [StageFailed(item_id=self.item_id, stage=name, error=error, at=now)]
+        )
+
+    async def _stage(self, name: str) -> None:
         spec = self.plan.specs[name]
         prev = self.states.get(name) or StageState()
         if prev.subtasks and not all(t.status.is_done for t in prev.subtasks):
@@ -187,35 +211,37 @@ class ItemRun:
             await self.write(name, state, events)
             await self._run_fanout(spec, state)
             return
+        # A sync attempt that timed out may still run in its thread: never overlap it.
+        await spec.stage.settle(self.item_id, None)
         previous = await self._previous(name, None) if prev.attempt > 0 else []
         feedback = _last_feedback(previous)
-        running, events = decide.begin(
-            spec, prev, self.clock.now(), item_id=self.item_id, feedback=feedback
-        )
-        # RUNNING is durable before the stage's code runs: a stage that takes its
-        # process down is then seen on recovery (and counted towards max_recoveries).
-        await self.write(name, running, events)
-        ctx = StageContext(
-            item_id=self.item_id,
-            stage=name,
-            attempt=running.attempt,
-            subtask=None,
-            feedback=feedback,
-            upstream=upstream(self.plan, self.states, name),
-            state=running,
-            metadata=dict(prev.metadata),
-        )
-        # The slot covers executing the stage, not the commits around it: commit
-        # latency never idles an execution slot. A RUNNING stage may briefly wait here.
-        try:
-            async with self.session.slots:
+        slots = self.session.slots
+        # The slot is taken before RUNNING is written, so a stage found RUNNING after a
+        # crash was executing (only those count towards max_recoveries); RUNNING is
+        # durable before the stage's code runs.
+        async with slots.alone() if prev.run_alone else slots.one:
+            running, events = decide.begin(
+                spec, prev, self.clock.now(), item_id=self.item_id, feedback=feedback
+            )
+            await self.write(name, running, events)
+            ctx = StageContext(
+                item_id=self.item_id,
+                stage=name,
+                attempt=running.attempt,
+                subtask=None,
+                feedback=feedback,
+                upstream=upstream(self.plan, self.states, name),
+                state=running,
+                metadata=dict(prev.metadata),
+            )
+            try:
                 result = await self._attempt(spec, ctx, running.budget_start, previous)
-        except BaseException:
-            await self.abandon(name, prev)
-            raise
+            except BaseException:
+                await self.abandon(name, prev)
+                raise
         self.session.executions += 1
         d = decide.decide(spec, running, result, self.clock.now(), item_id=self.item_id)
-        await self.write(name, d.state, d.events, d.record)
+        await self.write(name, d.state, d.events, d.records)
         if d.state.status == StageStatus.RUNNING and d.state.subtasks:
             await self._run_fanout(spec, d.state)
 
@@ -239,7 +265,14 @@ class ItemRun:
     # --- fan-out -------------------------------------------------------------
     async def _run_fanout(self, spec: StageSpec, state: StageState) -> None:
         """Run the fan-out's due PENDING subtasks concurrently until none is left to run
-        now, then decide the stage."""
+        now, then decide the stage. A fan-out at its recovery limit runs alone."""
+        if state.run_alone:
+            async with self.session.slots.alone():
+                await self._run_subtasks(spec, state, hold_slots=False)
+        else:
+            await self._run_subtasks(spec, state, hold_slots=True)
+
+    async def _run_subtasks(self, spec: StageSpec, state: StageState, *, hold_slots: bool) -> None:
         holder = {"state": state}
         try:
             while True:
@@ -252,7 +285,9 @@ class ItemRun:
                 ]
                 if not todo:
                     break
-                await _all_or_cancel([self._run_subtask(spec, holder, sub_id) for sub_id in todo])
+                await _all_or_cancel(
+                    [self._run_subtask(spec, holder, sub_id, hold_slots) for sub_id in todo]
+                )
         except BaseException:
             # Abandoned mid-fan-out: the stage goes back to PENDING, finished subtasks stay.
             await self.abandon(spec.name, holder["state"].replace(status=StageStatus.PENDING))
@@ -263,15 +298,16 @@ class ItemRun:
         await self.write(spec.name, new, events)
 
     async def _run_subtask(
-        self, spec: StageSpec, holder: dict[str, StageState], sub_id: str
+        self, spec: StageSpec, holder: dict[str, StageState], sub_id: str, hold_slot: bool
     ) -> None:
         name = spec.name
-        async with self.session.slots:
+        sub = holder["state"].subtask(sub_id)
+        assert sub is not None
+        await spec.stage.settle(self.item_id, sub_id)
+        previous = await self._previous(name, sub_id) if sub.attempt > 0 else []
+        feedback = _last_feedback(previous)
+        async with self.session.slots.one if hold_slot else contextlib.nullcontext():
             before = holder["state"]
-            sub = before.subtask(sub_id)
-            assert sub is not None
-            previous = await self._previous(name, sub_id) if sub.attempt > 0 else []
-            feedback = _last_feedback(previous)
             running, events = decide.begin(
                 spec,
                 before,
@@ -305,7 +341,7 @@ class ItemRun:
             spec, holder["state"], result, self.clock.now(), item_id=self.item_id, subtask=sub_id
         )
         holder["state"] = d.state
-        await self.write(name, d.state, d.events, d.record)
+        await self.write(name, d.state, d.events, d.records)
 
 
 def _last_feedback(previous: Sequence[AttemptRecord]) -> QualityFeedback | None:

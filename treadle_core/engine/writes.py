@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from .._commit import Write
 from ..clock import Clock
 from ..errors import RetryError, ReviewError
 from ..events import Event, WorkflowCompleted
@@ -34,7 +35,17 @@ from .ready import aggregate
 
 #: What a write returns: the item's stage states after it, and the events it journalled.
 WriteResult = tuple[dict[str, StageState], list[Event]]
-Write = Callable[[StateStore], WriteResult]
+StageWrite = Write[WriteResult]
+
+
+def _read_back(item_id: str, events: Sequence[Event]) -> Callable[[StateStore], WriteResult]:
+    """A stage write's replay: its transaction committed but the reply was lost, so read
+    the item's states back and publish the events it journalled."""
+
+    def replay(store: StateStore) -> WriteResult:
+        return store.get_all_stage_states(item_id), list(events)
+
+    return replay
 
 
 def finish(
@@ -86,21 +97,22 @@ def transition(
     stage: str | None,
     state: StageState | None,
     events: Sequence[Event],
-    record: AttemptRecord | None,
+    records: Sequence[AttemptRecord],
     view: Mapping[str, StageState],
-) -> Write:
-    """One step of a stage under the item's lease: its new state, attempt record, events."""
+) -> StageWrite:
+    """One step of a stage under the item's lease: its new state, attempt records, events."""
 
     def apply(store: StateStore) -> WriteResult:
         rec = store.lock_item(item_id, lease)
         if stage is not None and state is not None:
             store.save_stage_state(item_id, stage, state)
-        if record is not None and stage is not None:
-            store.record_attempt(item_id, stage, record)
+        if stage is not None:
+            for record in records:
+                store.record_attempt(item_id, stage, record)
         # A copy: a batch that rolls back runs this again from the same view.
         return finish(store, plan, rec, events, clock.now(), dict(view))
 
-    return apply
+    return Write(apply, _read_back(item_id, events))
 
 
 def review(
@@ -114,7 +126,7 @@ def review(
     comment: str | None,
     lease: Lease | None = None,
     deadline: datetime | None = None,
-) -> Write:
+) -> StageWrite:
     """A review decision (a person's, or the timeout's when ``deadline`` is given).
 
     A refused decision raises here (a decision that is not one) or inside the write
@@ -154,12 +166,14 @@ def review(
         )
         store.save_stage_state(item_id, stage, new)
         store.record_review(item_id, stage, record)
+        applied[:] = events
         return finish(store, plan, rec, events, now)
 
-    return apply
+    applied: list[Event] = []  # the events of the attempt that committed
+    return Write(apply, _read_back(item_id, applied))
 
 
-def retry(plan: Plan, clock: Clock, item_id: str, stage: str) -> Write:
+def retry(plan: Plan, clock: Clock, item_id: str, stage: str) -> StageWrite:
     """``retry_stage``: a FAILED stage back to PENDING (anything else is a `RetryError`)."""
 
     def apply(store: StateStore) -> WriteResult:
@@ -171,18 +185,24 @@ def retry(plan: Plan, clock: Clock, item_id: str, stage: str) -> Write:
         now = clock.now()
         new, events = actions.reset_failed(st, now, item_id=item_id, stage=stage)
         store.save_stage_state(item_id, stage, new)
+        applied[:] = events
         return finish(store, plan, rec, events, now)
 
-    return apply
+    applied: list[Event] = []  # the events of the attempt that committed
+    return Write(apply, _read_back(item_id, applied))
 
 
-def defer(clock: Clock, item_id: str, lease: Lease, seconds: float) -> Callable[[StateStore], None]:
-    """Put an item that broke its advance aside for ``seconds`` (its state unchanged), so
-    claims do not spin on it while every other item goes on."""
+def put_aside(
+    clock: Clock, item_id: str, lease: Lease, seconds: float | None
+) -> Callable[[StateStore], None]:
+    """Put an item whose advance broke aside (its state unchanged), so claims do not spin
+    on it while every other item goes on: due again in ``seconds``, or (None) not until
+    something else moves it (``treadle run --item``, a rerun, a review)."""
 
     def apply(store: StateStore) -> None:
         rec = store.lock_item(item_id, lease)
-        store.set_item_state(item_id, rec.state, clock.now() + timedelta(seconds=seconds))
+        due = None if seconds is None else clock.now() + timedelta(seconds=seconds)
+        store.set_item_state(item_id, rec.state, due)
 
     return apply
 

@@ -47,7 +47,7 @@ from ..model import (
     to_ts,
     utcnow,
 )
-from .base import StateStore, dumps, fence
+from .base import MARK_MEMORY, StateStore, commit_mark, dumps, fence
 
 DEFAULT_URL = "sqlite:///.treadle/state.db"
 
@@ -230,9 +230,16 @@ def m002_stage_state_queries(db: peewee.Database) -> None:
         after = (rows[-1][0], rows[-1][1])
 
 
+def m003_commit_marks(db: peewee.Database) -> None:
+    """A mark per committed transaction, so a COMMIT whose reply was lost is never
+    applied twice (ids are time-ordered: old marks are deleted by id)."""
+    _ddl(db, "CREATE TABLE IF NOT EXISTS commit_marks (id VARCHAR(64) NOT NULL PRIMARY KEY){table}")
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     m001_initial,
     m002_stage_state_queries,
+    m003_commit_marks,
 ]
 
 
@@ -352,7 +359,8 @@ def _server_params(url: str, options: dict[str, Any], example: str) -> dict[str,
 def _postgres_database(url: str, options: dict[str, Any]) -> peewee.Database:
     if getattr(peewee, "psycopg2", None) is None and getattr(peewee, "psycopg", None) is None:
         raise StoreError(
-            f"store URL {_redact(url)!r} needs a PostgreSQL driver: pip install 'treadle[postgres]'"
+            f"store URL {_redact(url)!r} needs a PostgreSQL driver: pip install psycopg2-binary "
+            "(or, in your clone of Treadle, pip install '.[postgres]')"
         )
     params = _server_params(url, options, "postgresql://user@localhost:5432/treadle")
     return peewee.PostgresqlDatabase(params.pop("database"), **params)
@@ -361,7 +369,8 @@ def _postgres_database(url: str, options: dict[str, Any]) -> peewee.Database:
 def _mysql_database(url: str, options: dict[str, Any]) -> peewee.Database:
     if getattr(peewee, "mysql", None) is None:
         raise StoreError(
-            f"store URL {_redact(url)!r} needs a MySQL driver: pip install 'treadle[mysql]'"
+            f"store URL {_redact(url)!r} needs a MySQL driver: pip install pymysql "
+            "(or, in your clone of Treadle, pip install '.[mysql]')"
         )
     params = _server_params(url, options, "mysql://user@localhost:3306/treadle")
     if "client_flag" not in params:
@@ -434,16 +443,29 @@ class SqlStateStore(StateStore):
         self._connections_lock = threading.Lock()
         self._created_lock = threading.Lock()
         self._last_created = 0.0
+        self._marks_made = 0
         self._prepare_sql()
         try:
             self._connect()
             self._migrate()
         except peewee.DatabaseError as exc:
+            reason = _sqlite_failure(exc) or self._damage() or exc
             self.close()
-            raise StoreError(f"cannot open store {_redact(url)!r}: {exc}") from exc
+            raise StoreError(f"cannot open store {_redact(url)!r}: {reason}") from exc
         except BaseException:
             self.close()
             raise
+
+    def _damage(self) -> str | None:
+        """Why a SQLite file that failed to open is unusable (a corrupt schema makes the
+        migration fail with an unrelated error), or None."""
+        if self.dialect != "sqlite":
+            return None
+        try:
+            rows = self._db.execute_sql("PRAGMA quick_check(1)").fetchall()
+        except peewee.DatabaseError as exc:
+            return _sqlite_failure(exc) or _SQLITE_FAILURES["database disk image is malformed"]
+        return None if rows == [("ok",)] else _SQLITE_FAILURES["database disk image is malformed"]
 
     def __enter__(self) -> SqlStateStore:
         return self
@@ -482,18 +504,27 @@ class SqlStateStore(StateStore):
             self._open_thread_connection()
         try:
             return db.execute_sql(sql, params)
-        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+        except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
             if self.dialect == "sqlite":
-                raise
-            if db.in_transaction():
-                raise  # transaction() turns it into StoreUnavailableError for the whole
-            # A server connection dropped (restart, MySQL's wait_timeout): reconnect and
-            # repeat a read, with back-off while the server is away; never repeat a write
-            # whose fate is unknown.
-            if not sql.lstrip().upper().startswith("SELECT"):
-                self._drop_connection()
-                raise StoreUnavailableError(self._unavailable(exc)) from exc
-            return self._retry_read(sql, params, exc)
+                failure = _sqlite_failure(exc)
+                if failure is None:
+                    raise
+            else:
+                if not isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
+                    raise
+                if db.in_transaction():
+                    raise  # transaction() turns it into StoreUnavailableError for the whole
+                # A server connection dropped (restart, MySQL's wait_timeout): reconnect and
+                # repeat a read, with back-off while the server is away; never repeat a
+                # write whose fate is unknown.
+                if not sql.lstrip().upper().startswith("SELECT"):
+                    self._drop_connection()
+                    raise StoreUnavailableError(self._unavailable(exc)) from exc
+                return self._retry_read(sql, params, exc)
+        # A full disk, a corrupt or read-only file: one line naming the file. Raised
+        # outside the handler, so no traceback keeps SQLite's failed statement (and with
+        # it the connection and its WAL files) alive after the store is closed.
+        raise StoreError(f"store {self.url!r}: {failure}")
 
     def _unavailable(self, exc: BaseException) -> str:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -597,6 +628,7 @@ class SqlStateStore(StateStore):
             "SELECT stage, status, updated_at FROM stage_states WHERE item_id = ?"
         )
         self._sql_record_attempt = q("INSERT INTO attempts (item_id, stage, data) VALUES (?, ?, ?)")
+        self._sql_mark = q("INSERT INTO commit_marks (id) VALUES (?)")
         self._sql_record_review = q("INSERT INTO reviews (item_id, stage, data) VALUES (?, ?, ?)")
         self._sql_event_row = q("(?, ?, ?, ?, ?)")
         self._sql_renew = q(
@@ -708,8 +740,21 @@ class SqlStateStore(StateStore):
                             raise
                         stack.enter_context(self._begin())  # nothing was sent yet: again
                     yield
-            except (peewee.OperationalError, peewee.InterfaceError) as exc:
-                if self.dialect == "sqlite" or not outermost:
+            except peewee.DataError as exc:  # PostgreSQL/MySQL refusing a value (an id)
+                raise StoreError(
+                    f"store {_redact(self.url)!r} refused a value: {_first(exc)}"
+                ) from exc
+            except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
+                if self.dialect == "sqlite":
+                    # A full disk, a corrupt or read-only file: one line naming the file
+                    # (SQLite rolls back by itself, so peewee's ROLLBACK error hides why).
+                    failure = _sqlite_failure(exc)
+                    if failure is not None:
+                        raise StoreError(f"store {self.url!r}: {failure}") from exc
+                    raise
+                if not outermost or not isinstance(
+                    exc, peewee.OperationalError | peewee.InterfaceError
+                ):
                     raise
                 # The server went away or aborted the transaction (restart, deadlock):
                 # nothing of it was applied unless the connection died during COMMIT.
@@ -1032,6 +1077,45 @@ class SqlStateStore(StateStore):
             for lease in leases:
                 self._run(self._sql_release, (lease.item_id, lease.token))
 
+    # --- exactly once --------------------------------------------------------------
+    def mark_commit(self, mark: str) -> None:
+        with self._guard:
+            self._run(self._sql_mark, (mark,))
+            self._marks_made += 1
+            if self._marks_made % 1000 == 0:  # forget marks older than MARK_MEMORY
+                cutoff = commit_mark(time.time() - MARK_MEMORY)
+                self._run(self._q("DELETE FROM commit_marks WHERE id < ?"), (cutoff,))
+
+    def committed(self, mark: str) -> bool:
+        with self._guard:
+            row = self._run(self._q("SELECT 1 FROM commit_marks WHERE id = ?"), (mark,)).fetchone()
+        return row is not None
+
+    def live_leases(self, limit: int = 100) -> list[Lease]:
+        sql = self._q(
+            "SELECT id, lease_owner, lease_token, lease_expires_at FROM items"
+            f" WHERE lease_expires_at > ? ORDER BY lease_expires_at, id LIMIT {int(limit)}"
+        )
+        with self._guard:
+            rows = self._run(sql, (_now(),)).fetchall()
+        return [Lease(i, owner or "", token, from_ts(exp)) for i, owner, token, exp in rows]  # type: ignore[arg-type]
+
+    def expire_leases(self, owners: Sequence[str]) -> int:
+        if not owners:
+            return 0
+        now = _now()
+        n = 0
+        with self.transaction():
+            for chunk in _chunks(list(owners)):
+                cur = self._run(
+                    self._q("UPDATE items SET lease_expires_at = ?")
+                    + f" WHERE lease_owner IN ({self._marks(len(chunk))})"
+                    + self._q(" AND lease_expires_at > ?"),
+                    (now, *chunk, now),
+                )
+                n += cur.rowcount
+        return n
+
     def prune(self, completed_before: datetime, limit: int = 500) -> list[str]:
         if limit <= 0:
             return []
@@ -1046,6 +1130,35 @@ class SqlStateStore(StateStore):
             ids = [row[0] for row in rows]
             self._delete_items(ids)
         return ids
+
+
+#: SQLite errors that no retry mends, each with what to do (the file is named by the caller).
+_SQLITE_FAILURES = {
+    "database or disk is full": "the disk is full; free some space and try again",
+    "disk I/O error": "disk I/O error (is the disk full or failing?)",
+    "database disk image is malformed": "the database file is corrupt (restore it from a backup)",
+    "file is not a database": "the file is not a Treadle database (or it is corrupt)",
+    "attempt to write a readonly database": "the database file is read-only",
+    "unable to open database file": "cannot open the database file (is its directory writable?)",
+}
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _sqlite_failure(exc: BaseException | None) -> str | None:
+    """What a SQLite error (or one it caused) says about the file, in words; None if
+    nothing the user must mend."""
+    seen = 0
+    while exc is not None and seen < 10:
+        text = str(exc)
+        for needle, words in _SQLITE_FAILURES.items():
+            if needle in text:
+                return words
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def _close_quietly(conn: Any) -> None:

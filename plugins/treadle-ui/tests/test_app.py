@@ -350,6 +350,31 @@ def test_ui_on_a_non_loopback_host_without_token_exits_with_a_clear_error(
     assert "or --token SECRET" in result.output
 
 
+def test_ui_on_a_busy_port_is_one_line_before_any_url(tmp_path: Any) -> None:
+    import socket
+
+    (tmp_path / "treadle.toml").write_text('[stages.x]\nuses = "review"\n')
+    cli = create_cli(get_plugin_manager())
+    assert CliRunner().invoke(cli, ["--store", f"sqlite:///{tmp_path}/s.db", "add", "--id", "a"])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        old = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            result = CliRunner().invoke(
+                cli, ["ui", "--port", str(port), "--store", f"sqlite:///{tmp_path}/s.db"]
+            )
+        finally:
+            os.chdir(old)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"Error: 127.0.0.1:{port} is in use (another treadle ui?); pick another --port\n"
+    )
+
+
 def test_the_plugin_registers_the_ui_command() -> None:
     assert "ui" in create_cli(get_plugin_manager()).commands
 

@@ -3,15 +3,42 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from pathlib import Path
 from urllib.parse import quote
 
 import click
 
-from treadle_core.cli.context import EXIT_USAGE, CliContext, CliError, sqlite_path
+from treadle_core.cli.context import EXIT_USAGE, CliContext, CliError, Seconds, sqlite_path
 
 SECRET_NAME = "ui-secret"
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; a `CliError` in one line when that fails
+    (a busy port, an address this machine does not have)."""
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {shown}: {exc.strerror or exc}", EXIT_USAGE) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(
+                f"{shown} is in use (another treadle ui?); pick another --port"
+            ) from None
+        raise CliError(f"cannot listen on {shown}: {exc.strerror or exc}") from None
+    return sock
 
 
 def is_loopback(host: str) -> bool:
@@ -62,7 +89,7 @@ def default_secret_file(state: CliContext, users: Path | None) -> Path:
 )
 @click.option(
     "--poll",
-    type=click.FloatRange(min=0.2),
+    type=Seconds(0.2, 3600),
     default=2.0,
     show_default=True,
     help="Seconds between the page's queue refreshes.",
@@ -130,12 +157,14 @@ def ui(
     url = f"http://{shown}:{port}/"
     if token:
         url += f"?token={quote(token, safe='')}"
+    sock = listen(host, port)  # before printing the URL: a busy port is one line
     click.echo(f"treadle ui: pipeline {wf.name!r} at {url} (Ctrl-C stops)")
     if reviewers is not None:
         names = reviewers.names()
         click.echo(f"treadle ui: {len(names)} reviewer(s) sign in with tokens from {users_file}")
-    with state.sinks(wf):
-        uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    with sock, state.sinks(wf):
+        server.run(sockets=[sock])
 
 
 @ui.group()
