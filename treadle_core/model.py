@@ -67,9 +67,22 @@ class Failed:
 
 @dataclass(frozen=True)
 class Retry:
-    """Transient failure: counts an attempt against the retry budget."""
+    """Transient failure: counts an attempt against the retry budget.
+
+    ``delay`` (seconds) is when the stage wants to be tried again (a server's
+    ``Retry-After``); it replaces the budget's back-off for this retry.
+    """
 
     error: str
+    delay: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.delay is not None and (
+            isinstance(self.delay, bool)
+            or not isinstance(self.delay, int | float)
+            or not 0 <= self.delay < float("inf")
+        ):
+            raise ValueError(f"Retry delay must be a number of seconds >= 0, not {self.delay!r}")
 
 
 @dataclass(frozen=True)
