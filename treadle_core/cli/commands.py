@@ -428,7 +428,8 @@ def run(
             states[key] = states.get(key, 0) + 1
     summary = wf.summary(store)
     if as_json:
-        emit_json({"items": states, "stages": summary, "failed": failed})
+        errors = report.errors if report is not None else {}
+        emit_json({"items": states, "stages": summary, "failed": failed, "errors": errors})
     else:
         out = console()
         out.print(_summary_table(wf, summary, f"pipeline {pipeline.name!r}"))
@@ -475,6 +476,8 @@ class _Interrupt:
 
     def _on_signal(self, signum: int) -> None:
         self.signals += 1
+        if self.signals > 2:
+            return  # already stopping at once: let it give the leases back
         err = console(stderr=True)
         if self.signals == 1:
             err.print(

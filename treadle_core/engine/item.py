@@ -9,7 +9,6 @@ concurrently). Each stage is: write RUNNING, run one attempt (`attempt`), decide
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -230,6 +229,22 @@ class ItemRun:
             state=running,
             metadata=dict(prev.metadata),
         )
+        written = False
+
+        async def attempt() -> decide.Decision:
+            nonlocal written
+            result = await self._attempt(spec, ctx, running.budget_start, previous)
+            self.session.executions += 1
+            d = decide.decide(spec, running, result, self.clock.now(), item_id=self.item_id)
+            if result.timed_out:
+                # Its thread runs on: record the timeout now, but keep the slot (and the
+                # item's lease) until the thread returned, so concurrency counts it and
+                # no next attempt, here or in another worker, overlaps it.
+                await self.write(name, d.state, d.events, d.records)
+                written = True
+                await spec.stage.settle(self.item_id, None)
+            return d
+
         # RUNNING is durable before the stage's code runs, so a stage that takes its
         # process down is seen on recovery. Usually it is written before the execution
         # slot is taken (commit latency never idles a slot); a stage already suspected
@@ -239,17 +254,17 @@ class ItemRun:
             if prev.suspect or prev.run_alone:
                 async with slot:
                     await self.write(name, running, events)
-                    result = await self._attempt(spec, ctx, running.budget_start, previous)
+                    d = await attempt()
             else:
                 await self.write(name, running, events)
                 async with slot:
-                    result = await self._attempt(spec, ctx, running.budget_start, previous)
+                    d = await attempt()
         except BaseException:
-            await self.abandon(name, prev)
+            if not written:
+                await self.abandon(name, prev)
             raise
-        self.session.executions += 1
-        d = decide.decide(spec, running, result, self.clock.now(), item_id=self.item_id)
-        await self.write(name, d.state, d.events, d.records)
+        if not written:
+            await self.write(name, d.state, d.events, d.records)
         if d.state.status == StageStatus.RUNNING and d.state.subtasks:
             await self._run_fanout(spec, d.state)
 
@@ -274,13 +289,17 @@ class ItemRun:
     async def _run_fanout(self, spec: StageSpec, state: StageState) -> None:
         """Run the fan-out's due PENDING subtasks concurrently until none is left to run
         now, then decide the stage. A fan-out at its recovery limit runs alone."""
+        slots = self.session.slots
         if state.run_alone:
-            async with self.session.slots.alone():
-                await self._run_subtasks(spec, state, hold_slots=False)
+            # Every slot of the process is this fan-out's: its subtasks share as many.
+            async with slots.alone():
+                await self._run_subtasks(spec, state, asyncio.Semaphore(slots.n))
         else:
-            await self._run_subtasks(spec, state, hold_slots=True)
+            await self._run_subtasks(spec, state, slots.one)
 
-    async def _run_subtasks(self, spec: StageSpec, state: StageState, *, hold_slots: bool) -> None:
+    async def _run_subtasks(
+        self, spec: StageSpec, state: StageState, slots: asyncio.Semaphore
+    ) -> None:
         holder = {"state": state}
         try:
             while True:
@@ -294,7 +313,7 @@ class ItemRun:
                 if not todo:
                     break
                 await _all_or_cancel(
-                    [self._run_subtask(spec, holder, sub_id, hold_slots) for sub_id in todo]
+                    [self._run_subtask(spec, holder, sub_id, slots) for sub_id in todo]
                 )
         except BaseException:
             # Abandoned mid-fan-out: the stage goes back to PENDING, finished subtasks stay.
@@ -306,7 +325,11 @@ class ItemRun:
         await self.write(spec.name, new, events)
 
     async def _run_subtask(
-        self, spec: StageSpec, holder: dict[str, StageState], sub_id: str, hold_slot: bool
+        self,
+        spec: StageSpec,
+        holder: dict[str, StageState],
+        sub_id: str,
+        slots: asyncio.Semaphore,
     ) -> None:
         name = spec.name
         sub = holder["state"].subtask(sub_id)
@@ -314,7 +337,7 @@ class ItemRun:
         await spec.stage.settle(self.item_id, sub_id)
         previous = await self._previous(name, sub_id) if sub.attempt > 0 else []
         feedback = _last_feedback(previous)
-        async with self.session.slots.one if hold_slot else contextlib.nullcontext():
+        async with slots:
             before = holder["state"]
             running, events = decide.begin(
                 spec,
@@ -344,11 +367,20 @@ class ItemRun:
                 holder["state"] = _with_subtask(holder["state"], before, sub_id)
                 await self.abandon(name, holder["state"])
                 raise
-        self.session.executions += 1
-        d = decide.decide(
-            spec, holder["state"], result, self.clock.now(), item_id=self.item_id, subtask=sub_id
-        )
-        holder["state"] = d.state
+            self.session.executions += 1
+            d = decide.decide(
+                spec,
+                holder["state"],
+                result,
+                self.clock.now(),
+                item_id=self.item_id,
+                subtask=sub_id,
+            )
+            holder["state"] = d.state
+            if result.timed_out:  # keep the slot until its thread returned (see _stage)
+                await self.write(name, d.state, d.events, d.records)
+                await spec.stage.settle(self.item_id, sub_id)
+                return
         await self.write(name, d.state, d.events, d.records)
 
 

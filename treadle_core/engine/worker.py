@@ -71,15 +71,36 @@ async def advance_claimed(session: Session, item: WorkItem | None, claimed: Clai
 
 
 async def advance_one(session: Session, item: WorkItem) -> bool:
-    """Register, claim and advance one item; False when another worker holds it."""
+    """Register, claim and advance one item; False when another live worker holds it."""
     check_items([item])
     await session.committer.submit(writes.register([item]))
     claim = await session.claim(1, [item.id])
+    if not claim.items and (await take_over_dead(session))[0]:
+        claim = await session.claim(1, [item.id])
     if not claim.items:
         log.info("item %r is leased by another worker; not advancing it", item.id)
         return False
     await advance_claimed(session, item, claim.items[0])
     return True
+
+
+async def take_over_dead(session: Session) -> tuple[int, list[Lease]]:
+    """End the leases held by processes on this machine that are gone (a ``kill -9``d
+    run need not be waited out); how many ended, and the live leases of others."""
+    leases = await session.read(lambda s: s.live_leases(100))
+    others = [lease for lease in leases if lease.worker_id != session.owner]
+    gone = sorted({lease.worker_id for lease in others if process_gone(lease.worker_id)})
+    if not gone:
+        return 0, others
+    n = await session.committer.submit(lambda s: s.expire_leases(gone))
+    if n:
+        log.warning(
+            "took over %d item%s from %s: that process is gone",
+            n,
+            "" if n == 1 else "s",
+            ", ".join(gone),
+        )
+    return n, [lease for lease in others if lease.worker_id not in gone]
 
 
 class ClaimLoop:
@@ -176,26 +197,16 @@ class ClaimLoop:
         return True
 
     async def _take_over(self) -> bool:
-        """Leases held by a process on this host that is gone end at once (a ``kill -9``d
-        run need not be waited out); whether any did. Otherwise say what we wait for."""
+        """Take over from dead local processes (at most once per poll interval); whether
+        any lease ended. Otherwise say what a run waits for."""
         session = self.session
         now = session.clock.now()
         if self._looked is not None and (now - self._looked).total_seconds() < self.poll_interval:
             return False
         self._looked = now
-        leases = await session.read(lambda s: s.live_leases(100))
-        others = [lease for lease in leases if lease.worker_id != session.owner]
-        gone = sorted({lease.worker_id for lease in others if process_gone(lease.worker_id)})
-        if gone:
-            n = await session.committer.submit(lambda s: s.expire_leases(gone))
-            if n:
-                log.warning(
-                    "took over %d item%s from %s: that process is gone",
-                    n,
-                    "" if n == 1 else "s",
-                    ", ".join(gone),
-                )
-                return True
+        n, others = await take_over_dead(session)
+        if n:
+            return True
         if not self.forever:
             self._say_waiting(others)
         return False
