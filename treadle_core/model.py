@@ -34,12 +34,35 @@ class WorkItem(Protocol):
     def id(self) -> str: ...
 
 
+#: Item priorities: higher is claimed first (then earliest due).
+MIN_PRIORITY, MAX_PRIORITY = 0, 1_000_000
+
+
 @dataclass(frozen=True)
 class Item:
-    """The concrete work item the CLI uses: an id and a JSON object of data."""
+    """The concrete work item the CLI uses: an id, a JSON object of data, and a priority
+    (higher is claimed first, then earliest due; 0 to 1,000,000)."""
 
     id: str
     data: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        check_priority(self.priority, f"item {self.id!r}")
+
+
+def check_priority(priority: Any, where: str) -> int:
+    """``priority`` if it is an integer from 0 to 1,000,000, else ValueError naming ``where``."""
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not MIN_PRIORITY <= priority <= MAX_PRIORITY
+    ):
+        raise ValueError(
+            f"{where}: priority must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY:,} "
+            f"(higher is claimed first), not {priority!r}"
+        )
+    return priority
 
 
 # --- outcomes -----------------------------------------------------------------
@@ -486,6 +509,8 @@ class ItemRecord:
     lease_expires_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    #: Higher is claimed first (then earliest due).
+    priority: int = 0
 
 
 @dataclass(frozen=True)

@@ -538,6 +538,22 @@ class StoreContract:
         assert rec.lease_expires_at == leases[0].expires_at
         assert [lease.item_id for lease in store.claim("w2", 10, 60)] == ["later"]
 
+    def test_claim_takes_the_highest_priority_first_then_the_earliest_due(
+        self, store: StateStore
+    ) -> None:
+        if type(store).set_priority is StateStore.set_priority:
+            pytest.skip("optional: this store does not keep item priorities")
+        self.add(store, "old-low", "new-high", "newer-high", "mid")
+        store.set_priority("new-high", 10)
+        store.set_priority("newer-high", 10)
+        store.set_priority("mid", 5)
+        got = [lease.item_id for lease in store.claim("w", 3, 60)]
+        assert got == ["new-high", "newer-high", "mid"]
+        rec = store.get_item("mid")
+        assert rec is not None and rec.priority == 5
+        with pytest.raises(UnknownItemError):
+            store.set_priority("ghost", 1)
+
     def test_claim_skips_items_not_yet_due(self, store: StateStore) -> None:
         self._due(store, "future", 3600)
         self.add(store, "nothing-to-do")

@@ -257,11 +257,12 @@ class ClaimLoop:
             self.next_due = claim.next_due
             return claim.items
         now = session.clock.now()
-        wanted = [
-            i
+        due_now = [
+            (-getattr(self.objects.get(i), "priority", 0), due, i)
             for i, (_, due) in local.items()
             if due is not None and due <= now and i not in session.tasks
-        ][:room]
+        ]
+        wanted = [i for _, _, i in sorted(due_now)[:room]]  # highest priority, earliest due
         if not wanted:
             return []
         claimed = (await session.claim(room, wanted)).items

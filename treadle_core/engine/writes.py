@@ -222,6 +222,9 @@ def register(items: Sequence[WorkItem]) -> Callable[[StateStore], ItemStates]:
             if rec is None:
                 data = getattr(item, "data", None)
                 store.save_work_item_data(item.id, data if isinstance(data, dict) else {})
+                priority = getattr(item, "priority", 0)
+                if priority:
+                    store.set_priority(item.id, priority)
                 rec = store.get_item(item.id)
             if rec is not None:
                 out[item.id] = (rec.state, rec.due_at)

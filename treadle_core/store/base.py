@@ -104,6 +104,11 @@ class StateStore(abc.ABC):
     def save_work_item_data(self, item_id: str, data: dict[str, Any]) -> None:
         """Keep the item's JSON data; a new item is created in state READY, due now."""
 
+    def set_priority(self, item_id: str, priority: int) -> None:
+        """Set the item's priority (0 to 1,000,000; higher is claimed first, then earliest
+        due). Stores that cannot order claims by priority leave this unimplemented."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep item priorities")
+
     @abc.abstractmethod
     def get_work_item_data(self, item_id: str) -> dict[str, Any] | None:
         """The item's data, or None for an unknown item."""
@@ -206,7 +211,8 @@ class StateStore(abc.ABC):
         lease_seconds: float,
         item_ids: Sequence[str] | None = None,
     ) -> list[Lease]:
-        """Lease up to ``limit`` due items nobody holds (or whose lease expired), earliest first.
+        """Lease up to ``limit`` due items nobody holds (or whose lease expired), highest
+        priority first, then earliest due.
 
         With ``item_ids``, only those items, and whether due or not.
         """

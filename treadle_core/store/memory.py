@@ -95,6 +95,14 @@ class MemoryStateStore(StateStore):
                     item_id, ItemState.READY, now, created_at=now, updated_at=now
                 )
 
+    def set_priority(self, item_id: str, priority: int) -> None:
+        with self._lock:
+            rec = self._items.get(item_id)
+            if rec is None:
+                raise UnknownItemError(f"unknown item {item_id!r}")
+            self._remember(self._items, item_id)
+            self._items[item_id] = replace(rec, priority=priority)
+
     def get_work_item_data(self, item_id: str) -> dict[str, Any] | None:
         with self._lock:
             data = self._data.get(item_id)
@@ -280,7 +288,7 @@ class MemoryStateStore(StateStore):
             else:
                 candidates = sorted(
                     (r for r in self._items.values() if r.due_at is not None and r.due_at <= now),
-                    key=lambda r: r.due_at or now,
+                    key=lambda r: (-r.priority, r.due_at or now),
                 )
             leases: list[Lease] = []
             for rec in candidates:

@@ -236,10 +236,17 @@ def m003_commit_marks(db: peewee.Database) -> None:
     _ddl(db, "CREATE TABLE IF NOT EXISTS commit_marks (id VARCHAR(64) NOT NULL PRIMARY KEY){table}")
 
 
+def m004_item_priority(db: peewee.Database) -> None:
+    """Item priorities: claims take the highest first, then the earliest due."""
+    _ddl(db, "ALTER TABLE items ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+    _ddl(db, "CREATE INDEX items_priority_due ON items (priority DESC, due_at)")
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     m001_initial,
     m002_stage_state_queries,
     m003_commit_marks,
+    m004_item_priority,
 ]
 
 
@@ -387,7 +394,8 @@ def _mysql_database(url: str, options: dict[str, Any]) -> peewee.Database:
 # --- the store --------------------------------------------------------------------
 
 _ITEM_COLUMNS = (
-    "id, state, due_at, lease_owner, lease_token, lease_expires_at, created_at, updated_at"
+    "id, state, due_at, lease_owner, lease_token, lease_expires_at, created_at, updated_at,"
+    " priority"
 )
 
 
@@ -401,6 +409,7 @@ def _item(row: Sequence[Any]) -> ItemRecord:
         lease_expires_at=from_ts(row[5]),
         created_at=from_ts(row[6]),
         updated_at=from_ts(row[7]),
+        priority=row[8],
     )
 
 
@@ -654,7 +663,7 @@ class SqlStateStore(StateStore):
         self._sql_claim_due = self._q(
             "SELECT id, lease_token FROM items WHERE due_at <= ?"
             " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
-            f" ORDER BY due_at LIMIT ?{self._for_update_skip}"
+            f" ORDER BY priority DESC, due_at LIMIT ?{self._for_update_skip}"
         )
 
     def _q(self, sql: str) -> str:
@@ -782,6 +791,14 @@ class SqlStateStore(StateStore):
                 self._sql_save_item,
                 (item_id, dumps(data), ItemState.READY.value, now, created, created),
             )
+
+    def set_priority(self, item_id: str, priority: int) -> None:
+        with self._guard:
+            cur = self._run(
+                self._q("UPDATE items SET priority = ? WHERE id = ?"), (priority, item_id)
+            )
+        if cur.rowcount == 0:
+            raise UnknownItemError(f"unknown item {item_id!r}")
 
     def get_work_item_data(self, item_id: str) -> dict[str, Any] | None:
         with self._guard:
