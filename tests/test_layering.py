@@ -50,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "engine.session": {"_commit", "clock", "events", "model", "store.base", "engine.plan"},
     "engine.item": {
+        "_commit",
         "errors",
         "events",
         "model",
@@ -73,6 +74,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {
         "_commit",
         "clock",
+        "errors",
         "events",
         "model",
         "store.base",
@@ -81,7 +83,18 @@ ALLOWED: dict[str, set[str]] = {
         "engine.worker",
         "engine.writes",
     },
-    "workflow": {"clock", "engine", "errors", "events", "model", "quality", "stage", "store.base"},
+    "workflow": {
+        "clock",
+        "engine",
+        "errors",
+        "events",
+        "model",
+        "quality",
+        "stage",
+        "store.base",
+        "validation",
+    },
+    "validation": {"errors"},
 }
 
 #: The outer layers may import anything public, but never these internals.

@@ -29,9 +29,16 @@ from ..events import (
     StageFailed,
     StageSkipped,
 )
-from ..model import Item, ItemState, StageStatus, utcnow
-from ..pipeline import parse_duration
-from ..validation import MAX_CONCURRENCY, MAX_INT, MAX_LIMIT, check_duration, check_id, parse_json
+from ..model import Item, ItemState, LimitStatus, StageStatus, utcnow
+from ..validation import (
+    MAX_CONCURRENCY,
+    MAX_INT,
+    MAX_LIMIT,
+    check_duration,
+    check_id,
+    parse_duration,
+    parse_json,
+)
 from ..workflow import Workflow
 from .context import (
     EXIT_USAGE,
@@ -503,6 +510,39 @@ class _Interrupt:
 # --- status ------------------------------------------------------------------------------
 
 
+def _rate_text(rate: tuple[int, float] | None) -> str:
+    if rate is None:
+        return ""
+    count, seconds = rate
+    return f"{count}/s" if seconds == 1 else f"{count}/{seconds:g}s"
+
+
+def _limit_json(lim: LimitStatus) -> dict[str, Any]:
+    return {
+        "max_concurrent": lim.concurrency,
+        "rate": _rate_text(lim.rate) or None,
+        "running": lim.running,
+        "waiting": lim.waiting,
+    }
+
+
+def _limits_table(limits: dict[str, LimitStatus]) -> Table:
+    """Limited stages: their limits, attempts running across every worker, items waiting."""
+    table = Table(title="limits", title_justify="left")
+    for col in ("STAGE", "MAX CONCURRENT", "RATE", "RUNNING", "WAITING"):
+        table.add_column(col, justify="left" if col in ("STAGE", "RATE") else "right")
+    for name, lim in limits.items():
+        throttled = " (throttled)" if lim.waiting else ""
+        table.add_row(
+            name + throttled,
+            "" if lim.concurrency is None else str(lim.concurrency),
+            _rate_text(lim.rate),
+            str(lim.running),
+            str(lim.waiting or ""),
+        )
+    return table
+
+
 def status_json(st: Any) -> dict[str, Any]:
     """``PipelineStatus.to_dict()`` with every time as ISO 8601 UTC."""
     out = st.to_dict()
@@ -527,11 +567,17 @@ def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
     if item_id is None:
         items = {str(k): v for k, v in store.count_items().items() if v}
         summary = wf.summary(store, total=sum(items.values()))
+        limits = wf.limits(store)
         if as_json:
-            emit_json({"items": items, "stages": summary})
+            shown: dict[str, Any] = {"items": items, "stages": summary}
+            if limits:
+                shown["limits"] = {name: _limit_json(lim) for name, lim in limits.items()}
+            emit_json(shown)
             return
         out = console()
         out.print(_summary_table(wf, summary, f"pipeline {wf.name!r}"))
+        if limits:
+            out.print(_limits_table(limits))
         total = sum(items.values())
         parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(items.items()))
         out.print(plural(total, "item") + (f": {parts}" if parts else ""))

@@ -257,6 +257,10 @@ class ClaimLoop:
             self.next_due = claim.next_due
             return claim.items
         now = session.clock.now()
+        while session.woken:  # a limited stage ended here: its first waiter is due now
+            woken = session.woken.pop()
+            if woken in local:
+                local[woken] = (ItemState.READY, now)
         due_now = [
             (-getattr(self.objects.get(i), "priority", 0), due, i)
             for i, (_, due) in local.items()

@@ -39,6 +39,31 @@ DEFAULT_MAX_ARTEFACT_BYTES = 1024 * 1024
 #: How long a store must remember commit marks: far longer than any retry of a write.
 MARK_MEMORY = 3600.0
 
+#: A queued item asks again after this many seconds, should its wake-up be lost.
+LIMIT_RECHECK = 30.0
+
+
+def admission(
+    starts: list[float],
+    running: int,
+    now: float,
+    *,
+    concurrency: int | None,
+    rate: tuple[int, float] | None,
+) -> tuple[list[float], float | None]:
+    """The limit rule every store applies, on its own record of one stage: the start
+    times to keep, and None (admitted: ``now`` is among them) or when to ask again."""
+    kept = [t for t in starts if rate is not None and t > now - rate[1]]
+    if concurrency is not None and running >= concurrency:
+        return kept, now + LIMIT_RECHECK
+    if rate is not None:
+        count, period = rate
+        if len(kept) >= count:
+            return kept, kept[-count] + period
+    if rate is None:
+        return [], None
+    return [*kept, now][-rate[0] :], None
+
 
 def commit_mark(at: float | None = None) -> str:
     """A new commit mark: 16 hex digits of the time in nanoseconds, then 16 random ones,
@@ -237,6 +262,36 @@ class StateStore(abc.ABC):
         during COMMIT the writer cannot tell whether it landed; it asks this before
         trying again, so a transaction is never applied twice. Marks may be forgotten
         an hour after they were made (`MARK_MEMORY`)."""
+
+    # --- stage limits (flow control across every worker sharing the store) ---------
+    def admit(
+        self,
+        stage: str,
+        item_id: str,
+        *,
+        concurrency: int | None,
+        rate: tuple[int, float] | None,
+    ) -> datetime | None:
+        """Inside a transaction: may ``item_id`` start an attempt of ``stage`` now?
+
+        Locks the stage's limit row, so admissions of one stage take turns across every
+        process. ``concurrency``: fewer than that many of the stage's states are RUNNING.
+        ``rate`` = (starts, seconds): fewer than ``starts`` starts in the last ``seconds``.
+        Admitted: the start is recorded, the item leaves the stage's queue, and None is
+        returned. Not admitted: the item joins the stage's queue (first come, first
+        woken by `release_limit`) and the time to ask again is returned. Stores without
+        limits leave this unimplemented; a workflow with limits refuses to run on them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not keep stage limits")
+
+    def release_limit(self, stage: str) -> str | None:
+        """Inside a transaction: an attempt of a limited ``stage`` ended; the first item in
+        its queue leaves it, and its id is returned (the engine makes it due now)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep stage limits")
+
+    def limit_status(self) -> dict[str, tuple[int, int]]:
+        """Each limited stage: (attempts RUNNING, items queued for it)."""
+        return {}
 
     def live_leases(self, limit: int = 100) -> list[Lease]:
         """Leases not yet expired, soonest to end first (at most ``limit``): who holds

@@ -47,7 +47,7 @@ from ..model import (
     to_ts,
     utcnow,
 )
-from .base import MARK_MEMORY, StateStore, commit_mark, dumps, fence
+from .base import MARK_MEMORY, StateStore, admission, commit_mark, dumps, fence
 
 DEFAULT_URL = "sqlite:///.treadle/state.db"
 
@@ -242,11 +242,24 @@ def m004_item_priority(db: peewee.Database) -> None:
     _ddl(db, "CREATE INDEX items_priority_due ON items (priority DESC, due_at)")
 
 
+def m005_stage_limits(db: peewee.Database) -> None:
+    """Per-stage flow control: the recent start times and the queue of waiting items."""
+    _ddl(
+        db,
+        "CREATE TABLE IF NOT EXISTS stage_limits ("
+        " stage VARCHAR(255) NOT NULL PRIMARY KEY,"
+        " starts {text} NOT NULL,"
+        " waiting {text} NOT NULL"
+        "){table}",
+    )
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     m001_initial,
     m002_stage_state_queries,
     m003_commit_marks,
     m004_item_priority,
+    m005_stage_limits,
 ]
 
 
@@ -1107,6 +1120,76 @@ class SqlStateStore(StateStore):
         with self._guard:
             row = self._run(self._q("SELECT 1 FROM commit_marks WHERE id = ?"), (mark,)).fetchone()
         return row is not None
+
+    # --- stage limits ----------------------------------------------------------------
+    def _limit_row(self, stage: str) -> tuple[list[float], list[str]]:
+        """Inside a transaction: the stage's limit row, locked (made on first use)."""
+        insert = (
+            "INSERT IGNORE INTO stage_limits (stage, starts, waiting) VALUES (?, '[]', '[]')"
+            if self.dialect == "mysql"
+            else "INSERT INTO stage_limits (stage, starts, waiting) VALUES (?, '[]', '[]')"
+            " ON CONFLICT (stage) DO NOTHING"
+        )
+        self._run(self._q(insert), (stage,))
+        row = self._run(
+            self._q(f"SELECT starts, waiting FROM stage_limits WHERE stage = ?{self._for_update}"),
+            (stage,),
+        ).fetchone()
+        return json.loads(row[0]), json.loads(row[1])
+
+    def _save_limit_row(self, stage: str, starts: list[float], waiting: list[str]) -> None:
+        self._run(
+            self._q("UPDATE stage_limits SET starts = ?, waiting = ? WHERE stage = ?"),
+            (dumps(starts), dumps(waiting), stage),
+        )
+
+    def admit(
+        self,
+        stage: str,
+        item_id: str,
+        *,
+        concurrency: int | None,
+        rate: tuple[int, float] | None,
+    ) -> datetime | None:
+        with self._guard, self.transaction():
+            starts, waiting = self._limit_row(stage)
+            running = 0
+            if concurrency is not None:
+                running = self._run(
+                    self._q("SELECT COUNT(*) FROM stage_states WHERE stage = ? AND status = ?"),
+                    (stage, StageStatus.RUNNING.value),
+                ).fetchone()[0]
+            kept, retry = admission(starts, running, _now(), concurrency=concurrency, rate=rate)
+            if retry is None:
+                waiting = [i for i in waiting if i != item_id]
+            elif item_id not in waiting:
+                waiting.append(item_id)
+            self._save_limit_row(stage, kept, waiting)
+        return None if retry is None else from_ts(retry)
+
+    def release_limit(self, stage: str) -> str | None:
+        with self._guard, self.transaction():
+            starts, waiting = self._limit_row(stage)
+            if not waiting:
+                return None
+            self._save_limit_row(stage, starts, waiting[1:])
+            return waiting[0]
+
+    def limit_status(self) -> dict[str, tuple[int, int]]:
+        with self._guard:
+            rows = self._run("SELECT stage, waiting FROM stage_limits").fetchall()
+            if not rows:
+                return {}
+            running = dict(
+                self._run(
+                    self._q(
+                        "SELECT stage, COUNT(*) FROM stage_states WHERE status = ?"
+                        f" AND stage IN ({self._marks(len(rows))}) GROUP BY stage"
+                    ),
+                    (StageStatus.RUNNING.value, *(stage for stage, _ in rows)),
+                ).fetchall()
+            )
+        return {stage: (int(running.get(stage, 0)), len(json.loads(w))) for stage, w in rows}
 
     def live_leases(self, limit: int = 100) -> list[Lease]:
         sql = self._q(
