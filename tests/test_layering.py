@@ -63,7 +63,9 @@ ALLOWED: dict[str, set[str]] = {
         "engine.session",
         "engine.writes",
     },
+    "engine.wakeup": {"clock", "store.base"},
     "engine.worker": {
+        "engine.wakeup",
         "errors",
         "model",
         "store.base",

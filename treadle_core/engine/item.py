@@ -153,6 +153,8 @@ class ItemRun:
             await self.write(name, prev, [])
         except LeaseLostError:
             pass
+        except StoreError as exc:  # the store itself fails: the run says so, once
+            log.debug("could not put item %r stage %r back: %s", self.item_id, name, exc)
         except Exception:
             log.exception("could not put item %r stage %r back", self.item_id, name)
 
@@ -307,8 +309,10 @@ class ItemRun:
         # of a crash writes it once it holds the slot, so being found RUNNING again
         # means it was executing, and only that counts towards max_recoveries.
         limited = spec.limit is not None
+        # A limited stage is admitted once it holds its slot, so it starts right after
+        # (its rate is what the service it calls sees).
         try:
-            if prev.suspect or prev.run_alone:
+            if prev.suspect or prev.run_alone or spec.limit is not None:
                 async with slot:
                     if not await self.start(spec, running, prev, events):
                         return  # waiting for its limit: no slot, no lease held meanwhile

@@ -192,6 +192,7 @@ def _wake_waiter(
     rec = store.lock_item(waiter)
     store.save_stage_state(waiter, stage, st.replace(next_attempt_at=None))
     finish(store, plan, rec, [], clock.now())
+    store.notify_work()
     return waiter
 
 
@@ -247,6 +248,7 @@ def review(
         store.save_stage_state(item_id, stage, new)
         store.record_review(item_id, stage, record)
         applied[:] = events
+        store.notify_work()  # dependents may run now: wake idle workers
         return finish(store, plan, rec, events, now)
 
     applied: list[Event] = []  # the events of the attempt that committed
@@ -266,6 +268,7 @@ def retry(plan: Plan, clock: Clock, item_id: str, stage: str) -> StageWrite:
         new, events = actions.reset_failed(st, now, item_id=item_id, stage=stage)
         store.save_stage_state(item_id, stage, new)
         applied[:] = events
+        store.notify_work()
         return finish(store, plan, rec, events, now)
 
     applied: list[Event] = []  # the events of the attempt that committed

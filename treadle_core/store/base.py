@@ -41,6 +41,8 @@ MARK_MEMORY = 3600.0
 
 #: A queued item asks again after this many seconds, should its wake-up be lost.
 LIMIT_RECHECK = 30.0
+#: Rate limits wait this fraction of their period longer than the window (jitter).
+RATE_MARGIN = 0.02
 
 
 def admission(
@@ -53,13 +55,15 @@ def admission(
 ) -> tuple[list[float], float | None]:
     """The limit rule every store applies, on its own record of one stage: the start
     times to keep, and None (admitted: ``now`` is among them) or when to ask again."""
-    kept = [t for t in starts if rate is not None and t > now - rate[1]]
+    kept = [t for t in starts if rate is not None and t > now - rate[1] * (1 + RATE_MARGIN)]
     if concurrency is not None and running >= concurrency:
         return kept, now + LIMIT_RECHECK
     if rate is not None:
         count, period = rate
         if len(kept) >= count:
-            return kept, kept[-count] + period
+            # A little past the window: what runs between admission and the call itself
+            # (a commit) must not let two starts land within one period.
+            return kept, kept[-count] + period * (1 + RATE_MARGIN)
     if rate is None:
         return [], None
     return [*kept, now][-rate[0] :], None
@@ -116,6 +120,22 @@ def fence(rec: ItemRecord | None, item_id: str, lease: Lease | None) -> ItemReco
             f"was lost (current token {rec.lease_token}, owner {rec.lease_owner!r})"
         )
     return rec
+
+
+class WorkListener(abc.ABC):
+    """A store's wake-up channel: readable (``fileno``) when `notify_work` was called."""
+
+    @abc.abstractmethod
+    def fileno(self) -> int:
+        """A file descriptor the event loop can watch for reading."""
+
+    @abc.abstractmethod
+    def drain(self) -> int:
+        """Take the notifications that arrived; how many (raises when the connection is
+        gone: listen again)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
 
 class StateStore(abc.ABC):
@@ -292,6 +312,17 @@ class StateStore(abc.ABC):
     def limit_status(self) -> dict[str, tuple[int, int]]:
         """Each limited stage: (attempts RUNNING, items queued for it)."""
         return {}
+
+    # --- wake-ups -------------------------------------------------------------------
+    def notify_work(self) -> None:  # noqa: B027 - optional for stores
+        """Inside a transaction: tell idle workers, once it commits, that work appeared (an
+        item added, a review decided, a retry). Stores that cannot leave it: workers then
+        find the work when they next poll."""
+
+    def listen(self) -> WorkListener | None:
+        """A listener idle workers wait on for `notify_work` (None: this store cannot;
+        workers poll)."""
+        return None
 
     def live_leases(self, limit: int = 100) -> list[Lease]:
         """Leases not yet expired, soonest to end first (at most ``limit``): who holds

@@ -47,7 +47,15 @@ from ..model import (
     to_ts,
     utcnow,
 )
-from .base import MARK_MEMORY, StateStore, admission, commit_mark, dumps, fence
+from .base import (
+    MARK_MEMORY,
+    StateStore,
+    WorkListener,
+    admission,
+    commit_mark,
+    dumps,
+    fence,
+)
 
 DEFAULT_URL = "sqlite:///.treadle/state.db"
 
@@ -466,6 +474,8 @@ class SqlStateStore(StateStore):
         self._created_lock = threading.Lock()
         self._last_created = 0.0
         self._marks_made = 0
+        #: Per thread: a NOTIFY is due when the current transaction commits.
+        self._wake = threading.local()
         self._prepare_sql()
         try:
             self._connect()
@@ -651,6 +661,7 @@ class SqlStateStore(StateStore):
         )
         self._sql_record_attempt = q("INSERT INTO attempts (item_id, stage, data) VALUES (?, ?, ?)")
         self._sql_mark = q("INSERT INTO commit_marks (id) VALUES (?)")
+        self._sql_notify = q("SELECT pg_notify(?, '')")
         self._sql_record_review = q("INSERT INTO reviews (item_id, stage, data) VALUES (?, ?, ?)")
         self._sql_event_row = q("(?, ?, ?, ?, ?)")
         self._sql_renew = q(
@@ -747,41 +758,51 @@ class SqlStateStore(StateStore):
     @contextmanager
     def transaction(self) -> Iterator[None]:
         with self._guard:
-            db = self._db
-            outermost = db.is_closed() or not db.in_transaction()
+            outermost = self._db.is_closed() or not self._db.in_transaction()
             # peewee's transaction() joins an enclosing one (no savepoints): the
             # outermost block commits or rolls back everything, as in MemoryStateStore.
             try:
-                if db.is_closed():
-                    self._open_thread_connection()
-                with ExitStack() as stack:
-                    try:
-                        stack.enter_context(self._begin())
-                    except (peewee.OperationalError, peewee.InterfaceError):
-                        if db.in_transaction() or not self._reconnect_if_dead():
-                            raise
-                        stack.enter_context(self._begin())  # nothing was sent yet: again
+                with self._begun(outermost):
                     yield
-            except peewee.DataError as exc:  # PostgreSQL/MySQL refusing a value (an id)
-                raise StoreError(
-                    f"store {_redact(self.url)!r} refused a value: {_first(exc)}"
-                ) from exc
             except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
-                if self.dialect == "sqlite":
-                    # A full disk, a corrupt or read-only file: one line naming the file
-                    # (SQLite rolls back by itself, so peewee's ROLLBACK error hides why).
-                    failure = _sqlite_failure(exc)
-                    if failure is not None:
-                        raise StoreError(f"store {self.url!r}: {failure}") from exc
+                failure = self._failure(exc, outermost)
+                if failure is exc:
                     raise
-                if not outermost or not isinstance(
-                    exc, peewee.OperationalError | peewee.InterfaceError
-                ):
+                raise failure from exc
+
+    @contextmanager
+    def _begun(self, outermost: bool) -> Iterator[None]:
+        db = self._db
+        if db.is_closed():
+            self._open_thread_connection()
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self._begin())
+            except (peewee.OperationalError, peewee.InterfaceError):
+                if db.in_transaction() or not self._reconnect_if_dead():
                     raise
-                # The server went away or aborted the transaction (restart, deadlock):
-                # nothing of it was applied unless the connection died during COMMIT.
-                self._drop_connection()
-                raise StoreUnavailableError(self._unavailable(exc)) from exc
+                stack.enter_context(self._begin())  # nothing was sent yet: again
+            if outermost:
+                self._wake.pending = False
+            yield
+            if outermost and self._wake.pending:  # NOTIFY once, as it commits
+                self._run(self._sql_notify, (WORK_CHANNEL,))
+
+    def _failure(self, exc: BaseException, outermost: bool) -> BaseException:
+        """What a database error inside a transaction means, as the error to raise."""
+        if isinstance(exc, peewee.DataError):  # PostgreSQL/MySQL refusing a value (an id)
+            return StoreError(f"store {_redact(self.url)!r} refused a value: {_first(exc)}")
+        if self.dialect == "sqlite":
+            # A full disk, a corrupt or read-only file: one line naming the file (SQLite
+            # rolls back by itself, so peewee's ROLLBACK error hides why).
+            failure = _sqlite_failure(exc)
+            return exc if failure is None else StoreError(f"store {self.url!r}: {failure}")
+        if not outermost or not isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
+            return exc
+        # The server went away or aborted the transaction (restart, deadlock): nothing of
+        # it was applied unless the connection died during COMMIT.
+        self._drop_connection()
+        return StoreUnavailableError(self._unavailable(exc))
 
     def _begin(self) -> AbstractContextManager[Any]:
         if self.dialect == "sqlite":
@@ -804,6 +825,7 @@ class SqlStateStore(StateStore):
                 self._sql_save_item,
                 (item_id, dumps(data), ItemState.READY.value, now, created, created),
             )
+        self.notify_work()  # a new item is work: wake idle workers
 
     def set_priority(self, item_id: str, priority: int) -> None:
         with self._guard:
@@ -1191,6 +1213,29 @@ class SqlStateStore(StateStore):
             )
         return {stage: (int(running.get(stage, 0)), len(json.loads(w))) for stage, w in rows}
 
+    # --- wake-ups (PostgreSQL LISTEN/NOTIFY) ----------------------------------------------
+    def notify_work(self) -> None:
+        if self.dialect != "postgres":
+            return
+        if self._db.in_transaction():
+            self._wake.pending = True  # NOTIFY once, as the transaction commits
+        else:
+            with self._guard:
+                self._run(self._sql_notify, (WORK_CHANNEL,))
+
+    def listen(self) -> WorkListener | None:
+        driver = getattr(peewee, "psycopg2", None)
+        if self.dialect != "postgres" or driver is None:
+            return None
+        try:
+            return _PgListener(driver.connect(dbname=self._db.database, **self._db.connect_params))
+        except peewee.DatabaseError:
+            return None  # the server is away: poll, and listen again later
+        except Exception as exc:  # the driver's own errors, same meaning
+            if type(exc).__module__.startswith("psycopg2"):
+                return None
+            raise
+
     def live_leases(self, limit: int = 100) -> list[Lease]:
         sql = self._q(
             "SELECT id, lease_owner, lease_token, lease_expires_at FROM items"
@@ -1259,6 +1304,32 @@ def _sqlite_failure(exc: BaseException | None) -> str | None:
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return None
+
+
+#: The channel `notify_work` and listeners use (notifications are per database).
+WORK_CHANNEL = "treadle_work"
+
+
+class _PgListener(WorkListener):
+    """A connection of its own that LISTENs for `notify_work` (autocommit)."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"LISTEN {WORK_CHANNEL}")
+
+    def fileno(self) -> int:
+        return int(self.conn.fileno())
+
+    def drain(self) -> int:
+        self.conn.poll()
+        n = len(self.conn.notifies)
+        self.conn.notifies.clear()
+        return n
+
+    def close(self) -> None:
+        _close_quietly(self.conn)
 
 
 def _close_quietly(conn: Any) -> None:
