@@ -207,3 +207,31 @@ def test_a_limit_in_the_file_that_means_nothing_is_one_line(tmp_path, treadle_cl
     result = treadle_cli("validate")
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0 and error in result.stderr
+
+
+def test_add_takes_a_priority_and_run_claims_the_highest_first(tmp_path, treadle_cli):
+    import json
+
+    (tmp_path / "treadle.toml").write_text(
+        '[pipeline]\nname = "p"\nstore = "sqlite:///s.db"\n'
+        '[stages.note]\nuses = "python"\nobject = "stages:note"\n'
+    )
+    (tmp_path / "stages.py").write_text(
+        "ORDER = []\n\ndef note(item, ctx):\n"
+        "    with open('order.txt', 'a') as fh:\n        fh.write(item.id + '\\n')\n"
+    )
+    (tmp_path / "items.jsonl").write_text(
+        json.dumps({"id": "low"}) + "\n" + json.dumps({"id": "top", "priority": 9}) + "\n"
+    )
+    assert treadle_cli("add", "items.jsonl", "--priority", "3").exit_code == 0
+    assert treadle_cli("add", "--id", "later").exit_code == 0
+    assert treadle_cli("run", "--concurrency", "1").exit_code == 0
+    assert (tmp_path / "order.txt").read_text().split() == ["top", "low", "later"]
+
+
+@pytest.mark.parametrize("value", ["-1", "1000001"])
+def test_a_priority_out_of_range_is_one_line(tmp_path, treadle_cli, value):
+    (tmp_path / "treadle.toml").write_text('[pipeline]\nname = "p"\n[stages.a]\nuses = "review"\n')
+    result = treadle_cli("add", "--id", "x", "--priority", value)
+    assert result.exit_code == 2
+    assert "--priority: priority must be an integer from 0 to 1,000,000" in result.stderr
