@@ -36,6 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine.decide": {"events", "model", "quality", "engine.attempt", "engine.plan"},
     "engine.fanout": {"events", "model", "quality", "engine.decide", "engine.plan"},
     "engine.actions": {"events", "model", "engine.decide", "engine.fanout", "engine.plan"},
+    "engine.review": {"errors", "events", "model", "engine.plan"},
     "engine.writes": {
         "_commit",
         "clock",
@@ -47,6 +48,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.decide",
         "engine.plan",
         "engine.ready",
+        "engine.review",
     },
     "engine.session": {"_commit", "clock", "events", "model", "store.base", "engine.plan"},
     "engine.item": {
@@ -80,7 +82,9 @@ ALLOWED: dict[str, set[str]] = {
         "events",
         "model",
         "store.base",
+        "engine.attempt",
         "engine.plan",
+        "engine.review",
         "engine.session",
         "engine.worker",
         "engine.writes",
@@ -109,7 +113,7 @@ FORBIDDEN: dict[str, set[str]] = {
 }
 
 #: Pure modules: values in, values out. No awaiting, no threads, no store.
-PURE = {"engine.ready", "engine.decide", "engine.fanout", "engine.actions"}
+PURE = {"engine.ready", "engine.decide", "engine.fanout", "engine.actions", "engine.review"}
 
 
 def _modules() -> Iterator[tuple[str, ast.Module]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import getpass
 import json
 import math
 import os
@@ -428,5 +429,19 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
-def reviewer_default() -> str | None:
-    return os.environ.get("USER") or os.environ.get("USERNAME") or None
+def reviewer_name(given: str | None) -> str:
+    """Who decides: ``--reviewer``, then ``$TREADLE_REVIEWER``, then the login name; a
+    usage error when there is none (every human decision names its reviewer)."""
+    name = given if given is not None else os.environ.get("TREADLE_REVIEWER")
+    if name is None:
+        try:
+            name = getpass.getuser()
+        except (OSError, KeyError, ImportError):
+            name = None
+    if name is None or not name.strip():
+        raise CliError(
+            "who is deciding? give --reviewer NAME or set $TREADLE_REVIEWER "
+            "(no login name was found); nothing saved",
+            EXIT_USAGE,
+        )
+    return name.strip()

@@ -1,22 +1,17 @@
 """Pure decisions about a stage made outside an attempt: recovering it after its process
-died, a review decision, and ``retry_stage``. Like `decide`, values in and values out."""
+died, and ``retry_stage`` (a review decision is in `review`). Like `decide`, values in and
+values out."""
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import Any
 
-from ..events import Event, ReviewResolved, StageCompleted, StageFailed, StageRetried
+from ..events import Event, StageFailed, StageRetried
 from ..model import (
-    ApproveWithEdits,
     AttemptRecord,
-    Reject,
-    ReviewDecision,
-    ReviewRecord,
     StageState,
     StageStatus,
-    decision_name,
 )
 from .decide import Decision
 from .fanout import finish_fanout
@@ -107,44 +102,6 @@ def _retried(
 ) -> StageRetried:
     error = "recovered after its process died" + (f" ({why})" if why else "")
     return StageRetried(item_id=item_id, stage=stage, attempt=state.attempt, error=error, at=now)
-
-
-def resolve(
-    state: StageState,
-    decision: ReviewDecision,
-    now: datetime,
-    *,
-    item_id: str,
-    stage: str,
-    reviewer: str | None,
-    comment: str | None,
-    edited: Any = None,
-) -> tuple[StageState, list[Event], ReviewRecord]:
-    """A review decision applied to a stage AWAITING_REVIEW (``edited``: the checked edit)."""
-    name = decision_name(decision)
-    events: list[Event] = [
-        ReviewResolved(item_id=item_id, stage=stage, decision=name, reviewer=reviewer, at=now)
-    ]
-    common: dict[str, Any] = dict(
-        completed_at=now, updated_at=now, review_deadline=None, next_attempt_at=None
-    )
-    if isinstance(decision, Reject):
-        new = state.replace(status=StageStatus.FAILED, error=decision.reason, **common)
-        events.append(StageFailed(item_id=item_id, stage=stage, error=decision.reason, at=now))
-    else:
-        artefact = edited if isinstance(decision, ApproveWithEdits) else state.artefact
-        new = state.replace(status=StageStatus.COMPLETE, artefact=artefact, error=None, **common)
-        events.append(StageCompleted(item_id=item_id, stage=stage, at=now))
-    record = ReviewRecord(
-        decision=name,
-        reviewer=reviewer,
-        comment=comment,
-        at=now,
-        reason=decision.reason if isinstance(decision, Reject) else None,
-        edited_artefact=edited,
-        note=decision.note if isinstance(decision, ApproveWithEdits) else None,
-    )
-    return new, events, record
 
 
 def reset_failed(

@@ -33,6 +33,7 @@ from ..store.base import StateStore, normalise_artefact
 from . import actions
 from .plan import Plan
 from .ready import aggregate
+from .review import resolve
 
 #: What a write returns: the item's stage states after it, and the events it journalled.
 WriteResult = tuple[dict[str, StageState], list[Event]]
@@ -211,12 +212,13 @@ def review(
     """A review decision (a person's, or the timeout's when ``deadline`` is given).
 
     A refused decision raises here (a decision that is not one) or inside the write
-    (``ReviewError``: the stage is not awaiting review, or its review was re-opened).
+    (``ReviewError``: the stage is not awaiting review, its review was re-opened, or
+    `review.resolve` refused it), and nothing is saved.
     """
     if not isinstance(decision, REVIEW_DECISION_TYPES):
         raise TypeError(
-            f"a review decision is Approve(), Reject(reason) or ApproveWithEdits(artefact), "
-            f"not {type(decision).__name__}"
+            "a review decision is Approve(), Reject(reason), ApproveWithEdits(artefact) or "
+            f"RequestChanges(feedback), not {type(decision).__name__}"
         )
     edited: Any = None
     if isinstance(decision, ApproveWithEdits):
@@ -228,28 +230,33 @@ def review(
 
     def apply(store: StateStore) -> WriteResult:
         rec = store.lock_item(item_id, lease)
-        st = store.get_stage_state(item_id, stage)
+        states = store.get_all_stage_states(item_id)
+        st = states.get(stage)
         if st is None or st.status != StageStatus.AWAITING_REVIEW:
             status = "pending" if st is None else st.status.value
             raise ReviewError(f"item {item_id!r} stage {stage!r} is {status}, not awaiting review")
         if deadline is not None and st.review_deadline != deadline:
             raise ReviewError(f"item {item_id!r} stage {stage!r}: the review was re-opened")
         now = clock.now()
-        new, events, record = actions.resolve(
-            st,
+        r = resolve(
+            plan,
+            states,
+            stage,
             decision,
             now,
             item_id=item_id,
-            stage=stage,
             reviewer=reviewer,
             comment=comment,
             edited=edited,
+            automatic=deadline is not None,
         )
-        store.save_stage_state(item_id, stage, new)
-        store.record_review(item_id, stage, record)
-        applied[:] = events
-        store.notify_work()  # dependents may run now: wake idle workers
-        return finish(store, plan, rec, events, now)
+        for name, new in r.states.items():
+            store.save_stage_state(item_id, name, new)
+        store.record_review(item_id, stage, r.record)
+        applied[:] = r.events
+        if r.wakes:
+            store.notify_work()  # dependents (or the stage sent back) may run: wake workers
+        return finish(store, plan, rec, r.events, now, {**states, **r.states})
 
     applied: list[Event] = []  # the events of the attempt that committed
     return Write(apply, _read_back(item_id, applied))

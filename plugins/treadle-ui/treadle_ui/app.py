@@ -523,15 +523,7 @@ class Console:
                 continue
             st = self.store.get_stage_state(item_id, stage)
             if st is not None and st.status == StageStatus.AWAITING_REVIEW:
-                return PendingReview(
-                    item_id,
-                    stage,
-                    st.updated_at,
-                    st.review_prompt,
-                    dict(st.review_context),
-                    st.review_deadline,
-                    st.attempt,
-                )
+                return PendingReview.of(item_id, stage, st)
         return first_waiting(self.wf, self.store, query, skip=[decided])
 
     async def bulk(self, request: Request) -> Response:
