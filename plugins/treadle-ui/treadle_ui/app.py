@@ -42,6 +42,7 @@ from treadle_core import (
     UnknownStageError,
     Workflow,
 )
+from treadle_core.metrics import WorkflowMetrics
 
 from . import __version__
 from .layout import layout
@@ -553,6 +554,12 @@ def create_app(
         hosts = ["127.0.0.1", "localhost", "[::1]", "::1"]
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
     middleware.append(Middleware(_Guard, settings=settings))
+    metrics = WorkflowMetrics(wf, store)
+
+    async def prometheus(request: Request) -> Response:
+        body, kind = await run_in_threadpool(metrics.render, request.headers.get("accept"))
+        return Response(body, media_type=kind)
+
     routes = [
         Route("/", console.overview),
         Route("/live/overview", console.overview_live),
@@ -563,6 +570,7 @@ def create_app(
         Route("/bulk", console.bulk, methods=["POST"]),
         Route("/retry", console.retry, methods=["POST"]),
         Route("/reviewer", console.set_reviewer, methods=["POST"]),
+        Route("/metrics", prometheus),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes, middleware=middleware)
