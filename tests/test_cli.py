@@ -238,6 +238,7 @@ def test_run_exits_0_when_everything_is_complete_or_waiting_for_review(cli, tmp_
     add(cli, {"id": "a"}, {"id": "b"})
     result = js(cli("run", "--json"))
     assert result == {
+        "errors": {},
         "failed": 0,
         "items": {"awaiting_review": 2},
         "stages": {

@@ -632,3 +632,31 @@ async def test_a_worker_claims_a_broken_item_again_later_with_growing_delays():
     assert report.errors == {"bad": "ValueError: the store says no"}
     wait = (store.get_item("bad").due_at - utcnow()).total_seconds()
     assert BROKEN_ITEM_DELAY - 5 < wait <= BROKEN_ITEM_DELAY
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["run-items", "run-store"])
+async def test_higher_priority_items_are_claimed_first(make_store, given):
+    order = []
+
+    async def work(item, ctx):
+        order.append(item.id)
+
+    wf = chain(("work", work))
+    store = make_store()
+    items = [Item("low-1"), Item("urgent", priority=100), Item("low-2"), Item("mid", priority=5)]
+    if given:
+        await wf.run(store, items, concurrency=1)
+    else:
+        from treadle_core.engine.writes import register
+
+        with store.transaction():
+            register(items)(store)
+        await wf.run(store, concurrency=1)
+    assert order == ["urgent", "mid", "low-1", "low-2"]
+    assert store.get_item("urgent").priority == 100
+
+
+@pytest.mark.parametrize("priority", [-1, 1_000_001, 1.5, True, "9"])
+def test_a_priority_must_be_an_integer_in_range(priority):
+    with pytest.raises(ValueError, match="priority must be an integer from 0 to 1,000,000"):
+        Item("x", priority=priority)

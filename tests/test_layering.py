@@ -50,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "engine.session": {"_commit", "clock", "events", "model", "store.base", "engine.plan"},
     "engine.item": {
+        "_commit",
         "errors",
         "events",
         "model",
@@ -62,7 +63,9 @@ ALLOWED: dict[str, set[str]] = {
         "engine.session",
         "engine.writes",
     },
+    "engine.wakeup": {"clock", "store.base"},
     "engine.worker": {
+        "engine.wakeup",
         "errors",
         "model",
         "store.base",
@@ -73,6 +76,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {
         "_commit",
         "clock",
+        "errors",
         "events",
         "model",
         "store.base",
@@ -81,7 +85,18 @@ ALLOWED: dict[str, set[str]] = {
         "engine.worker",
         "engine.writes",
     },
-    "workflow": {"clock", "engine", "errors", "events", "model", "quality", "stage", "store.base"},
+    "workflow": {
+        "clock",
+        "engine",
+        "errors",
+        "events",
+        "model",
+        "quality",
+        "stage",
+        "store.base",
+        "validation",
+    },
+    "validation": {"errors"},
     # Metrics see the engine only through the public surface: the bus's events, the
     # workflow's summary and reviews, the store's counts.
     "metrics": {"events", "model", "store.base", "workflow"},

@@ -22,20 +22,32 @@ def _running(**changes) -> StageState:
     return base.replace(**changes)
 
 
-def test_a_stage_that_was_executing_runs_again_and_counts_a_recovery():
+def test_the_first_crash_is_not_counted_but_makes_the_stage_a_suspect():
+    """RUNNING was written before it took an execution slot: it may only have waited."""
     d = recover(SPEC, _running(), NOW, item_id="x", max_recoveries=3)
     assert d.state.status == StageStatus.PENDING
-    assert (d.state.recoveries, d.state.run_alone) == (1, False)
+    assert (d.state.recoveries, d.state.suspect, d.state.run_alone) == (0, True, False)
     assert d.state.budget_start == 2  # the crash does not spend the retry budget
     (record,) = d.records
     assert (record.attempt, record.outcome, record.subtask) == (2, "crashed", None)
     assert (record.started_at, record.completed_at) == (STARTED, NOW)
     assert [e.kind for e in d.events] == ["StageRetried"]
+    assert d.events[0].error == (
+        "recovered after its process died (not counted: it may only have been waiting for "
+        "an execution slot)"
+    )
+
+
+def test_a_suspect_found_running_was_executing_and_counts_a_recovery():
+    """A suspect is written RUNNING only once it holds its slot."""
+    d = recover(SPEC, _running(suspect=True), NOW, item_id="x", max_recoveries=3)
+    assert d.state.status == StageStatus.PENDING
+    assert (d.state.recoveries, d.state.suspect, d.state.run_alone) == (1, True, False)
     assert d.events[0].error == "recovered after its process died"
 
 
 def test_at_the_limit_it_runs_once_more_alone():
-    d = recover(SPEC, _running(recoveries=2), NOW, item_id="x", max_recoveries=3)
+    d = recover(SPEC, _running(recoveries=2, suspect=True), NOW, item_id="x", max_recoveries=3)
     assert d.state.status == StageStatus.PENDING
     assert (d.state.recoveries, d.state.run_alone) == (3, True)
     assert d.events[0].error == (
@@ -45,7 +57,13 @@ def test_at_the_limit_it_runs_once_more_alone():
 
 
 def test_a_crash_while_running_alone_fails_it():
-    d = recover(SPEC, _running(recoveries=3, run_alone=True), NOW, item_id="x", max_recoveries=3)
+    d = recover(
+        SPEC,
+        _running(recoveries=3, suspect=True, run_alone=True),
+        NOW,
+        item_id="x",
+        max_recoveries=3,
+    )
     assert d.state.status == StageStatus.FAILED and not d.state.run_alone
     assert d.state.error == (
         "recovery limit reached: its process died 4 times while it ran, the last time with "

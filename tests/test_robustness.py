@@ -91,6 +91,41 @@ async def test_a_timed_out_sync_attempt_is_never_overlapped_by_its_retry(make_st
     assert first.completed_at <= second.started_at
 
 
+async def test_a_timed_out_thread_keeps_its_execution_slot_until_it_returns(make_store):
+    """concurrency=1: while item a's timed-out thread still runs, item b does not start."""
+    release = threading.Event()
+    started: list[str] = []
+
+    def work(item, ctx):
+        started.append(f"{item.id}{ctx.attempt}")
+        if item.id == "a" and ctx.attempt == 1:
+            assert release.wait(10), "never released"
+        return None
+
+    wf = (
+        Workflow.builder()
+        .stage("work", work)
+        .retry_budget("work", RetryBudget(max_attempts=2, attempt_timeout=0.05))
+        .build()
+    )
+    store = make_store()
+    sub = wf.subscribe()
+
+    async def release_after_the_timeout():
+        async for event in sub:
+            if getattr(event, "kind", "") == "StageRetried":
+                await asyncio.sleep(0.2)  # b would have started by now if the slot were free
+                assert started == ["a1"], started
+                release.set()
+                return
+
+    releaser = asyncio.create_task(release_after_the_timeout())
+    await asyncio.wait_for(wf.run(store, [Item("a"), Item("b")], concurrency=1), 20)
+    await releaser
+    assert started[0] == "a1" and sorted(started[1:]) == ["a2", "b1"]
+    assert wf.status("a", store).is_complete and wf.status("b", store).is_complete
+
+
 # --- the CLI: interrupts and a killed run ---------------------------------------------------
 
 STAGES = """
@@ -224,7 +259,7 @@ def test_a_run_after_kill_9_takes_the_dead_run_over_at_once(project):
     for item in "ab":
         st, _ = state_of(project, item, "slow")
         assert st.status == StageStatus.COMPLETE and st.attempt == 2
-        assert st.recoveries == 1
+        assert (st.recoveries, st.suspect) == (0, True)  # a first crash: a suspect
 
 
 # --- a fair crash limit ----------------------------------------------------------------------

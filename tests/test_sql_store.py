@@ -428,6 +428,15 @@ def test_server_database_at_v1_is_migrated_in_place(server_url: str) -> None:
             else f"DROP INDEX {index}"
         )
     db.execute_sql("ALTER TABLE stage_states DROP COLUMN next_attempt_at")
+    # ... and what the later ones added.
+    db.execute_sql(
+        "DROP INDEX items_priority_due ON items"
+        if store.dialect == "mysql"
+        else "DROP INDEX items_priority_due"
+    )
+    db.execute_sql("ALTER TABLE items DROP COLUMN priority")
+    db.execute_sql("DROP TABLE commit_marks")
+    db.execute_sql("DROP TABLE stage_limits")
     db.execute_sql("UPDATE treadle_schema SET version = 1")
     store.close()
     with SqlStateStore(server_url) as again:

@@ -538,6 +538,22 @@ class StoreContract:
         assert rec.lease_expires_at == leases[0].expires_at
         assert [lease.item_id for lease in store.claim("w2", 10, 60)] == ["later"]
 
+    def test_claim_takes_the_highest_priority_first_then_the_earliest_due(
+        self, store: StateStore
+    ) -> None:
+        if type(store).set_priority is StateStore.set_priority:
+            pytest.skip("optional: this store does not keep item priorities")
+        self.add(store, "old-low", "new-high", "newer-high", "mid")
+        store.set_priority("new-high", 10)
+        store.set_priority("newer-high", 10)
+        store.set_priority("mid", 5)
+        got = [lease.item_id for lease in store.claim("w", 3, 60)]
+        assert got == ["new-high", "newer-high", "mid"]
+        rec = store.get_item("mid")
+        assert rec is not None and rec.priority == 5
+        with pytest.raises(UnknownItemError):
+            store.set_priority("ghost", 1)
+
     def test_claim_skips_items_not_yet_due(self, store: StateStore) -> None:
         self._due(store, "future", 3600)
         self.add(store, "nothing-to-do")
@@ -630,7 +646,13 @@ class StoreContract:
         (again,) = store.claim("w3", 1, 60, item_ids=["a"])
         assert again.token == a.token + 1  # the fencing token never goes back
 
+    @staticmethod
+    def _lists_leases(store: StateStore) -> None:
+        if type(store).live_leases is StateStore.live_leases:
+            pytest.skip("optional: this store does not list leases (no fast local takeover)")
+
     def test_live_leases_say_who_holds_what_until_when(self, store: StateStore) -> None:
+        self._lists_leases(store)
         self.add(store, "a", "b", "c", "gone")
         (b,) = store.claim("w2", 1, 120, item_ids=["b"])
         (a,) = store.claim("w1", 1, 60, item_ids=["a"])
@@ -644,6 +666,7 @@ class StoreContract:
         assert [x.item_id for x in store.live_leases(limit=1)] == ["a"]
 
     def test_expire_leases_ends_only_those_owners_leases(self, store: StateStore) -> None:
+        self._lists_leases(store)
         self.add(store, "a", "b")
         (a,) = store.claim("dead [host/1/1]", 1, 60, item_ids=["a"])
         store.claim("alive", 1, 60, item_ids=["b"])
@@ -654,6 +677,61 @@ class StoreContract:
         with pytest.raises(LeaseLostError), store.transaction():
             store.lock_item("a", a)  # the old holder's late write is still refused
         assert store.expire_leases([]) == 0
+
+    @staticmethod
+    def _keeps_limits(store: StateStore) -> None:
+        if type(store).admit is StateStore.admit:
+            pytest.skip("optional: this store does not keep stage limits")
+
+    def _running(self, store: StateStore, *item_ids: str) -> None:
+        for item_id in item_ids:
+            self.add(store, item_id)
+            store.save_stage_state(item_id, "fetch", StageState(status=StageStatus.RUNNING))
+
+    def test_admit_counts_running_attempts_across_items(self, store: StateStore) -> None:
+        self._keeps_limits(store)
+        self._running(store, "a", "b")
+        self.add(store, "c", "d")
+        before = utcnow()
+        with store.transaction():
+            retry_at = store.admit("fetch", "c", concurrency=2, rate=None)
+        assert retry_at is not None and retry_at > before  # ask again later
+        with store.transaction():
+            assert store.admit("fetch", "d", concurrency=2, rate=None) is not None
+        assert store.limit_status() == {"fetch": (2, 2)}  # two running, c and d queued
+        with store.transaction():
+            assert store.admit("other", "c", concurrency=2, rate=None) is None
+        store.save_stage_state("a", "fetch", StageState(status=StageStatus.COMPLETE))
+        with store.transaction():
+            assert store.release_limit("fetch") == "c"  # first come, first woken
+        with store.transaction():
+            assert store.admit("fetch", "c", concurrency=2, rate=None) is None
+        assert store.limit_status()["fetch"] == (1, 1)  # d still waits
+        with store.transaction():
+            assert store.release_limit("fetch") == "d"
+            assert store.release_limit("fetch") is None
+
+    def test_admit_allows_a_rate_in_any_window(self, store: StateStore) -> None:
+        self._keeps_limits(store)
+        self.add(store, "a", "b", "c")
+        with store.transaction():
+            assert store.admit("fetch", "a", concurrency=None, rate=(2, 60.0)) is None
+        first = utcnow()
+        with store.transaction():
+            assert store.admit("fetch", "b", concurrency=None, rate=(2, 60.0)) is None
+        with store.transaction():
+            retry_at = store.admit("fetch", "c", concurrency=None, rate=(2, 60.0))
+        # Not before the first of the last two starts leaves the 60 s window.
+        assert retry_at is not None and _close_to(retry_at, first + timedelta(seconds=60))
+
+    def test_a_refused_admission_rolls_back_with_its_transaction(self, store: StateStore) -> None:
+        self._keeps_limits(store)
+        self.add(store, "a")
+        with pytest.raises(RuntimeError), store.transaction():
+            store.admit("fetch", "a", concurrency=None, rate=(1, 60.0))
+            raise RuntimeError("rolled back")
+        with store.transaction():
+            assert store.admit("fetch", "a", concurrency=None, rate=(1, 60.0)) is None
 
     def test_a_commit_mark_is_seen_only_once_committed(self, store: StateStore) -> None:
         """The writer marks each transaction; after a COMMIT whose reply was lost it asks

@@ -10,7 +10,7 @@ from typing import Any
 import networkx as nx
 
 from .clock import SYSTEM_CLOCK, Clock
-from .engine import Engine, Plan, ReviewTimeout, RunReport, StageSpec
+from .engine import Engine, Plan, ReviewTimeout, RunReport, StageLimit, StageSpec
 from .errors import (
     CycleError,
     DuplicateStageError,
@@ -25,6 +25,7 @@ from .events import EventBus, Subscription
 from .model import (
     REVIEW_DECISION_TYPES,
     Approve,
+    LimitStatus,
     PendingReview,
     PipelineStatus,
     Reject,
@@ -35,6 +36,7 @@ from .model import (
 from .quality import QualityGate, RetryBudget, ReviewPolicy
 from .stage import Stage, as_stage
 from .store.base import DEFAULT_MAX_ARTEFACT_BYTES, StateStore
+from .validation import MAX_CONCURRENCY, parse_rate
 
 __all__ = ["ReviewTimeout", "StageSpec", "Workflow", "WorkflowBuilder"]
 
@@ -56,6 +58,7 @@ class WorkflowBuilder:
         self._budgets: dict[str, RetryBudget] = {}
         self._policies: dict[str, ReviewPolicy] = {}
         self._timeouts: dict[str, ReviewTimeout] = {}
+        self._limits: dict[str, StageLimit] = {}
         self._max_artefact_bytes = DEFAULT_MAX_ARTEFACT_BYTES
         self._max_recoveries = 3
         self._clock: Clock = SYSTEM_CLOCK
@@ -112,6 +115,37 @@ class WorkflowBuilder:
         self._max_recoveries = int(limit)
         return self
 
+    def limit(
+        self,
+        stage: str,
+        concurrency: int | None = None,
+        rate: str | tuple[int, float] | None = None,
+    ) -> WorkflowBuilder:
+        """At most ``concurrency`` attempts of ``stage`` at once and at most ``rate`` starts
+        per period (``"1/s"``, ``"20/s"``, ``"100/m"``, or (starts, seconds)), across every
+        worker sharing the store. Waiting for a limit holds no execution slot."""
+        if concurrency is not None and (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= MAX_CONCURRENCY
+        ):
+            raise ValueError(
+                f"limit for {stage!r}: concurrency must be an integer from 1 to "
+                f"{MAX_CONCURRENCY:,}, not {concurrency!r}"
+            )
+        parsed = None
+        if isinstance(rate, tuple):
+            parsed = parse_rate(f"{rate[0]}/{rate[1]}s")
+        elif rate is not None:
+            try:
+                parsed = parse_rate(rate)
+            except ValueError as exc:
+                raise ValueError(f"limit for {stage!r}: {exc}") from None
+        if concurrency is None and parsed is None:
+            raise ValueError(f"limit for {stage!r}: give concurrency, rate, or both")
+        self._limits[stage] = StageLimit(concurrency, parsed)
+        return self
+
     def clock(self, clock: Clock) -> WorkflowBuilder:
         """The clock the engine asks for "now" (a `ManualClock` in tests)."""
         self._clock = clock
@@ -131,6 +165,7 @@ class WorkflowBuilder:
                 budget=self._budgets.get(name, RetryBudget()),
                 policy=self._policies.get(name, ReviewPolicy.NEVER),
                 review_timeout=self._timeouts.get(name),
+                limit=self._limits.get(name),
             )
             for name, st in self._stages.items()
         }
@@ -173,6 +208,7 @@ class WorkflowBuilder:
             ("retry budget", self._budgets),
             ("review policy", self._policies),
             ("review timeout", self._timeouts),
+            ("limit", self._limits),
         ):
             for name in mapping:
                 if name not in self._stages:
@@ -412,6 +448,16 @@ class Workflow:
             # Reviews of stages this workflow no longer has took some of the room.
             found = [r for r in store.pending_reviews(None) if r.stage in self.specs][:limit]
         return found
+
+    def limits(self, store: StateStore) -> dict[str, LimitStatus]:
+        """Each limited stage: its limits, attempts RUNNING and items waiting for it (one
+        query, across every worker sharing the store)."""
+        counts = store.limit_status()
+        return {
+            name: LimitStatus(spec.limit.concurrency, spec.limit.rate, *counts.get(name, (0, 0)))
+            for name, spec in self.plan.specs.items()
+            if spec.limit is not None
+        }
 
     def subscribe(self, maxsize: int = 1024) -> Subscription:
         """An async iterator over this workflow's events (bounded; lagging yields `Lagged`)."""

@@ -29,9 +29,16 @@ from ..events import (
     StageFailed,
     StageSkipped,
 )
-from ..model import Item, ItemState, StageStatus, utcnow
-from ..pipeline import parse_duration
-from ..validation import MAX_CONCURRENCY, MAX_INT, MAX_LIMIT, check_duration, check_id, parse_json
+from ..model import Item, ItemState, LimitStatus, StageStatus, check_priority, utcnow
+from ..validation import (
+    MAX_CONCURRENCY,
+    MAX_INT,
+    MAX_LIMIT,
+    check_duration,
+    check_id,
+    parse_duration,
+    parse_json,
+)
 from ..workflow import Workflow
 from .context import (
     EXIT_USAGE,
@@ -160,7 +167,7 @@ def graph(state: CliContext, fmt: str) -> None:
 # --- add ---------------------------------------------------------------------------------
 
 
-def _parse_items(lines: Iterable[bytes | str], source: str) -> list[Item]:
+def _parse_items(lines: Iterable[bytes | str], source: str, priority: int = 0) -> list[Item]:
     """Every item of a JSONL source, all checked before any is stored."""
     items: list[Item] = []
     seen: set[str] = set()
@@ -173,11 +180,18 @@ def _parse_items(lines: Iterable[bytes | str], source: str) -> list[Item]:
         obj = parse_json(line, f"{source}:{number}")
         if not isinstance(obj, dict):
             raise CliError(f'{source}:{number}: expected a JSON object with an "id"', EXIT_USAGE)
-        items.append(_item_from(obj, f"{source}:{number}", seen))
+        items.append(_item_from(obj, f"{source}:{number}", seen, priority))
     return items
 
 
-def _item_from(obj: dict[str, Any], where: str, seen: set[str]) -> Item:
+def _priority(value: Any, where: str) -> int:
+    try:
+        return check_priority(value, where)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def _item_from(obj: dict[str, Any], where: str, seen: set[str], priority: int = 0) -> Item:
     item_id = obj.get("id")
     if isinstance(item_id, int) and not isinstance(item_id, bool):
         item_id = str(item_id)
@@ -190,9 +204,11 @@ def _item_from(obj: dict[str, Any], where: str, seen: set[str]) -> Item:
     if item_id in seen:
         raise CliError(f"{where}: item {item_id!r} appears twice", EXIT_USAGE)
     seen.add(item_id)
+    if "priority" in obj:
+        priority = _priority(obj["priority"], f'{where}: "priority"')
     if "data" in obj:
         data = obj["data"]
-        extra = sorted(set(obj) - {"id", "data"})
+        extra = sorted(set(obj) - {"id", "data", "priority"})
         if extra:
             raise CliError(
                 f'{where}: keys {", ".join(extra)} beside "data" (put them inside "data")',
@@ -201,8 +217,8 @@ def _item_from(obj: dict[str, Any], where: str, seen: set[str]) -> Item:
         if not isinstance(data, dict):
             raise CliError(f'{where}: "data" must be a JSON object', EXIT_USAGE)
     else:
-        data = {k: v for k, v in obj.items() if k != "id"}
-    return Item(item_id, data)
+        data = {k: v for k, v in obj.items() if k not in ("id", "priority")}
+    return Item(item_id, data, priority)
 
 
 @click.command()
@@ -210,6 +226,13 @@ def _item_from(obj: dict[str, Any], where: str, seen: set[str]) -> Item:
 @click.option("--id", "item_id", help="Add one item with this id.")
 @click.option("--data", "data_text", help="JSON object of the item's data (with --id).")
 @click.option("--glob", "pattern", help="One item per matching file, data {'path': ...}.")
+@click.option(
+    "--priority",
+    type=int,
+    default=0,
+    show_default=True,
+    help='Claimed first when higher (0 to 1,000,000); a JSONL line\'s "priority" wins.',
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def add(
@@ -218,14 +241,17 @@ def add(
     item_id: str | None,
     data_text: str | None,
     pattern: str | None,
+    priority: int,
     as_json: bool,
 ) -> None:
     """Add work items: a JSONL file (or - for stdin), --id/--data, or --glob PATTERN.
 
-    Each JSONL line is an object with "id" and "data" (or its other keys are the data).
+    Each JSONL line is an object with "id" and "data" (or its other keys are the data),
+    and may carry "priority".
     Items already in the store are left as they are. Every item is checked before any
     is stored (UTF-8 JSON, ids of 1-255 characters); a --glob matching no file is exit 2.
     """
+    priority = _priority(priority, "--priority")
     chosen = [x for x in (source, item_id, pattern) if x is not None]
     if len(chosen) != 1:
         raise CliError("give exactly one of: a JSONL file (or -), --id, --glob", EXIT_USAGE)
@@ -239,22 +265,22 @@ def add(
             data = parse_json(data_text, "--data")
             if not isinstance(data, dict):
                 raise CliError("--data must be a JSON object", EXIT_USAGE)
-        items = [Item(item_id, data)]
+        items = [Item(item_id, data, priority)]
     elif pattern is not None:
         paths = sorted(p for p in globlib.glob(pattern, recursive=True) if Path(p).is_file())
         if not paths:
             raise CliError(f"--glob {pattern!r} matches no file; nothing added", EXIT_USAGE)
         for path in paths:
             check_id(path, f"--glob: file name {path!r} as an item id:")
-        items = [Item(p, {"path": p}) for p in paths]
+        items = [Item(p, {"path": p}, priority) for p in paths]
     else:
         assert source is not None
         if source == "-":
-            items = _parse_items(getattr(sys.stdin, "buffer", sys.stdin), "<stdin>")
+            items = _parse_items(getattr(sys.stdin, "buffer", sys.stdin), "<stdin>", priority)
         else:
             try:
                 with open(source, "rb") as fh:
-                    items = _parse_items(fh, source)
+                    items = _parse_items(fh, source, priority)
             except OSError as exc:
                 raise CliError(f"{source}: cannot read: {exc.strerror}", EXIT_USAGE) from None
     store = state.store()
@@ -266,6 +292,8 @@ def add(
                 skipped.append(item.id)
                 continue
             store.save_work_item_data(item.id, item.data)
+            if item.priority:
+                store.set_priority(item.id, item.priority)
             added.append(item.id)
     if as_json:
         emit_json({"added": added, "skipped": skipped})
@@ -428,7 +456,8 @@ def run(
             states[key] = states.get(key, 0) + 1
     summary = wf.summary(store)
     if as_json:
-        emit_json({"items": states, "stages": summary, "failed": failed})
+        errors = report.errors if report is not None else {}
+        emit_json({"items": states, "stages": summary, "failed": failed, "errors": errors})
     else:
         out = console()
         out.print(_summary_table(wf, summary, f"pipeline {pipeline.name!r}"))
@@ -475,6 +504,8 @@ class _Interrupt:
 
     def _on_signal(self, signum: int) -> None:
         self.signals += 1
+        if self.signals > 2:
+            return  # already stopping at once: let it give the leases back
         err = console(stderr=True)
         if self.signals == 1:
             err.print(
@@ -498,6 +529,39 @@ class _Interrupt:
 
 
 # --- status ------------------------------------------------------------------------------
+
+
+def _rate_text(rate: tuple[int, float] | None) -> str:
+    if rate is None:
+        return ""
+    count, seconds = rate
+    return f"{count}/s" if seconds == 1 else f"{count}/{seconds:g}s"
+
+
+def _limit_json(lim: LimitStatus) -> dict[str, Any]:
+    return {
+        "max_concurrent": lim.concurrency,
+        "rate": _rate_text(lim.rate) or None,
+        "running": lim.running,
+        "waiting": lim.waiting,
+    }
+
+
+def _limits_table(limits: dict[str, LimitStatus]) -> Table:
+    """Limited stages: their limits, attempts running across every worker, items waiting."""
+    table = Table(title="limits", title_justify="left")
+    for col in ("STAGE", "MAX CONCURRENT", "RATE", "RUNNING", "WAITING"):
+        table.add_column(col, justify="left" if col in ("STAGE", "RATE") else "right")
+    for name, lim in limits.items():
+        throttled = " (throttled)" if lim.waiting else ""
+        table.add_row(
+            name + throttled,
+            "" if lim.concurrency is None else str(lim.concurrency),
+            _rate_text(lim.rate),
+            str(lim.running),
+            str(lim.waiting or ""),
+        )
+    return table
 
 
 def status_json(st: Any) -> dict[str, Any]:
@@ -524,11 +588,17 @@ def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
     if item_id is None:
         items = {str(k): v for k, v in store.count_items().items() if v}
         summary = wf.summary(store, total=sum(items.values()))
+        limits = wf.limits(store)
         if as_json:
-            emit_json({"items": items, "stages": summary})
+            shown: dict[str, Any] = {"items": items, "stages": summary}
+            if limits:
+                shown["limits"] = {name: _limit_json(lim) for name, lim in limits.items()}
+            emit_json(shown)
             return
         out = console()
         out.print(_summary_table(wf, summary, f"pipeline {wf.name!r}"))
+        if limits:
+            out.print(_limits_table(limits))
         total = sum(items.values())
         parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(items.items()))
         out.print(plural(total, "item") + (f": {parts}" if parts else ""))

@@ -194,6 +194,7 @@ def worker(
                 "items": report.items,
                 "executions": report.executions,
                 "lost_leases": report.lost_leases,
+                "errors": report.errors,
             }
         )
     else:

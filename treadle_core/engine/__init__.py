@@ -17,11 +17,12 @@ from collections.abc import Sequence
 
 from .._commit import Committer
 from ..clock import Clock
+from ..errors import StoreError
 from ..events import EventBus
 from ..model import ReviewDecision, WorkItem
 from ..store.base import StateStore
 from . import writes
-from .plan import Plan, ReviewTimeout, StageSpec
+from .plan import Plan, ReviewTimeout, StageLimit, StageSpec
 from .session import Session, default_worker_id
 from .worker import ClaimLoop, RunReport, advance_one, check_items
 
@@ -37,6 +38,15 @@ class Engine:
         self.bus = bus
         self.clock = clock
 
+    def _check_store(self, store: StateStore) -> None:
+        limited = [name for name, spec in self.plan.specs.items() if spec.limit is not None]
+        if limited and type(store).admit is StateStore.admit:
+            raise StoreError(
+                f"stage {limited[0]!r} has a limit, which {type(store).__name__} cannot keep "
+                "across workers; use a SQLite, PostgreSQL or MySQL store (or the memory "
+                "store in one process)"
+            )
+
     def _session(
         self,
         store: StateStore,
@@ -45,6 +55,7 @@ class Engine:
         lease_seconds: float,
         worker_id: str | None,
     ) -> Session:
+        self._check_store(store)
         return Session(
             self.plan,
             self.bus,
@@ -127,6 +138,7 @@ __all__ = [
     "Plan",
     "ReviewTimeout",
     "RunReport",
+    "StageLimit",
     "StageSpec",
     "default_worker_id",
 ]

@@ -28,12 +28,15 @@ def recover(
 ) -> Decision:
     """A stage found RUNNING after its process died.
 
-    Only a stage whose code was executing counts a recovery: an attempt is RUNNING only
-    while it holds an execution slot, and a fan-out counts when one of its subtasks was
-    RUNNING (each gets a ``crashed`` record naming it). A fan-out none of whose subtasks
-    was running is decided at once, running no finished subtask again. At the recovery
-    limit the stage runs once more alone; if its process dies then too, it is FAILED.
-    A crash never spends the retry budget.
+    Only a stage whose code was executing counts a recovery. A stage is normally written
+    RUNNING before it waits for an execution slot, so the first time it is found RUNNING
+    it may only have been waiting: it runs again, not counted, as a *suspect* — written
+    RUNNING only once it holds a slot — so that from then on being found RUNNING means
+    it was executing. A fan-out counts when one of its subtasks was RUNNING (subtasks
+    always hold their slot first; each gets a ``crashed`` record naming it); one none of
+    whose subtasks was running is decided at once, running no finished subtask again.
+    At the recovery limit the stage runs once more alone; if its process dies then too,
+    it is FAILED. A crash never spends the retry budget.
     """
     stage = spec.name
     running = [t for t in state.subtasks if t.status == StageStatus.RUNNING]
@@ -52,6 +55,16 @@ def recover(
         else t
         for t in state.subtasks
     ]
+    back = state.replace(
+        status=StageStatus.PENDING,
+        updated_at=now,
+        budget_start=state.budget_start + (0 if state.subtasks else 1),
+        subtasks=subtasks,
+    )
+    if not (running or state.suspect or state.run_alone):
+        uncounted = "not counted: it may only have been waiting for an execution slot"
+        new = back.replace(suspect=True)
+        return Decision(new, [_retried(item_id, stage, state, uncounted, now)], records)
     recoveries = state.recoveries + 1
     if state.run_alone:
         error = (
@@ -71,14 +84,7 @@ def recover(
             new, [StageFailed(item_id=item_id, stage=stage, error=error, at=now)], records
         )
     alone = recoveries >= max_recoveries
-    new = state.replace(
-        status=StageStatus.PENDING,
-        updated_at=now,
-        recoveries=recoveries,
-        run_alone=alone,
-        budget_start=state.budget_start + (0 if state.subtasks else 1),
-        subtasks=subtasks,
-    )
+    new = back.replace(recoveries=recoveries, run_alone=alone, suspect=True)
     why = f"{recoveries} times: it runs once more with no other stage beside it" if alone else None
     return Decision(new, [_retried(item_id, stage, state, why, now)], records)
 
@@ -162,6 +168,7 @@ def reset_failed(
         updated_at=now,
         budget_start=state.attempt,
         recoveries=0,
+        suspect=False,
         run_alone=False,
         subtasks=subtasks,
     )

@@ -50,6 +50,8 @@ class AttemptResult:
     error: str | None = None
     retryable: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: It ran out of time (its thread, for a sync stage, may still be running).
+    timed_out: bool = False
 
 
 def normalise_output(raw: Any, stage: str, *, subtask: str | None = None) -> StageOutput:
@@ -152,10 +154,17 @@ async def run_attempt(
             return await body()
     except LeaseLostError:
         raise
-    except TimeoutError:
-        if timeout is None or not deadline.expired():
-            raise
-        error, retryable = f"attempt timed out after {timeout:g} s", True
+    except TimeoutError as exc:
+        if timeout is not None and deadline.expired():
+            return AttemptResult(
+                None,
+                started_at,
+                error=f"attempt timed out after {timeout:g} s",
+                metadata=ctx.metadata,
+                timed_out=True,
+            )
+        # The stage's own TimeoutError (a client's timeout): an exception like any other.
+        error, retryable = error_text(exc), spec.budget.retries(exc)
     except (StageOutputError, ArtefactError) as exc:
         # The stage's mistake, recorded on its attempt like an exception it raised; the
         # message names the stage and says what to return instead, so no traceback.

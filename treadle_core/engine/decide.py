@@ -97,6 +97,8 @@ class Judgement:
     context: dict[str, Any] = field(default_factory=dict)
     #: True / False: a gate accepted / rejected the output (journalled); None: no verdict.
     passed: bool | None = None
+    #: The delay the stage asked for (``Retry(delay=)``), instead of the budget's.
+    delay: float | None = None
 
 
 def max_attempts(spec: StageSpec, budget_start: int) -> int:
@@ -149,8 +151,8 @@ def judge(
             return Judgement(Next.FAIL, label, error)
         case Failed(error):
             return Judgement(Next.FAIL, label, error)
-        case Retry(error):
-            return retry(label, error, QualityFeedback(error))
+        case Retry(error, delay):
+            return dataclasses.replace(retry(label, error, QualityFeedback(error)), delay=delay)
         case Skipped():
             return Judgement(Next.SKIP, label)
     raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
@@ -230,7 +232,7 @@ def decide(
             events.append(StageSkipped(item_id=item_id, stage=name, reason=reason, at=now))
         case Next.RETRY:
             assert j.error is not None
-            next_at = _next_attempt_at(spec, attempt - running.budget_start, now, rng)
+            next_at = _next_attempt_at(spec, attempt - running.budget_start, now, rng, j.delay)
             new = base.replace(status=StageStatus.PENDING, error=j.error, next_attempt_at=next_at)
             events += _retry_events(
                 spec, item_id, name, None, attempt, running.budget_start, j, next_at, now
@@ -273,7 +275,7 @@ def _decide_subtask(
             events.append(SubTaskCompleted(item_id=item_id, stage=name, subtask=sub_id, at=now))
         case Next.RETRY:
             status = StageStatus.PENDING
-            next_at = _next_attempt_at(spec, attempt - sub.budget_start, now, rng)
+            next_at = _next_attempt_at(spec, attempt - sub.budget_start, now, rng, j.delay)
             events += _retry_events(
                 spec, item_id, name, sub_id, attempt, sub.budget_start, j, next_at, now
             )
@@ -350,9 +352,15 @@ def _retry_events(
 
 
 def _next_attempt_at(
-    spec: StageSpec, retry: int, now: datetime, rng: random.Random | None
+    spec: StageSpec,
+    retry: int,
+    now: datetime,
+    rng: random.Random | None,
+    asked: float | None = None,
 ) -> datetime | None:
-    delay = spec.budget.delay_for(retry, rng)
+    """When retry number ``retry`` is due: the stage's own delay if it asked for one
+    (``Retry(delay=)``), else the budget's back-off."""
+    delay = spec.budget.delay_for(retry, rng) if asked is None else asked
     return now + timedelta(seconds=delay) if delay > 0 else None
 
 

@@ -9,11 +9,11 @@ concurrently). Each stage is: write RUNNING, run one attempt (`attempt`), decide
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+from .._commit import Write
 from ..errors import LeaseLostError, ReviewError, StoreError
 from ..events import Event, StageFailed
 from ..model import (
@@ -32,6 +32,8 @@ from .ready import expired_reviews, is_ready, upstream
 from .session import Session
 
 log = logging.getLogger("treadle.engine")
+
+T = TypeVar("T")
 
 #: Who decides a review whose deadline passed.
 TIMEOUT_REVIEWER = "timeout"
@@ -60,6 +62,8 @@ class ItemRun:
         state: StageState | None,
         events: list[Event],
         records: Sequence[AttemptRecord] = (),
+        *,
+        release: bool = False,
     ) -> asyncio.Future[writes.WriteResult]:
         """Queue a transition now (writes apply in queue order); await the result to know
         it committed."""
@@ -67,16 +71,31 @@ class ItemRun:
         if stage is not None and state is not None:
             view[stage] = state
         write = writes.transition(
-            self.plan, self.clock, self.item_id, self.lease, stage, state, events, records, view
+            self.plan,
+            self.clock,
+            self.item_id,
+            self.lease,
+            stage,
+            state,
+            events,
+            records,
+            view,
+            release=release,
+            woken=self.session.woken.add if release else None,
         )
+        return self._enqueue(write, lambda result: result)
+
+    def _enqueue(
+        self, write: Write[T], result_of: Callable[[T], writes.WriteResult]
+    ) -> asyncio.Future[T]:
         self._submitted += 1
         seq = self._submitted
         committed = self.session.committer.enqueue(write)
 
-        def on_commit(fut: asyncio.Future[writes.WriteResult]) -> None:
+        def on_commit(fut: asyncio.Future[T]) -> None:
             if fut.cancelled() or fut.exception() is not None:
                 return
-            states, done = fut.result()
+            states, done = result_of(fut.result())
             if seq > self._applied:  # writes resolve in order; keep the newest view anyway
                 self.states, self._applied = states, seq
             self.session.bus.publish(done)
@@ -90,10 +109,41 @@ class ItemRun:
         state: StageState | None,
         events: list[Event],
         records: Sequence[AttemptRecord] = (),
+        *,
+        release: bool = False,
     ) -> None:
         # Not shielded: a cancelled caller gives up waiting; the write still commits in
         # order, and whoever cancelled it puts the stage back afterwards (`abandon`).
-        await self.start_write(stage, state, events, records)
+        await self.start_write(stage, state, events, records, release=release)
+
+    async def start(
+        self,
+        spec: StageSpec,
+        running: StageState,
+        before: StageState,
+        events: list[Event],
+        *,
+        subtask: str | None = None,
+    ) -> bool:
+        """Write RUNNING; for a limited stage only if its limit admits it (else it waits,
+        as ``before`` with its next attempt put off). Whether it may run now."""
+        if spec.limit is None or (subtask is not None and spec.limit.rate is None):
+            await self.write(spec.name, running, events)
+            return True
+        write = writes.start(
+            self.plan,
+            self.clock,
+            self.item_id,
+            self.lease,
+            spec.name,
+            running,
+            before,
+            events,
+            dict(self.states),
+            subtask=subtask,
+        )
+        _, admitted = await self._enqueue(write, lambda result: result[0])
+        return admitted
 
     async def abandon(self, name: str, prev: StageState) -> None:
         """Put a stage back as it was before an attempt that will never finish here."""
@@ -103,6 +153,8 @@ class ItemRun:
             await self.write(name, prev, [])
         except LeaseLostError:
             pass
+        except StoreError as exc:  # the store itself fails: the run says so, once
+            log.debug("could not put item %r stage %r back: %s", self.item_id, name, exc)
         except Exception:
             log.exception("could not put item %r stage %r back", self.item_id, name)
 
@@ -137,14 +189,15 @@ class ItemRun:
         for name, st in list(self.states.items()):
             if name not in self.plan or st.status != StageStatus.RUNNING:
                 continue
+            spec = self.plan.specs[name]
             d = actions.recover(
-                self.plan.specs[name],
+                spec,
                 st,
                 self.clock.now(),
                 item_id=self.item_id,
                 max_recoveries=self.plan.max_recoveries,
             )
-            await self.write(name, d.state, d.events, d.records)
+            await self.write(name, d.state, d.events, d.records, release=spec.limit is not None)
 
     async def _apply_review_timeouts(self) -> None:
         for name, deadline in expired_reviews(self.plan, self.states, self.clock.now()):
@@ -210,38 +263,71 @@ class ItemRun:
             state, events = fanout.resume_fanout(spec, prev, self.clock.now(), item_id=self.item_id)
             await self.write(name, state, events)
             await self._run_fanout(spec, state)
-            return
+        else:
+            await self._one_attempt(spec, prev)
+
+    async def _one_attempt(self, spec: StageSpec, prev: StageState) -> None:
+        name = spec.name
         # A sync attempt that timed out may still run in its thread: never overlap it.
         await spec.stage.settle(self.item_id, None)
         previous = await self._previous(name, None) if prev.attempt > 0 else []
         feedback = _last_feedback(previous)
         slots = self.session.slots
-        # The slot is taken before RUNNING is written, so a stage found RUNNING after a
-        # crash was executing (only those count towards max_recoveries); RUNNING is
-        # durable before the stage's code runs.
-        async with slots.alone() if prev.run_alone else slots.one:
-            running, events = decide.begin(
-                spec, prev, self.clock.now(), item_id=self.item_id, feedback=feedback
-            )
-            await self.write(name, running, events)
-            ctx = StageContext(
-                item_id=self.item_id,
-                stage=name,
-                attempt=running.attempt,
-                subtask=None,
-                feedback=feedback,
-                upstream=upstream(self.plan, self.states, name),
-                state=running,
-                metadata=dict(prev.metadata),
-            )
-            try:
-                result = await self._attempt(spec, ctx, running.budget_start, previous)
-            except BaseException:
+        slot = slots.alone() if prev.run_alone else slots.one
+        running, events = decide.begin(
+            spec, prev, self.clock.now(), item_id=self.item_id, feedback=feedback
+        )
+        ctx = StageContext(
+            item_id=self.item_id,
+            stage=name,
+            attempt=running.attempt,
+            subtask=None,
+            feedback=feedback,
+            upstream=upstream(self.plan, self.states, name),
+            state=running,
+            metadata=dict(prev.metadata),
+        )
+        written = False
+
+        async def attempt() -> decide.Decision:
+            nonlocal written
+            result = await self._attempt(spec, ctx, running.budget_start, previous)
+            self.session.executions += 1
+            d = decide.decide(spec, running, result, self.clock.now(), item_id=self.item_id)
+            if result.timed_out:
+                # Its thread runs on: record the timeout now, but keep the slot (and the
+                # item's lease) until the thread returned, so concurrency counts it and
+                # no next attempt, here or in another worker, overlaps it.
+                await self.write(name, d.state, d.events, d.records, release=limited)
+                written = True
+                await spec.stage.settle(self.item_id, None)
+            return d
+
+        # RUNNING is durable before the stage's code runs, so a stage that takes its
+        # process down is seen on recovery. Usually it is written before the execution
+        # slot is taken (commit latency never idles a slot); a stage already suspected
+        # of a crash writes it once it holds the slot, so being found RUNNING again
+        # means it was executing, and only that counts towards max_recoveries.
+        limited = spec.limit is not None
+        # A limited stage is admitted once it holds its slot, so it starts right after
+        # (its rate is what the service it calls sees).
+        try:
+            if prev.suspect or prev.run_alone or spec.limit is not None:
+                async with slot:
+                    if not await self.start(spec, running, prev, events):
+                        return  # waiting for its limit: no slot, no lease held meanwhile
+                    d = await attempt()
+            else:
+                if not await self.start(spec, running, prev, events):
+                    return
+                async with slot:
+                    d = await attempt()
+        except BaseException:
+            if not written:
                 await self.abandon(name, prev)
-                raise
-        self.session.executions += 1
-        d = decide.decide(spec, running, result, self.clock.now(), item_id=self.item_id)
-        await self.write(name, d.state, d.events, d.records)
+            raise
+        if not written:
+            await self.write(name, d.state, d.events, d.records, release=limited)
         if d.state.status == StageStatus.RUNNING and d.state.subtasks:
             await self._run_fanout(spec, d.state)
 
@@ -266,13 +352,17 @@ class ItemRun:
     async def _run_fanout(self, spec: StageSpec, state: StageState) -> None:
         """Run the fan-out's due PENDING subtasks concurrently until none is left to run
         now, then decide the stage. A fan-out at its recovery limit runs alone."""
+        slots = self.session.slots
         if state.run_alone:
-            async with self.session.slots.alone():
-                await self._run_subtasks(spec, state, hold_slots=False)
+            # Every slot of the process is this fan-out's: its subtasks share as many.
+            async with slots.alone():
+                await self._run_subtasks(spec, state, asyncio.Semaphore(slots.n))
         else:
-            await self._run_subtasks(spec, state, hold_slots=True)
+            await self._run_subtasks(spec, state, slots.one)
 
-    async def _run_subtasks(self, spec: StageSpec, state: StageState, *, hold_slots: bool) -> None:
+    async def _run_subtasks(
+        self, spec: StageSpec, state: StageState, slots: asyncio.Semaphore
+    ) -> None:
         holder = {"state": state}
         try:
             while True:
@@ -286,7 +376,7 @@ class ItemRun:
                 if not todo:
                     break
                 await _all_or_cancel(
-                    [self._run_subtask(spec, holder, sub_id, hold_slots) for sub_id in todo]
+                    [self._run_subtask(spec, holder, sub_id, slots) for sub_id in todo]
                 )
         except BaseException:
             # Abandoned mid-fan-out: the stage goes back to PENDING, finished subtasks stay.
@@ -298,7 +388,11 @@ class ItemRun:
         await self.write(spec.name, new, events)
 
     async def _run_subtask(
-        self, spec: StageSpec, holder: dict[str, StageState], sub_id: str, hold_slot: bool
+        self,
+        spec: StageSpec,
+        holder: dict[str, StageState],
+        sub_id: str,
+        slots: asyncio.Semaphore,
     ) -> None:
         name = spec.name
         sub = holder["state"].subtask(sub_id)
@@ -306,7 +400,7 @@ class ItemRun:
         await spec.stage.settle(self.item_id, sub_id)
         previous = await self._previous(name, sub_id) if sub.attempt > 0 else []
         feedback = _last_feedback(previous)
-        async with self.session.slots.one if hold_slot else contextlib.nullcontext():
+        async with slots:
             before = holder["state"]
             running, events = decide.begin(
                 spec,
@@ -317,7 +411,9 @@ class ItemRun:
                 subtask=sub_id,
             )
             holder["state"] = running
-            await self.write(name, running, events)
+            if not await self.start(spec, running, before, events, subtask=sub_id):
+                holder["state"] = self.states.get(name, before)  # waiting for its rate
+                return
             running_sub = running.subtask(sub_id)
             assert running_sub is not None
             ctx = StageContext(
@@ -336,11 +432,20 @@ class ItemRun:
                 holder["state"] = _with_subtask(holder["state"], before, sub_id)
                 await self.abandon(name, holder["state"])
                 raise
-        self.session.executions += 1
-        d = decide.decide(
-            spec, holder["state"], result, self.clock.now(), item_id=self.item_id, subtask=sub_id
-        )
-        holder["state"] = d.state
+            self.session.executions += 1
+            d = decide.decide(
+                spec,
+                holder["state"],
+                result,
+                self.clock.now(),
+                item_id=self.item_id,
+                subtask=sub_id,
+            )
+            holder["state"] = d.state
+            if result.timed_out:  # keep the slot until its thread returned (see _stage)
+                await self.write(name, d.state, d.events, d.records)
+                await spec.stage.settle(self.item_id, sub_id)
+                return
         await self.write(name, d.state, d.events, d.records)
 
 

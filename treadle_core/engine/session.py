@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -42,9 +43,24 @@ def _started(pid: int) -> int:
         return 0
 
 
-#: This process as a lease names it: host, pid and start time (a reused pid differs).
-PROCESS = f"{socket.gethostname()}/{os.getpid()}/{_started(os.getpid())}"
-_OWNER = re.compile(r" \[(?P<host>[^/\]]+)/(?P<pid>\d+)/(?P<start>\d+)\]$")
+def _machine() -> str:
+    """This host as a lease names it: its name, this boot, and this PID namespace, so a
+    machine with the same name, a reboot, or a container never looks like "here"."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = fh.read().strip()[:8]
+    except OSError:
+        boot = "-"
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "-"
+    return f"{socket.gethostname()}+{boot}+{namespace}"
+
+
+#: This process as a lease names it: machine, pid and start time (a reused pid differs).
+PROCESS = f"{_machine()}/{os.getpid()}/{_started(os.getpid())}"
+_OWNER = re.compile(r" \[(?P<machine>[^/\]]+)/(?P<pid>\d+)/(?P<start>\d+)\]$")
 
 
 def lease_owner(worker_id: str) -> str:
@@ -53,10 +69,11 @@ def lease_owner(worker_id: str) -> str:
 
 
 def process_gone(owner: str) -> bool:
-    """Whether ``owner`` names a process on this host that no longer exists (so its leases
-    can be taken over at once instead of waiting for them to expire)."""
+    """Whether ``owner`` names a process on this machine (same host, boot and PID
+    namespace) that no longer exists, so its leases can be taken over at once instead
+    of waiting for them to expire."""
     found = _OWNER.search(owner)
-    if found is None or found["host"] != socket.gethostname():
+    if found is None or found["machine"] != PROCESS.split("/", 1)[0] or sys.platform == "win32":
         return False
     pid, started = int(found["pid"]), int(found["start"])
     try:
@@ -154,6 +171,8 @@ class Session:
         self.broken: dict[str, int] = {}
         #: A worker (``serve``) rather than a run until idle.
         self.forever = False
+        #: Items this session woke from waiting for a stage's limit (due now).
+        self.woken: set[str] = set()
         self.stop: asyncio.Event | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 

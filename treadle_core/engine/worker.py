@@ -16,6 +16,7 @@ from ..model import Item, ItemState, Lease, WorkItem
 from . import writes
 from .item import ItemRun
 from .session import WAITING, Claimed, Session, process_gone
+from .wakeup import WakeUps
 
 log = logging.getLogger("treadle.engine")
 
@@ -71,15 +72,36 @@ async def advance_claimed(session: Session, item: WorkItem | None, claimed: Clai
 
 
 async def advance_one(session: Session, item: WorkItem) -> bool:
-    """Register, claim and advance one item; False when another worker holds it."""
+    """Register, claim and advance one item; False when another live worker holds it."""
     check_items([item])
     await session.committer.submit(writes.register([item]))
     claim = await session.claim(1, [item.id])
+    if not claim.items and (await take_over_dead(session))[0]:
+        claim = await session.claim(1, [item.id])
     if not claim.items:
         log.info("item %r is leased by another worker; not advancing it", item.id)
         return False
     await advance_claimed(session, item, claim.items[0])
     return True
+
+
+async def take_over_dead(session: Session) -> tuple[int, list[Lease]]:
+    """End the leases held by processes on this machine that are gone (a ``kill -9``d
+    run need not be waited out); how many ended, and the live leases of others."""
+    leases = await session.read(lambda s: s.live_leases(100))
+    others = [lease for lease in leases if lease.worker_id != session.owner]
+    gone = sorted({lease.worker_id for lease in others if process_gone(lease.worker_id)})
+    if not gone:
+        return 0, others
+    n = await session.committer.submit(lambda s: s.expire_leases(gone))
+    if n:
+        log.warning(
+            "took over %d item%s from %s: that process is gone",
+            n,
+            "" if n == 1 else "s",
+            ", ".join(gone),
+        )
+    return n, [lease for lease in others if lease.worker_id not in gone]
 
 
 class ClaimLoop:
@@ -119,10 +141,14 @@ class ClaimLoop:
                 await session.committer.submit(writes.register(list(self.objects.values())))
             )
         await self._take_over()
+        # A worker listens for work appearing (PostgreSQL NOTIFY); a run until idle
+        # only waits for its own items.
+        self.wakeups = WakeUps(session.store, session.clock, session.stop, listen=self.forever)
         try:
             while await self._turn():
                 pass
         finally:
+            self.wakeups.close()
             if tasks:
                 for task in tasks.values():
                     task.cancel()
@@ -163,39 +189,27 @@ class ClaimLoop:
                 return False
             if await self._take_over():
                 return True
-            await self._sleep_until(wake)
+            await self.wakeups.wait(max((wake - session.clock.now()).total_seconds(), 0.0), ())
             return True
         timeout = None
         if wake is not None and room > 0:
             timeout = max((wake - session.clock.now()).total_seconds(), 0.001)
-        done, _ = await asyncio.wait(
-            list(tasks.values()), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        done = await self.wakeups.wait(timeout, list(tasks.values()), work=room > 0)
         for task in done:
             await self._finished(task)
         return True
 
     async def _take_over(self) -> bool:
-        """Leases held by a process on this host that is gone end at once (a ``kill -9``d
-        run need not be waited out); whether any did. Otherwise say what we wait for."""
+        """Take over from dead local processes (at most once per poll interval); whether
+        any lease ended. Otherwise say what a run waits for."""
         session = self.session
         now = session.clock.now()
         if self._looked is not None and (now - self._looked).total_seconds() < self.poll_interval:
             return False
         self._looked = now
-        leases = await session.read(lambda s: s.live_leases(100))
-        others = [lease for lease in leases if lease.worker_id != session.owner]
-        gone = sorted({lease.worker_id for lease in others if process_gone(lease.worker_id)})
-        if gone:
-            n = await session.committer.submit(lambda s: s.expire_leases(gone))
-            if n:
-                log.warning(
-                    "took over %d item%s from %s: that process is gone",
-                    n,
-                    "" if n == 1 else "s",
-                    ", ".join(gone),
-                )
-                return True
+        n, others = await take_over_dead(session)
+        if n:
+            return True
         if not self.forever:
             self._say_waiting(others)
         return False
@@ -246,11 +260,16 @@ class ClaimLoop:
             self.next_due = claim.next_due
             return claim.items
         now = session.clock.now()
-        wanted = [
-            i
+        while session.woken:  # a limited stage ended here: its first waiter is due now
+            woken = session.woken.pop()
+            if woken in local:
+                local[woken] = (ItemState.READY, now)
+        due_now = [
+            (-getattr(self.objects.get(i), "priority", 0), due, i)
             for i, (_, due) in local.items()
             if due is not None and due <= now and i not in session.tasks
-        ][:room]
+        ]
+        wanted = [i for _, _, i in sorted(due_now)[:room]]  # highest priority, earliest due
         if not wanted:
             return []
         claimed = (await session.claim(room, wanted)).items
@@ -275,19 +294,3 @@ class ClaimLoop:
             if due is not None and state in WAITING and i not in self.session.tasks
         ]
         return min(times, default=None)
-
-    async def _sleep_until(self, when: datetime) -> None:
-        session = self.session
-        delay = max((when - session.clock.now()).total_seconds(), 0.0)
-        if session.stop is None:
-            await session.clock.sleep(delay)
-            return
-        sleeper = asyncio.ensure_future(session.clock.sleep(delay))
-        stopper = asyncio.ensure_future(session.stop.wait())
-        try:
-            await asyncio.wait([sleeper, stopper], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in (sleeper, stopper):
-                fut.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(sleeper, stopper, return_exceptions=True)

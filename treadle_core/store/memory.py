@@ -24,9 +24,10 @@ from ..model import (
     ReviewRecord,
     StageState,
     StageStatus,
+    from_ts,
     utcnow,
 )
-from .base import MARK_MEMORY, StateStore, commit_mark, dumps, fence
+from .base import MARK_MEMORY, StateStore, admission, commit_mark, dumps, fence
 
 
 class MemoryStateStore(StateStore):
@@ -43,6 +44,8 @@ class MemoryStateStore(StateStore):
         self._events: list[StoredEvent] = []
         self._next_event_id = 1
         self._marks: set[str] = set()
+        #: stage -> [start times kept, item ids queued]
+        self._limits: dict[str, tuple[list[float], list[str]]] = {}
         self._undo: list[Callable[[], None]] | None = None
         self._depth = 0
         self._instance = uuid.uuid4().hex
@@ -94,6 +97,14 @@ class MemoryStateStore(StateStore):
                 self._items[item_id] = ItemRecord(
                     item_id, ItemState.READY, now, created_at=now, updated_at=now
                 )
+
+    def set_priority(self, item_id: str, priority: int) -> None:
+        with self._lock:
+            rec = self._items.get(item_id)
+            if rec is None:
+                raise UnknownItemError(f"unknown item {item_id!r}")
+            self._remember(self._items, item_id)
+            self._items[item_id] = replace(rec, priority=priority)
 
     def get_work_item_data(self, item_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -280,7 +291,7 @@ class MemoryStateStore(StateStore):
             else:
                 candidates = sorted(
                     (r for r in self._items.values() if r.due_at is not None and r.due_at <= now),
-                    key=lambda r: r.due_at or now,
+                    key=lambda r: (-r.priority, r.due_at or now),
                 )
             leases: list[Lease] = []
             for rec in candidates:
@@ -330,6 +341,54 @@ class MemoryStateStore(StateStore):
     def committed(self, mark: str) -> bool:
         with self._lock:
             return mark in self._marks
+
+    def admit(
+        self,
+        stage: str,
+        item_id: str,
+        *,
+        concurrency: int | None,
+        rate: tuple[int, float] | None,
+    ) -> datetime | None:
+        with self._lock:
+            starts, waiting = self._limits.get(stage, ([], []))
+            running = sum(
+                1
+                for states in self._states.values()
+                if states.get(stage, "").startswith('{"status":"running"')
+            )
+            now = time.time()
+            kept, retry = admission(starts, running, now, concurrency=concurrency, rate=rate)
+            if retry is None:
+                queue = [i for i in waiting if i != item_id]
+            else:
+                queue = waiting if item_id in waiting else [*waiting, item_id]
+            self._remember(self._limits, stage)
+            self._limits[stage] = (kept, queue)
+            return None if retry is None else from_ts(retry)
+
+    def release_limit(self, stage: str) -> str | None:
+        with self._lock:
+            starts, waiting = self._limits.get(stage, ([], []))
+            if not waiting:
+                return None
+            self._remember(self._limits, stage)
+            self._limits[stage] = (starts, waiting[1:])
+            return waiting[0]
+
+    def limit_status(self) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            return {
+                stage: (
+                    sum(
+                        1
+                        for states in self._states.values()
+                        if states.get(stage, "").startswith('{"status":"running"')
+                    ),
+                    len(waiting),
+                )
+                for stage, (_, waiting) in self._limits.items()
+            }
 
     def live_leases(self, limit: int = 100) -> list[Lease]:
         now = utcnow()

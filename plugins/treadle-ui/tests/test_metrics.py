@@ -4,6 +4,7 @@ file, with the console's own review decisions counted."""
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from treadle_ui.app import create_app
 
 from treadle_core import Item, NeedsReview, Workflow, open_store
 
-CSRF = "test-csrf-secret"
+SECRET = "test-secret-" + "x" * 32
 
 
 def check(item: Any, ctx: Any) -> Any:
@@ -40,16 +41,25 @@ def store(wf: Workflow, tmp_path: Path) -> Iterator[Any]:
 
 
 def client(wf: Workflow, store: Any, **options: Any) -> TestClient:
-    app = create_app(wf, store, csrf_secret=CSRF, reviewer="ada", **options)
+    app = create_app(wf, store, secret=SECRET, reviewer="ada", **options)
     return TestClient(app, base_url="http://127.0.0.1", follow_redirects=False)
+
+
+def decide(c: TestClient, item: str, **form: str) -> Any:
+    """Send the review page's decision form (its hidden fields) with ``form`` filled in."""
+    page = c.get(f"/review?item={item}&stage=check").text
+    body = page.split('id="decide"', 1)[1].split("</form>", 1)[0]
+    hidden = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', body)
+    return c.post("/decide", data={**{k: html.unescape(v) for k, v in hidden}, **form})
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
     for line in text.splitlines():
         m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
-        if m and m.group(1) == name:
-            if dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or "")) == labels:
-                return float(m.group(3))
+        if not m or m.group(1) != name:
+            continue
+        if dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or "")) == labels:
+            return float(m.group(3))
     return None
 
 
@@ -66,10 +76,8 @@ def test_metrics_show_items_and_waiting_reviews_from_the_store(wf: Workflow, sto
 
 def test_decisions_made_in_the_console_are_counted(wf: Workflow, store: Any) -> None:
     c = client(wf, store)
-    for action, extra in (("approve", {}), ("reject", {"reason": "wrong"})):
-        item = "a" if action == "approve" else "b"
-        form = {"csrf": CSRF, "item": item, "stage": "check", "action": action, **extra}
-        assert c.post("/decide", data=form).status_code == 303
+    assert decide(c, "a", action="approve").status_code == 303
+    assert decide(c, "b", action="reject", reason="wrong").status_code == 303
     text = c.get("/metrics").text
     labels = {"pipeline": "metered", "stage": "check"}
     assert sample(text, "treadle_reviews_resolved_total", decision="approve", **labels) == 1
