@@ -7,6 +7,7 @@ import asyncio
 import html
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,10 @@ def wf() -> Workflow:
 @pytest.fixture
 def store(wf: Workflow, tmp_path: Path) -> Iterator[Any]:
     s = open_store(f"sqlite:///{tmp_path}/state.db")
-    asyncio.run(wf.run(s, [Item("a", {}), Item("b", {}), Item("c", {})]))
+    items = [Item("a", {}), Item("b", {}), Item("c", {})]
+    # On a thread of its own: the browser tests' Playwright keeps a loop running here.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, wf.run(s, items)).result()
     yield s
     s.close()
 
