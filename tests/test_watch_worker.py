@@ -3,6 +3,7 @@ stage with -v, the engine's warnings once and readable (real processes, a SQLite
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -269,3 +270,37 @@ def test_a_metrics_host_this_machine_does_not_have_is_one_line(project):
     assert result.returncode == 2
     assert result.stderr.startswith("Error: cannot serve metrics on 192.0.2.1:0: ")
     assert result.stderr.count("\n") == 1
+
+
+async def test_a_fan_out_logs_its_stage_at_info_and_each_subtask_at_debug(caplog):
+    from treadle_core import FanOut, Item, MemoryStateStore, SubTask, Workflow
+    from treadle_core.cli.worker import logged_attempts
+
+    def lookup(item, ctx):
+        if ctx.subtask is None:
+            return FanOut([SubTask("musicbrainz"), SubTask("discogs")])
+        return None
+
+    wf = Workflow.builder("fan").stage("lookup", lookup).build()
+    with caplog.at_level(logging.DEBUG, logger="treadle.worker"), logged_attempts(wf):
+        await wf.run(MemoryStateStore(), [Item("a", {})])
+    lines = sorted(
+        (r.levelname, re.sub(r"\d+\.\d{3} s", "T s", r.getMessage()))
+        for r in caplog.records
+        if r.name == "treadle.worker"
+    )
+    assert lines == [
+        ("DEBUG", "item 'a' stage 'lookup' subtask 'discogs': complete, T s"),
+        ("DEBUG", "item 'a' stage 'lookup' subtask 'musicbrainz': complete, T s"),
+        ("INFO", "item 'a' stage 'lookup': complete, attempt 1, T s"),
+    ]
+    assert not wf.bus.has_receivers  # the listener is gone with the worker
+
+
+def test_below_info_the_worker_adds_no_listener(caplog):
+    from treadle_core import Workflow
+    from treadle_core.cli.worker import logged_attempts
+
+    wf = Workflow.builder("quiet").stage("s", lambda item, ctx: None).build()
+    with caplog.at_level(logging.WARNING, logger="treadle.worker"), logged_attempts(wf):
+        assert not wf.bus.has_receivers
