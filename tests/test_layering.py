@@ -101,6 +101,9 @@ ALLOWED: dict[str, set[str]] = {
         "validation",
     },
     "validation": {"errors"},
+    # Metrics see the engine only through the public surface: the bus's events, the
+    # workflow's summary and reviews, the store's counts.
+    "metrics": {"events", "model", "store.base", "workflow"},
 }
 
 #: The outer layers may import anything public, but never these internals.

@@ -45,6 +45,7 @@ from treadle_core import (
     UnknownStageError,
     Workflow,
 )
+from treadle_core.metrics import WorkflowMetrics
 
 from . import __version__
 from .layout import layout
@@ -719,6 +720,13 @@ def create_app(
         ),
         Middleware(Guard, access=access, csrf=csrf),
     ]
-    app = Starlette(routes=console.routes(), middleware=middleware)
+    metrics = WorkflowMetrics(wf, store)
+
+    async def prometheus(request: Request) -> Response:
+        body, kind = await run_in_threadpool(metrics.render, request.headers.get("accept"))
+        return Response(body, media_type=kind)
+
+    routes = [*console.routes(), Route("/metrics", prometheus)]
+    app = Starlette(routes=routes, middleware=middleware)
     app.state.console = console
     return app
