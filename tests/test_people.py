@@ -531,3 +531,42 @@ def test_approvers_are_checked_when_built(names, required, problem):
 def test_settings_for_stages_that_do_not_exist_are_refused():
     with pytest.raises(Exception, match="approvers for 'nope', which is not a stage"):
         quorum().approvers("nope", ["a"]).build()
+
+
+async def test_a_vote_keeps_the_reviews_place_in_the_queue(make_store):
+    wf = quorum().build()
+    store = make_store()
+    await wf.advance(Item("older"), store)
+    await wf.advance(Item("newer"), store)
+    assert [r.item_id for r in wf.pending_reviews(store)] == ["older", "newer"]
+    await wf.resolve_review("older", "ask", Approve(), store, reviewer="ana")
+    assert [r.item_id for r in wf.pending_reviews(store)] == ["older", "newer"]
+
+
+async def test_the_gate_checking_an_edit_sees_the_edited_stages_attempt(make_store):
+    from treadle_core.builtins.stages import ReviewStage
+
+    seen: list[tuple[int, int]] = []
+
+    class Counting(QualityGate):
+        async def evaluate(self, item, stage, output, ctx):
+            seen.append((ctx.attempt, len(ctx.previous_attempts)))
+            if ctx.attempt == 1:
+                return Rejected(QualityFeedback("try again"))
+            return Accepted()
+
+    async def draft(item, ctx):
+        return StageOutput(Complete(), artefact={"v": ctx.attempt})
+
+    wf = (
+        Workflow.builder("s")
+        .stage("draft", draft)
+        .quality_gate("draft", Counting())
+        .retry_budget("draft", RetryBudget(max_attempts=2))
+        .stage("check", ReviewStage(stage="draft"), needs=["draft"])
+        .build()
+    )
+    store = make_store()
+    await wf.advance(Item("x"), store)
+    await wf.resolve_review("x", "check", ApproveWithEdits({"v": 9}), store, reviewer="ana")
+    assert seen[-1] == (2, 2)  # draft's attempt 2 and its two attempts, not check's 1

@@ -22,6 +22,7 @@ from ..errors import ReviewError, StoreError
 from ..events import EventBus
 from ..model import (
     ApproveWithEdits,
+    AttemptRecord,
     Item,
     ReviewDecision,
     StageState,
@@ -162,8 +163,12 @@ class Engine:
         edited = normalise_artefact(
             artefact, where=f"{where} edited artefact", max_bytes=self.plan.max_artefact_bytes
         )
-        attempts = await asyncio.to_thread(store.get_attempts, item_id, spec.name)
-        why = await check_edit(Item(item_id, data or {}), spec, edited, st.attempt, attempts)
+        def judged_attempts() -> tuple[int, list[AttemptRecord]]:
+            own = st if spec.name == stage else store.get_stage_state(item_id, spec.name)
+            return (own.attempt if own else 0), store.get_attempts(item_id, spec.name)
+
+        attempt, attempts = await asyncio.to_thread(judged_attempts)
+        why = await check_edit(Item(item_id, data or {}), spec, edited, attempt, attempts)
         if why is not None:
             raise ReviewError(
                 f"{where}: the edit fails the quality gate of stage {spec.name!r}: {why} "

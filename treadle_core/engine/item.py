@@ -25,6 +25,7 @@ from ..model import (
     StageStatus,
     WorkItem,
 )
+from ..store.base import json_text
 from . import actions, decide, fanout, writes
 from .attempt import AttemptResult, run_attempt
 from .plan import StageSpec
@@ -54,6 +55,8 @@ class ItemRun:
         self.states = states
         self._submitted = 0
         self._applied = 0
+        #: The stage tasks in flight, by stage (the loop in `advance` waits on them).
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     # --- writes --------------------------------------------------------------
     def start_write(
@@ -64,12 +67,19 @@ class ItemRun:
         records: Sequence[AttemptRecord] = (),
         *,
         release: bool = False,
+        started: dict[str, StageState] | None = None,
     ) -> asyncio.Future[writes.WriteResult]:
         """Queue a transition now (writes apply in queue order); await the result to know
         it committed."""
         view = dict(self.states)
         if stage is not None and state is not None:
             view[stage] = state
+        if started:
+            view.update(started)
+        # The JSON text of what the writer thread will store, made here, on this thread.
+        for value in (state, *(started or {}).values(), *events, *records):
+            if value is not None:
+                json_text(value)
         write = writes.transition(
             self.plan,
             self.clock,
@@ -82,6 +92,7 @@ class ItemRun:
             view,
             release=release,
             woken=self.session.woken.add if release else None,
+            started=started,
         )
         return self._enqueue(write, lambda result: result)
 
@@ -111,10 +122,11 @@ class ItemRun:
         records: Sequence[AttemptRecord] = (),
         *,
         release: bool = False,
+        started: dict[str, StageState] | None = None,
     ) -> None:
         # Not shielded: a cancelled caller gives up waiting; the write still commits in
         # order, and whoever cancelled it puts the stage back afterwards (`abandon`).
-        await self.start_write(stage, state, events, records, release=release)
+        await self.start_write(stage, state, events, records, release=release, started=started)
 
     async def start(
         self,
@@ -162,7 +174,7 @@ class ItemRun:
     async def advance(self) -> None:
         """Recover, then run ready stages until none is ready (or the worker stops)."""
         await self._recover()
-        running: dict[str, asyncio.Task[None]] = {}
+        running = self._tasks
         try:
             while True:
                 now = self.clock.now()
@@ -233,10 +245,16 @@ class ItemRun:
         records = await self.session.read(lambda s: s.get_attempts(item_id, name))
         return [r for r in records if r.subtask == subtask]
 
-    async def _execute_stage(self, name: str) -> None:
+    async def _execute_stage(
+        self, name: str, started: tuple[StageState, list[Event]] | None = None
+    ) -> None:
         """One stage, guarded: whatever breaks outside its attempt fails this stage (when
-        the store still takes that), never the run."""
+        the store still takes that), never the run. ``started``: it is already RUNNING
+        (written with the step that made it ready), with the events of its start."""
         try:
+            if started is not None:
+                await self._one_attempt(self.plan.specs[name], StageState(), started)
+                return
             await self._stage(name)
         except (LeaseLostError, StoreError):
             raise
@@ -266,30 +284,16 @@ class ItemRun:
         else:
             await self._one_attempt(spec, prev)
 
-    async def _one_attempt(self, spec: StageSpec, prev: StageState) -> None:
+    async def _one_attempt(
+        self,
+        spec: StageSpec,
+        prev: StageState,
+        started: tuple[StageState, list[Event]] | None = None,
+    ) -> None:
         name = spec.name
-        # A sync attempt that timed out may still run in its thread: never overlap it.
-        await spec.stage.settle(self.item_id, None)
-        previous = await self._previous(name, None) if prev.attempt > 0 else []
-        # A person's feedback (changes asked, a rejection's reason) until an attempt saw it.
-        feedback = prev.feedback or _last_feedback(previous)
+        running, events, ctx, previous = await self._prepare(spec, prev, started)
         slots = self.session.slots
         slot = slots.alone() if prev.run_alone else slots.one
-        running, events = decide.begin(
-            spec, prev, self.clock.now(), item_id=self.item_id, feedback=feedback
-        )
-        ctx = StageContext(
-            item_id=self.item_id,
-            stage=name,
-            attempt=running.attempt,
-            subtask=None,
-            feedback=feedback,
-            upstream=upstream(self.plan, self.states, name),
-            state=running,
-            metadata=dict(prev.metadata),
-            previous_attempts=tuple(previous),
-            reviews=approvals(self.plan, self.states, name),
-        )
         written = False
 
         async def attempt() -> decide.Decision:
@@ -315,9 +319,10 @@ class ItemRun:
         # A limited stage is admitted once it holds its slot, so it starts right after
         # (its rate is what the service it calls sees).
         try:
-            if prev.suspect or prev.run_alone or spec.limit is not None:
+            # ``started``: RUNNING was written with what made it ready.
+            if started is not None or prev.suspect or prev.run_alone or limited:
                 async with slot:
-                    if not await self.start(spec, running, prev, events):
+                    if started is None and not await self.start(spec, running, prev, events):
                         return  # waiting for its limit: no slot, no lease held meanwhile
                     d = await attempt()
             else:
@@ -330,9 +335,83 @@ class ItemRun:
                 await self.abandon(name, prev)
             raise
         if not written:
-            await self.write(name, d.state, d.events, d.records, release=limited)
+            await self._record(name, d, release=limited)
         if d.state.status == StageStatus.RUNNING and d.state.subtasks:
             await self._run_fanout(spec, d.state)
+
+    async def _prepare(
+        self,
+        spec: StageSpec,
+        prev: StageState,
+        started: tuple[StageState, list[Event]] | None,
+    ) -> tuple[StageState, list[Event], StageContext, list[AttemptRecord]]:
+        """An attempt's RUNNING state and events (``started``: already written), the
+        context the stage sees, and its earlier attempts."""
+        name = spec.name
+        if started is None:
+            # A sync attempt that timed out may still run in its thread: never overlap it.
+            await spec.stage.settle(self.item_id, None)
+        previous = await self._previous(name, None) if prev.attempt > 0 else []
+        # A person's feedback (changes asked, a rejection's reason) until an attempt saw it.
+        feedback = prev.feedback or _last_feedback(previous)
+        running, events = started or decide.begin(
+            spec, prev, self.clock.now(), item_id=self.item_id, feedback=feedback
+        )
+        ctx = StageContext(
+            item_id=self.item_id,
+            stage=name,
+            attempt=running.attempt,
+            subtask=None,
+            feedback=feedback,
+            upstream=upstream(self.plan, self.states, name),
+            state=running,
+            metadata=dict(prev.metadata),
+            previous_attempts=tuple(previous),
+            reviews=approvals(self.plan, self.states, name),
+        )
+        return running, events, ctx, previous
+
+    async def _record(self, name: str, d: decide.Decision, *, release: bool) -> None:
+        """Write an attempt's decision; dependents it makes ready start in the same commit
+        where they can (`_dependents_to_start`), each then run by a task of its own."""
+        chained = self._dependents_to_start(name, d.state)
+        extra = [e for _, evs in chained.values() for e in evs]
+        await self.write(
+            name,
+            d.state,
+            d.events + extra,
+            d.records,
+            release=release,
+            started={n: st for n, (st, _) in chained.items()} or None,
+        )
+        for dependent, begun in chained.items():
+            self._tasks[dependent] = asyncio.create_task(self._execute_stage(dependent, begun))
+
+    def _dependents_to_start(
+        self, name: str, new: StageState
+    ) -> dict[str, tuple[StageState, list[Event]]]:
+        """The dependents that ``name`` reaching ``new`` makes ready and that can start in
+        the same commit: never run before, with no limit to ask (their RUNNING state and
+        StageStarted events, by stage). Any other ready stage starts with a write of its
+        own, from the loop in `advance`."""
+        if not new.status.is_done or self.session.stopping:
+            return {}
+        plan, now = self.plan, self.clock.now()
+        view = {**self.states, name: new}
+        out: dict[str, tuple[StageState, list[Event]]] = {}
+        for dependent in plan.dependents[name]:
+            spec = plan.specs[dependent]
+            prev = view.get(dependent)
+            if (
+                spec.limit is not None
+                or (prev is not None and (prev.attempt or prev.subtasks))
+                or dependent in self._tasks
+                or not is_ready(plan, view, dependent, now)
+            ):
+                continue
+            base = prev if prev is not None else StageState()
+            out[dependent] = decide.begin(spec, base, now, item_id=self.item_id, feedback=None)
+        return out
 
     async def _attempt(
         self,

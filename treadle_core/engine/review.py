@@ -257,7 +257,8 @@ def _approve(
             required=spec.required,
             at=now,
         )
-        return Resolution({stage: st.replace(votes=votes, updated_at=now)}, [event], record)
+        # ``updated_at`` stays: a vote keeps the review's place in the queue.
+        return Resolution({stage: st.replace(votes=votes)}, [event], record)
     artefact = edited if isinstance(decision, ApproveWithEdits) else st.artefact
     new = _closed(
         st,

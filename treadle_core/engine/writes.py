@@ -104,10 +104,13 @@ def transition(
     *,
     release: bool = False,
     woken: Callable[[str], None] | None = None,
+    started: Mapping[str, StageState] | None = None,
 ) -> StageWrite:
     """One step of a stage under the item's lease: its new state, attempt records, events.
     With ``release``, an attempt of the limited stage ended: the first item waiting for
-    its limit is woken (made due now) in the same transaction, and told to ``woken``."""
+    its limit is woken (made due now) in the same transaction, and told to ``woken``.
+    ``started``: dependents this step made ready, RUNNING in the same commit (their
+    StageStarted events are among ``events``), so each starts without a write of its own."""
 
     def apply(store: StateStore) -> WriteResult:
         if release and stage is not None:
@@ -117,6 +120,9 @@ def transition(
         rec = store.lock_item(item_id, lease)
         if stage is not None and state is not None:
             store.save_stage_state(item_id, stage, state)
+        if started:
+            for name, running in started.items():
+                store.save_stage_state(item_id, name, running)
         if stage is not None:
             for record in records:
                 store.record_attempt(item_id, stage, record)

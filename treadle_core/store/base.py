@@ -17,6 +17,8 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from ..errors import (
     ArtefactNotSerialisableError,
     ArtefactTooLargeError,
@@ -25,6 +27,7 @@ from ..errors import (
 )
 from ..events import Event, StoredEvent
 from ..model import (
+    JSON_TEXT,
     AttemptRecord,
     ItemRecord,
     ItemState,
@@ -83,9 +86,33 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
+_ENCODER = json.JSONEncoder(default=_default, separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """JSON text of a value; objects with ``to_json()`` are converted through it."""
-    return json.dumps(value, default=_default, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
+
+
+def json_text(value: StageState | AttemptRecord | ReviewRecord | Event) -> str:
+    """``dumps(value.to_dict())`` of a frozen state (`StageState.to_stored`), record or
+    event, made once and kept
+    on it: the engine makes it on its own thread when it queues a write, so the writer
+    thread (the per-transition bottleneck) only stores it. Stores use this instead of
+    serialising such values themselves."""
+    d = value.__dict__
+    text = d.get(JSON_TEXT)
+    if text is None:
+        data = value.to_stored() if isinstance(value, StageState) else value.to_dict()
+        try:
+            # orjson: several times faster than json on the per-transition path. What it
+            # does not take (an integer beyond 64 bits, a key that is not a string) goes
+            # through json, which every artefact has already passed.
+            text = orjson.dumps(data, default=_default).decode()
+        except TypeError:
+            text = dumps(data)
+        d[JSON_TEXT] = text
+    return text
 
 
 def normalise_artefact(

@@ -27,7 +27,7 @@ from ..model import (
     from_ts,
     utcnow,
 )
-from .base import MARK_MEMORY, StateStore, admission, commit_mark, dumps, fence
+from .base import MARK_MEMORY, StateStore, admission, commit_mark, fence, json_text
 
 
 class MemoryStateStore(StateStore):
@@ -170,7 +170,7 @@ class MemoryStateStore(StateStore):
                 self._remember(self._states, item_id)
                 states = self._states[item_id] = {}
             self._remember(states, stage)
-            states[stage] = dumps(state.to_dict())
+            states[stage] = json_text(state)
 
     def get_stage_state(self, item_id: str, stage: str) -> StageState | None:
         with self._lock:
@@ -215,7 +215,7 @@ class MemoryStateStore(StateStore):
         with self._lock:
             key = (item_id, stage)
             self._remember(self._attempts, key)
-            self._attempts.setdefault(key, []).append(dumps(record.to_dict()))
+            self._attempts.setdefault(key, []).append(json_text(record))
 
     def get_attempts(self, item_id: str, stage: str) -> list[AttemptRecord]:
         with self._lock:

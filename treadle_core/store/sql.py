@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -55,6 +56,7 @@ from .base import (
     commit_mark,
     dumps,
     fence,
+    json_text,
 )
 
 DEFAULT_URL = "sqlite:///.treadle/state.db"
@@ -462,6 +464,8 @@ class SqlStateStore(StateStore):
                 "postgresql:// or mysql:// URLs (open_store() knows the others)"
             )
         self.dialect = _dialect(self._db)
+        #: SQLite statements go to the sqlite3 connection directly (`_run`).
+        self._direct = self.dialect == "sqlite"
         self.durable = not self._shared
         #: How long reads wait for an unreachable server before giving up.
         self.outage_seconds = 60.0
@@ -531,6 +535,22 @@ class SqlStateStore(StateStore):
             self._connections[ident] = conn
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        db = self._db
+        if self._direct and not db.query_hooks:
+            # The hot path: the thread's open sqlite3 connection directly, without
+            # peewee's per-statement bookkeeping (a few µs each, several statements per
+            # transition); peewee's query hooks, when someone added one, still see every
+            # statement. A statement that fails changed nothing: it runs again through
+            # peewee, where its failure is reported as everywhere else.
+            state = db._state  # type: ignore[attr-defined]
+            if state.conn is not None and not state.closed:
+                try:
+                    return state.conn.execute(sql, params)
+                except sqlite3.Error:
+                    pass
+        return self._run_through_peewee(sql, params)
+
+    def _run_through_peewee(self, sql: str, params: Sequence[Any]) -> Any:
         db = self._db
         try:
             if db.is_closed():  # reconnecting may fail too: handled like the statement
@@ -936,7 +956,7 @@ class SqlStateStore(StateStore):
                     state.attempt,
                     to_ts(state.updated_at),
                     to_ts(state.next_attempt_at),
-                    dumps(state.to_dict()),
+                    json_text(state),
                     item_id,
                 ),
             )
@@ -1000,7 +1020,7 @@ class SqlStateStore(StateStore):
     # --- attempts, reviews, journal -----------------------------------------------------
     def record_attempt(self, item_id: str, stage: str, record: AttemptRecord) -> None:
         with self._guard:
-            self._run(self._sql_record_attempt, (item_id, stage, dumps(record.to_dict())))
+            self._run(self._sql_record_attempt, (item_id, stage, json_text(record)))
 
     def get_attempts(self, item_id: str, stage: str) -> list[AttemptRecord]:
         with self._guard:
@@ -1028,7 +1048,7 @@ class SqlStateStore(StateStore):
     def append_events(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        rows = [(e.item_id, e.stage, e.kind, to_ts(e.at), dumps(e.to_dict())) for e in events]
+        rows = [(e.item_id, e.stage, e.kind, e.at.timestamp(), json_text(e)) for e in events]
         # SQLite allows 32766 parameters per statement: 5 per row stays well under.
         per = 200
         with self._guard:
