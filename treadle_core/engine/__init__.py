@@ -163,6 +163,7 @@ class Engine:
         edited = normalise_artefact(
             artefact, where=f"{where} edited artefact", max_bytes=self.plan.max_artefact_bytes
         )
+
         def judged_attempts() -> tuple[int, list[AttemptRecord]]:
             own = st if spec.name == stage else store.get_stage_state(item_id, spec.name)
             return (own.attempt if own else 0), store.get_attempts(item_id, spec.name)
