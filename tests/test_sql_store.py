@@ -419,15 +419,17 @@ def test_server_database_at_v1_is_migrated_in_place(server_url: str) -> None:
     store = SqlStateStore(server_url)
     store.save_work_item_data("doc-1", {"path": "a.pdf"})
     store.save_stage_state("doc-1", "extract", StageState(StageStatus.RUNNING, attempt=1))
-    # Take the database back to version 1: drop what migration 2 added.
+    # Take the database back to version 1: drop what migrations 2 and 3 added.
     db = store._db
-    for index in ("stage_states_review", "stage_states_summary"):
+    db.execute_sql("DROP TABLE treadle_meta")
+    for index in ("stage_states_review", "stage_states_summary", "stage_states_stale"):
         db.execute_sql(
             f"DROP INDEX {index} ON stage_states"
             if store.dialect == "mysql"
             else f"DROP INDEX {index}"
         )
     db.execute_sql("ALTER TABLE stage_states DROP COLUMN next_attempt_at")
+    db.execute_sql("ALTER TABLE stage_states DROP COLUMN stale")
     db.execute_sql("UPDATE treadle_schema SET version = 1")
     store.close()
     with SqlStateStore(server_url) as again:

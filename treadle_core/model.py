@@ -86,6 +86,8 @@ class StageStatus(enum.StrEnum):
     FAILED = "failed"
     AWAITING_REVIEW = "awaiting_review"
     SKIPPED = "skipped"
+    #: Stopped by ``Workflow.cancel``; ``rerun`` revives it.
+    CANCELLED = "cancelled"
 
     @property
     def is_done(self) -> bool:
@@ -298,6 +300,10 @@ class StageState:
     budget_start: int = 0
     #: How many times this stage was found RUNNING after its process died.
     recoveries: int = 0
+    #: The stage's version when it last ran (None: before versions were recorded).
+    version: str | None = None
+    #: COMPLETE, but its version or an upstream stage changed since (``rerun`` redoes it).
+    stale: bool = False
 
     def replace(self, **changes: Any) -> StageState:
         """A copy with some fields changed (on the per-transition path, so kept cheap)."""
@@ -329,6 +335,8 @@ class StageState:
             "review_context": self.review_context,
             "budget_start": self.budget_start,
             "recoveries": self.recoveries,
+            "version": self.version,
+            "stale": self.stale,
         }
 
     @classmethod
@@ -349,6 +357,8 @@ class StageState:
             review_context=dict(d.get("review_context") or {}),
             budget_start=d.get("budget_start", 0),
             recoveries=d.get("recoveries", 0),
+            version=d.get("version"),
+            stale=bool(d.get("stale", False)),
         )
 
 
@@ -412,6 +422,10 @@ class ReviewRecord:
     reason: str | None = None
     edited_artefact: Any = None
     note: str | None = None
+    #: A digest of what was decided on: the prompt, context and artefact under review.
+    subject: str | None = None
+    #: For a decision applied again to the same question: the original's reviewer and time.
+    carried_from: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -422,6 +436,8 @@ class ReviewRecord:
             "reason": self.reason,
             "edited_artefact": self.edited_artefact,
             "note": self.note,
+            "subject": self.subject,
+            "carried_from": self.carried_from,
         }
 
     @classmethod
@@ -436,6 +452,8 @@ class ReviewRecord:
             reason=d.get("reason"),
             edited_artefact=d.get("edited_artefact"),
             note=d.get("note"),
+            subject=d.get("subject"),
+            carried_from=d.get("carried_from"),
         )
 
 
@@ -447,6 +465,8 @@ class ItemState(enum.StrEnum):
     RUNNING = "running"
     AWAITING_REVIEW = "awaiting_review"
     FAILED = "failed"
+    #: Cancelled: never claimed again (until ``rerun`` revives a stage of it).
+    CANCELLED = "cancelled"
     COMPLETE = "complete"
 
 
@@ -523,6 +543,8 @@ class PipelineStatus:
     item_id: str
     stages: dict[str, StageState]
     state: ItemState | None = None
+    #: States of stages the workflow no longer has (kept, ignored by progress).
+    removed: dict[str, StageState] = field(default_factory=dict)
 
     @property
     def progress(self) -> float:
@@ -544,6 +566,11 @@ class PipelineStatus:
     def review_stages(self) -> list[str]:
         return [n for n, s in self.stages.items() if s.status == StageStatus.AWAITING_REVIEW]
 
+    @property
+    def stale_stages(self) -> list[str]:
+        """COMPLETE stages whose version or upstream changed since they ran."""
+        return [n for n, s in self.stages.items() if s.stale]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "item_id": self.item_id,
@@ -552,22 +579,28 @@ class PipelineStatus:
             "is_complete": self.is_complete,
             "failed_stages": self.failed_stages,
             "review_stages": self.review_stages,
+            "stale_stages": self.stale_stages,
             "stages": {name: s.to_dict() for name, s in self.stages.items()},
+            "removed_stages": {name: s.to_dict() for name, s in self.removed.items()},
         }
 
     def __str__(self) -> str:
         lines = [f"{self.item_id}: {self.progress:.0f}% complete"]
-        width = max((len(n) for n in self.stages), default=0)
-        for name, s in self.stages.items():
+        width = max((len(n) for n in [*self.stages, *self.removed]), default=0)
+        rows = [(n, s, "") for n, s in self.stages.items()]
+        rows += [(n, s, "  (removed)") for n, s in self.removed.items()]
+        for name, s, mark in rows:
             line = f"  {name:<{width}}  {s.status.value:<15}"
             if s.attempt:
                 line += f" attempt {s.attempt}"
             if s.started_at and s.completed_at:
                 line += f" {(s.completed_at - s.started_at).total_seconds():.2f}s"
+            if s.stale:
+                line += "  stale"
             if s.error:
                 line += f"  error: {s.error.splitlines()[0] if s.error else ''}"
             if s.subtasks:
                 done = sum(1 for t in s.subtasks if t.status.is_done)
                 line += f"  subtasks {done}/{len(s.subtasks)}"
-            lines.append(line.rstrip())
+            lines.append((line + mark).rstrip())
         return "\n".join(lines)
