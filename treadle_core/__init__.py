@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from . import ops
 from .clock import Clock, ManualClock, SystemClock
-from .engine import RunReport, default_worker_id
+from .engine import DefinitionChange, RunReport, default_worker_id
 from .errors import (
+    AppError,
     ArtefactError,
     ArtefactNotSerialisableError,
     ArtefactTooLargeError,
+    CancelError,
     CycleError,
+    DefinitionError,
     DuplicateStageError,
     InvalidTransitionError,
     LeaseLostError,
     PipelineFileError,
     PluginError,
+    RerunError,
     RetryError,
     ReviewError,
     SchemaVersionError,
@@ -32,6 +37,8 @@ from .events import (
     Escalated,
     Event,
     FanOutStarted,
+    ItemCancelled,
+    ItemUpdated,
     Lagged,
     QualityCheckFailed,
     QualityCheckPassed,
@@ -41,6 +48,7 @@ from .events import (
     ReviewResolved,
     StageCompleted,
     StageFailed,
+    StageReset,
     StageRetried,
     StageSkipped,
     StageStarted,
@@ -101,16 +109,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Accepted",
+    "AppError",
     "Approve",
     "ApproveWithEdits",
     "ArtefactError",
     "ArtefactNotSerialisableError",
     "ArtefactTooLargeError",
     "AttemptRecord",
+    "CancelError",
     "Clock",
     "Complete",
     "CriterionResult",
     "CycleError",
+    "DefinitionChange",
+    "DefinitionError",
     "DuplicateStageError",
     "Escalated",
     "Event",
@@ -121,8 +133,10 @@ __all__ = [
     "GateType",
     "InvalidTransitionError",
     "Item",
+    "ItemCancelled",
     "ItemRecord",
     "ItemState",
+    "ItemUpdated",
     "Lagged",
     "Lease",
     "LeaseLostError",
@@ -141,6 +155,7 @@ __all__ = [
     "QualityGate",
     "Reject",
     "Rejected",
+    "RerunError",
     "Retry",
     "RetryAttempt",
     "RetryBudget",
@@ -163,6 +178,7 @@ __all__ = [
     "StageFailed",
     "StageOutput",
     "StageOutputError",
+    "StageReset",
     "StageRetried",
     "StageSkipped",
     "StageStarted",
@@ -196,5 +212,6 @@ __all__ = [
     "default_worker_id",
     "hookimpl",
     "open_store",
+    "ops",
     "stage",
 ]

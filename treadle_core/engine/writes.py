@@ -14,7 +14,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..errors import RetryError, ReviewError
-from ..events import Event, WorkflowCompleted
+from ..events import Event, ReviewRequired, WorkflowCompleted
 from ..model import (
     REVIEW_DECISION_TYPES,
     ApproveWithEdits,
@@ -93,14 +93,53 @@ def transition(
 
     def apply(store: StateStore) -> WriteResult:
         rec = store.lock_item(item_id, lease)
+        # A copy: a batch that rolls back runs this again from the same view.
+        mine, journal = dict(view), events
         if stage is not None and state is not None:
-            store.save_stage_state(item_id, stage, state)
+            new = _versioned(plan, stage, state)
+            if new.status is StageStatus.AWAITING_REVIEW and _asks(events):
+                new, journal = _carry_over(store, clock, item_id, stage, new, events)
+            store.save_stage_state(item_id, stage, new)
+            mine[stage] = new
         if record is not None and stage is not None:
             store.record_attempt(item_id, stage, record)
-        # A copy: a batch that rolls back runs this again from the same view.
-        return finish(store, plan, rec, events, clock.now(), dict(view))
+        return finish(store, plan, rec, journal, clock.now(), mine)
 
     return apply
+
+
+def _versioned(plan: Plan, stage: str, state: StageState) -> StageState:
+    """The state with the version of the stage that ran it (SPEC §10: stale states). A
+    PENDING state is left as it is: it has not run (or is put back as it was)."""
+    spec = plan.specs.get(stage)
+    if spec is None or state.version == spec.version or state.status is StageStatus.PENDING:
+        return state
+    return state.replace(version=spec.version)
+
+
+def _asks(events: Sequence[Event]) -> bool:
+    return any(isinstance(e, ReviewRequired) for e in events)
+
+
+def _carry_over(
+    store: StateStore,
+    clock: Clock,
+    item_id: str,
+    stage: str,
+    state: StageState,
+    events: Sequence[Event],
+) -> tuple[StageState, Sequence[Event]]:
+    """A stage about to ask a person what a person already approved: the approval applied
+    again (recorded with reviewer "carried-over"), instead of asking."""
+    carried = actions.carry_over(
+        state, store.get_reviews(item_id, stage), clock.now(), item_id=item_id, stage=stage
+    )
+    if carried is None:
+        return state, events
+    new, resolved, review_record = carried
+    store.record_review(item_id, stage, review_record)
+    kept = [e for e in events if not isinstance(e, ReviewRequired)]
+    return new, [*kept, *resolved]
 
 
 def review(
@@ -195,5 +234,58 @@ def register(items: Sequence[WorkItem]) -> Callable[[StateStore], ItemStates]:
             if rec is not None:
                 out[item.id] = (rec.state, rec.due_at)
         return out
+
+    return apply
+
+
+def rerun(
+    plan: Plan,
+    clock: Clock,
+    item_id: str,
+    stage: str,
+    *,
+    cascade: bool,
+    reason: str | None,
+    by: str | None,
+) -> Write:
+    """``rerun``: the stage (and, with ``cascade``, what is downstream) back to PENDING."""
+
+    def apply(store: StateStore) -> WriteResult:
+        rec = store.lock_item(item_id)
+        now = clock.now()
+        new, events = actions.rerun(
+            plan,
+            store.get_all_stage_states(item_id),
+            stage,
+            now,
+            item_id=item_id,
+            cascade=cascade,
+            reason=reason,
+            by=by,
+        )
+        for name, st in new.items():
+            store.save_stage_state(item_id, name, st)
+        return finish(store, plan, rec, events, now)
+
+    return apply
+
+
+def cancel(plan: Plan, clock: Clock, item_id: str, *, reason: str | None, by: str | None) -> Write:
+    """``cancel``: the item's unfinished stages CANCELLED, its lease revoked (so a worker
+    running it is refused at its next write and stops)."""
+
+    def apply(store: StateStore) -> WriteResult:
+        rec = store.lock_item(item_id)
+        now = clock.now()
+        c = actions.cancel(
+            plan, store.get_all_stage_states(item_id), now, item_id=item_id, reason=reason, by=by
+        )
+        for name, st in c.states.items():
+            store.save_stage_state(item_id, name, st)
+        for name, records in c.records.items():
+            for record in records:
+                store.record_attempt(item_id, name, record)
+        store.revoke_lease(item_id)
+        return finish(store, plan, rec, c.events, now)
 
     return apply
