@@ -352,7 +352,7 @@ def rerun_targets(
 ) -> Iterator[tuple[str, str]]:
     """``(item_id, stage)`` for every item whose ``stage`` can be re-run: ``"all"`` (it
     ran: COMPLETE, FAILED, SKIPPED, CANCELLED or AWAITING_REVIEW), ``"stale"``, or one
-    status. Read a page at a time."""
+    status. Read a page at a time; a bad stage or status is refused at once."""
     wf.dependencies(stage)  # UnknownStageError with the closest name
     if which == STALE:
         ids = store.list_stage_items(stage, statuses=[StageStatus.COMPLETE], stale=True)
@@ -366,8 +366,7 @@ def rerun_targets(
             known = ", ".join(s.value for s in StageStatus)
             raise ValueError(f"{which!r} is not a stage status (one of {known})") from None
         ids = store.list_stage_items(stage, statuses=[status])
-    for item_id in ids:
-        yield item_id, stage
+    return ((item_id, stage) for item_id in ids)
 
 
 async def rerun(

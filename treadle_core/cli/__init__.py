@@ -45,11 +45,27 @@ def create_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
         metavar="PATH",
         help="Pipeline file (default: ./treadle.toml).",
     )
+    @click.option(
+        "--app",
+        "app_ref",
+        envvar="TREADLE_APP",
+        metavar="MODULE:ATTR",
+        help="A Workflow built in Python (or a function returning one) instead of "
+        "treadle.toml (env TREADLE_APP).",
+    )
     @click.version_option(__version__, prog_name="treadle")
     @click.pass_context
-    def cli(ctx: click.Context, store_url: str | None, pipeline_path: str | None) -> None:
-        """Treadle: persistent, resumable, human-in-the-loop pipelines."""
-        state = CliContext(manager, pipeline_path, store_url)
+    def cli(
+        ctx: click.Context, store_url: str | None, pipeline_path: str | None, app_ref: str | None
+    ) -> None:
+        """Treadle: persistent, resumable, human-in-the-loop pipelines.
+
+        The pipeline comes from ./treadle.toml (or -p PATH), from Python (--app), or,
+        for commands that run no stage code (status, review, events, rerun, cancel,
+        ui), from the store alone (--store URL): it records the pipeline each time it
+        runs.
+        """
+        state = CliContext(manager, pipeline_path, store_url, app_ref)
         ctx.obj = state
         ctx.call_on_close(state.close)
 

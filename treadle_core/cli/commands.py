@@ -17,6 +17,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from .. import ops
 from ..errors import RetryError, UnknownItemError
 from ..events import (
     Event,
@@ -37,6 +38,8 @@ from .context import (
     emit_json,
     emit_json_line,
     pass_state,
+    reconcile,
+    reviewer_default,
     run_async,
 )
 from .starter import FILES
@@ -85,6 +88,13 @@ def init(directory: Path) -> None:
 @pass_state
 def validate(state: CliContext, as_json: bool) -> None:
     """Check the pipeline file (types, options, dependencies) without touching the store."""
+    if not state.has_pipeline_file():
+        wf = state.workflow(runnable=True)
+        if as_json:
+            emit_json({"ok": True, "pipeline": wf.name, "stages": wf.stages, "app": state.app_ref})
+            return
+        click.echo(f"{state.app_ref}: OK: pipeline {wf.name!r}, {len(wf.stages)} stages")
+        return
     pipeline = state.pipeline()
     wf = pipeline.workflow
     if as_json:
@@ -115,8 +125,10 @@ def validate(state: CliContext, as_json: bool) -> None:
 @pass_state
 def graph(state: CliContext, fmt: str) -> None:
     """Print the stage graph (text, Mermaid, Graphviz dot or JSON)."""
-    pipeline = state.pipeline()
-    wf = pipeline.workflow
+    wf = state.workflow()
+    uses = {}
+    if state.has_pipeline_file():
+        uses = {n: c.uses for n, c in state.pipeline().stages.items()}
     if fmt == "mermaid":
         click.echo(wf.to_mermaid())
     elif fmt == "dot":
@@ -124,25 +136,20 @@ def graph(state: CliContext, fmt: str) -> None:
     elif fmt == "json":
         emit_json(
             {
-                "pipeline": pipeline.name,
+                "pipeline": wf.name,
                 "stages": [
-                    {
-                        "name": name,
-                        "needs": wf.dependencies(name),
-                        "uses": pipeline.stages[name].uses if name in pipeline.stages else None,
-                    }
+                    {"name": name, "needs": wf.dependencies(name), "uses": uses.get(name)}
                     for name in wf.stages
                 ],
             }
         )
     else:
         width = max(len(n) for n in wf.stages)
-        click.echo(pipeline.name)
+        click.echo(wf.name)
         for name in wf.stages:
-            uses = pipeline.stages[name].uses if name in pipeline.stages else "?"
             deps = wf.dependencies(name)
             after = f"  <- {', '.join(deps)}" if deps else ""
-            click.echo(f"  {name:<{width}}  [{uses}]{after}")
+            click.echo(f"  {name:<{width}}  [{uses.get(name, '?')}]{after}")
 
 
 # --- add ---------------------------------------------------------------------------------
@@ -193,6 +200,11 @@ def _item_from(obj: dict[str, Any], where: str, seen: set[str]) -> Item:
 @click.option("--id", "item_id", help="Add one item with this id.")
 @click.option("--data", "data_text", help="JSON object of the item's data (with --id).")
 @click.option("--glob", "pattern", help="One item per matching file, data {'path': ...}.")
+@click.option(
+    "--update",
+    is_flag=True,
+    help="Replace the data of items already in the store (their complete stages go stale).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def add(
@@ -201,12 +213,14 @@ def add(
     item_id: str | None,
     data_text: str | None,
     pattern: str | None,
+    update: bool,
     as_json: bool,
 ) -> None:
     """Add work items: a JSONL file (or - for stdin), --id/--data, or --glob PATTERN.
 
     Each JSONL line is an object with "id" and "data" (or its other keys are the data).
-    Items already in the store are left as they are.
+    Items already in the store are left as they are, or with --update get the new data
+    (journalled; their complete stages become stale: 'treadle rerun --stage S --stale').
     """
     chosen = [x for x in (source, item_id, pattern) if x is not None]
     if len(chosen) != 1:
@@ -238,21 +252,23 @@ def add(
             except OSError as exc:
                 raise CliError(f"{source}: cannot read: {exc.strerror}", EXIT_USAGE) from None
     store = state.store()
-    added: list[str] = []
-    skipped: list[str] = []
-    with store.transaction():
-        for item in items:
-            if store.get_item(item.id) is not None:
-                skipped.append(item.id)
-                continue
-            store.save_work_item_data(item.id, item.data)
-            added.append(item.id)
+    report = ops.add_items(store, items, update=update, by=reviewer_default())
     if as_json:
-        emit_json({"added": added, "skipped": skipped})
+        out = report.to_dict()
+        if not update:  # nothing is updated without --update
+            del out["updated"], out["unchanged"]
+        emit_json(out)
         return
-    msg = f"added {len(added)} item{'s' if len(added) != 1 else ''}"
-    if skipped:
-        msg += f"; {len(skipped)} already in the store (left unchanged)"
+    msg = f"added {len(report.added)} item{'s' if len(report.added) != 1 else ''}"
+    if report.updated:
+        msg += f"; updated the data of {len(report.updated)}"
+    if report.unchanged:
+        msg += f"; {len(report.unchanged)} already in the store with the same data"
+    if report.skipped:
+        msg += (
+            f"; {len(report.skipped)} already in the store (left unchanged; --update "
+            "replaces their data)"
+        )
     click.echo(msg)
 
 
@@ -326,9 +342,9 @@ def run(
     as_json: bool,
 ) -> None:
     """Advance every item with work until nothing is ready (exit 1 if anything failed)."""
-    pipeline = state.pipeline()
-    wf = pipeline.workflow
+    wf = state.workflow(runnable=True)
     store = state.store()
+    reconcile(wf, store)
     items: list[Item] | None = None
     if item_ids:
         items = []
@@ -356,7 +372,7 @@ def run(
                     await wf.run(
                         store,
                         items,
-                        concurrency=concurrency or pipeline.concurrency,
+                        concurrency=concurrency or state.concurrency(),
                         until_idle=not no_wait,
                     )
                     await asyncio.sleep(0)
@@ -383,7 +399,7 @@ def run(
         emit_json({"items": states, "stages": summary, "failed": failed})
     else:
         out = console()
-        out.print(_summary_table(wf, summary, f"pipeline {pipeline.name!r}"))
+        out.print(_summary_table(wf, summary, f"pipeline {wf.name!r}"))
         out.print(", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(states.items())))
     if failed:
         raise click.exceptions.Exit(1)
@@ -397,20 +413,26 @@ def run(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
-    """Counts per stage and status, or one item's stages (status, attempts, timings, errors)."""
+    """Counts per stage and status (stale ones too), or one item's stages (status,
+    attempts, timings, errors); stages the pipeline no longer has show as removed."""
     wf = state.workflow()
     store = state.store(create=False)
     if item_id is None:
-        items = {str(k): v for k, v in store.count_items().items() if v}
-        summary = wf.summary(store, total=sum(items.values()))
+        view = ops.overview(wf, store)
         if as_json:
-            emit_json({"items": items, "stages": summary})
+            emit_json(view.to_dict())
             return
         out = console()
-        out.print(_summary_table(wf, summary, f"pipeline {wf.name!r}"))
-        total = sum(items.values())
-        parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(items.items()))
+        out.print(_overview_table(wf, view))
+        parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(view.items.items()))
+        total = view.total
         out.print(f"{total} item{'s' if total != 1 else ''}" + (f": {parts}" if parts else ""))
+        stale = sum(view.stale.values())
+        if stale:
+            out.print(
+                f"{stale} stale stage state{'s' if stale != 1 else ''}: re-run them with "
+                "'treadle rerun --stage S --stale'"
+            )
         return
     st = wf.status(item_id, store)
     if as_json:
@@ -423,18 +445,20 @@ def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
     )
     for col in ("STAGE", "STATUS", "ATTEMPT", "STARTED", "DURATION", "ERROR"):
         table.add_column(col)
-    for name, s in st.stages.items():
+    rows = [(n, s, "") for n, s in st.stages.items()]
+    rows += [(n, s, " (removed)") for n, s in st.removed.items()]
+    for name, s, mark in rows:
         duration = ""
         if s.started_at and s.completed_at:
             duration = f"{(s.completed_at - s.started_at).total_seconds():.2f}s"
-        extra = ""
+        extra = " (stale)" if s.stale else ""
         if s.subtasks:
             finished = sum(1 for t in s.subtasks if t.status.is_done)
-            extra = f" ({finished}/{len(s.subtasks)} subtasks)"
+            extra += f" ({finished}/{len(s.subtasks)} subtasks)"
         if s.next_attempt_at and s.status == StageStatus.PENDING:
             extra += f" (retry at {_fmt_time(s.next_attempt_at)})"
         table.add_row(
-            name,
+            name + mark,
             s.status.value + extra,
             str(s.attempt or ""),
             _fmt_time(s.started_at),
@@ -442,6 +466,25 @@ def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
             _first_line(s.error),
         )
     console().print(table)
+
+
+def _overview_table(wf: Workflow, view: ops.Overview) -> Table:
+    """The status table: a row per stage (removed ones last), a column per status seen,
+    and a STALE column when any state is stale."""
+    counts = {**view.stages, **view.removed}
+    present = [s for s in STATUS_ORDER if any(c.get(s) for c in counts.values())]
+    table = Table(title=f"pipeline {wf.name!r}", title_justify="left")
+    table.add_column("STAGE")
+    for status_name in present:
+        table.add_column(status_name.upper(), justify="right")
+    if view.stale:
+        table.add_column("STALE", justify="right")
+    for name, row in counts.items():
+        cells = [str(row.get(s, 0) or "") for s in present]
+        if view.stale:
+            cells.append(str(view.stale.get(name, "")))
+        table.add_row(name + (" (removed)" if name in view.removed else ""), *cells)
+    return table
 
 
 # --- retry -------------------------------------------------------------------------------
@@ -482,9 +525,7 @@ def retry(
             if not targets:
                 raise CliError(f"item {item_id!r} has no failed stage")
     else:
-        for failed_id in list(store.list_work_items(ItemState.FAILED)):
-            st = wf.status(failed_id, store)
-            targets += [(failed_id, n) for n in st.failed_stages if only_stage in (None, n)]
+        targets = [(f.item_id, f.stage) for f in ops.failed_stages(wf, store, stage=only_stage)]
 
     async def go() -> list[dict[str, str]]:
         done = []
@@ -600,18 +641,7 @@ def prune(state: CliContext, age: str, dry_run: bool, batch: int, as_json: bool)
         raise CliError(f"--completed-before: {exc}", EXIT_USAGE) from None
     cutoff = utcnow() - timedelta(seconds=seconds)
     store = state.store(create=False)
-    ids: list[str] = []
-    if dry_run:
-        for item_id in store.list_work_items(ItemState.COMPLETE):
-            rec = store.get_item(item_id)
-            if rec is not None and rec.updated_at is not None and rec.updated_at < cutoff:
-                ids.append(item_id)
-    else:
-        while True:
-            pruned = store.prune(cutoff, limit=batch)
-            ids += pruned
-            if len(pruned) < batch:
-                break
+    ids = ops.prune(store, cutoff, dry_run=dry_run, batch=batch)
     if as_json:
         emit_json({"dry_run": dry_run, "items": ids})
         return

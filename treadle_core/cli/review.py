@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from .. import ops
 from ..errors import ReviewError, UnknownItemError
 from ..model import PendingReview, StageStatus
 from ..quality import ApproveWithEdits
@@ -92,31 +93,16 @@ def _check_target(state: CliContext, item_id: str, stage: str) -> None:
 @pass_state
 def show(state: CliContext, item_id: str, stage: str, as_json: bool) -> None:
     """Every attempt of ITEM's STAGE (verdict, feedback, artefact) and the review prompt."""
-    _check_target(state, item_id, stage)
-    store = state.store(create=False)
-    st = store.get_stage_state(item_id, stage)
-    attempts = store.get_attempts(item_id, stage)
-    reviews = store.get_reviews(item_id, stage)
-    status = st.status if st is not None else StageStatus.PENDING
+    detail = ops.review_detail(state.workflow(), state.store(create=False), item_id, stage)
+    st, attempts, reviews, status = detail.state, detail.attempts, detail.reviews, detail.status
     if as_json:
-        emit_json(
-            {
-                "item_id": item_id,
-                "stage": stage,
-                "status": str(status),
-                "prompt": st.review_prompt if st else None,
-                "context": st.review_context if st else {},
-                "artefact": st.artefact if st else None,
-                "attempts": [a.to_dict() for a in attempts],
-                "reviews": [r.to_dict() for r in reviews],
-            }
-        )
+        emit_json(detail.to_dict())
         return
     out = console()
     out.print(f"[bold]{escape(item_id)} / {stage}[/bold]: {status.value.replace('_', ' ')}")
-    if st is not None and st.review_prompt:
+    if st.review_prompt:
         out.print(f"[bold]Prompt:[/bold] {escape(st.review_prompt)}")
-    if st is not None and st.review_context:
+    if st.review_context:
         out.print("[bold]Context:[/bold]")
         out.print(escape(json.dumps(st.review_context, indent=2, default=str)))
     for a in attempts:
@@ -148,6 +134,9 @@ def show(state: CliContext, item_id: str, stage: str, as_json: bool) -> None:
     for r in reviews:
         who = r.reviewer or "?"
         extra = r.reason or r.comment or r.note or ""
+        if r.carried_from:
+            original = r.carried_from.get("reviewer") or "?"
+            extra = f"(the decision of {original} on the same question) {extra}"
         out.print(f"\nreview: {r.decision} by {escape(who)} at {_fmt(r.at)} {escape(extra)}")
 
 

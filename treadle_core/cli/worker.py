@@ -12,7 +12,16 @@ import click
 
 from .. import default_worker_id
 from ..pipeline import parse_duration
-from .context import EXIT_USAGE, CliContext, CliError, console, emit_json, pass_state, run_async
+from .context import (
+    EXIT_USAGE,
+    CliContext,
+    CliError,
+    console,
+    emit_json,
+    pass_state,
+    reconcile,
+    run_async,
+)
 
 
 def _duration(value: str, option: str, *, positive: bool = True) -> float:
@@ -55,11 +64,12 @@ def worker(
     """
     lease_seconds = _duration(lease, "--lease")
     poll_seconds = _duration(poll, "--poll")
-    pipeline = state.pipeline()
-    wf = pipeline.workflow
+    wf = state.workflow(runnable=True)
     store = state.store()
+    concurrency = concurrency or state.concurrency()
     name = worker_id or default_worker_id()
     err = console(stderr=True)
+    reconcile(wf, store, err=err)
 
     async def go() -> Any:
         stop = asyncio.Event()
@@ -82,13 +92,13 @@ def worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         err.print(
-            f"worker {name}: pipeline {pipeline.name!r}, store {state.store_url()}, "
-            f"concurrency {concurrency or pipeline.concurrency}, lease {lease_seconds:g}s"
+            f"worker {name}: pipeline {wf.name!r}, store {state.store_url()}, "
+            f"concurrency {concurrency}, lease {lease_seconds:g}s"
         )
         with state.sinks(wf):
             return await wf.serve(
                 store,
-                concurrency=concurrency or pipeline.concurrency,
+                concurrency=concurrency,
                 lease_seconds=lease_seconds,
                 worker_id=name,
                 stop=stop,
