@@ -1,7 +1,9 @@
 """The review console: a Starlette app over the public treadle_core API.
 
 Store calls are synchronous (peewee), so they run in the thread pool; the
-engine's coroutines (`resolve_review`, `retry_stage`) are awaited directly.
+engine's coroutines (`resolve_review`, `retry_stage`, `rerun`, `cancel`) are awaited
+directly. What the CLI does too (failed stages, a review's detail, re-running and
+cancelling) goes through `treadle_core.ops`, the operator API both share.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from starlette.templating import Jinja2Templates
 from treadle_core import Approve as ApproveDecision
 from treadle_core import (
     ApproveWithEdits,
-    ItemState,
     PendingReview,
     Reject,
+    RerunError,
     RetryError,
     ReviewError,
     StageStatus,
@@ -41,6 +43,7 @@ from treadle_core import (
     UnknownItemError,
     UnknownStageError,
     Workflow,
+    ops,
 )
 
 from . import __version__
@@ -216,15 +219,12 @@ class Console:
         for r in everything:
             per_stage[r.stage] = per_stage.get(r.stage, 0) + 1
         queue = [r for r in everything if stage is None or r.stage == stage]
-        summary = wf.summary(store)
-        items = {str(k): v for k, v in store.count_items().items() if v}
-        failed: list[tuple[str, str, str | None]] = []
-        for item_id in store.list_work_items(ItemState.FAILED):
-            st = wf.status(item_id, store)
-            for name in st.failed_stages:
-                failed.append((item_id, name, st.stages[name].error))
-            if len(failed) >= MAX_FAILED_SHOWN:
-                break
+        view = ops.overview(wf, store)
+        summary, items = view.stages, view.items
+        failed = [
+            (f.item_id, f.stage, f.error)
+            for f in ops.failed_stages(wf, store, limit=MAX_FAILED_SHOWN)
+        ]
         return {
             "queue": queue,
             "per_stage": per_stage,
@@ -232,7 +232,8 @@ class Console:
             "stage": stage,
             "summary": summary,
             "items": items,
-            "item_total": sum(items.values()),
+            "stale": view.stale,
+            "item_total": view.total,
             "graph": layout(wf, summary),
             "failed": failed,
             "stages": wf.stages,
@@ -252,25 +253,22 @@ class Console:
 
     # --- one item / one review ---------------------------------------------------------
     def _item_data(self, item_id: str) -> dict[str, Any]:
-        wf, store = self.wf, self.store
-        status = wf.status(item_id, store)  # UnknownItemError
-        events = store.read_events(item_id=item_id)
-        rows = [event_row(e) for e in events[-MAX_EVENTS_SHOWN:]]
+        detail = ops.item_detail(self.wf, self.store, item_id, events=MAX_EVENTS_SHOWN)
+        rows = [event_row(e) for e in detail.events]
         rows.reverse()
         return {
             "item_id": item_id,
-            "data": store.get_work_item_data(item_id),
-            "status": status,
+            "data": detail.data,
+            "status": detail.status,
             "events": rows,
-            "events_total": len(events),
+            "events_total": detail.events_total,
         }
 
     def _review_data(self, item_id: str, stage: str, queue_stage: str | None) -> dict[str, Any]:
         wf, store = self.wf, self.store
-        wf.dependencies(stage)  # UnknownStageError
+        detail = ops.review_detail(wf, store, item_id, stage)  # Unknown{Stage,Item}Error
         data = self._item_data(item_id)
-        st = data["status"].stages[stage]
-        attempts = store.get_attempts(item_id, stage)
+        st, attempts = detail.state, detail.attempts
         source = (st.review_context or {}).get("stage")
         upstream = None
         if isinstance(source, str) and source in wf.stages and source != stage:
@@ -289,7 +287,7 @@ class Console:
             "artefact": render_value(st.artefact),
             "attempts": attempts,
             "upstream": upstream,
-            "reviews": store.get_reviews(item_id, stage),
+            "reviews": detail.reviews,
             "context": context,
             "queue_len": len(queue),
             "position": None if here is None else here + 1,
@@ -467,6 +465,43 @@ class Console:
             return _redirect("/", **notice)
         return _redirect("/item", item=item_id, **notice)
 
+    async def rerun(self, request: Request) -> Response:
+        """Re-run a stage of an item (and what is downstream, unless ``cascade`` is 0)."""
+        form = await request.form()
+        item_id = str(form.get("item") or "")
+        stage = str(form.get("stage") or "")
+        cascade = str(form.get("cascade") or "1") != "0"
+        reason = str(form.get("reason") or "").strip() or None
+        by = self.reviewer(request)
+        if not by:
+            return _redirect("/item", item=item_id, notice="noname")
+        try:
+            await self.wf.rerun(item_id, stage, self.store, cascade=cascade, reason=reason, by=by)
+        except (RerunError, UnknownItemError, UnknownStageError) as exc:
+            notice: dict[str, Any] = {"notice": "rerun_failed", "detail": str(exc)}
+        else:
+            notice = {"notice": "rerun", "done_item": item_id, "done_stage": stage}
+        return _redirect("/item", item=item_id, **notice)
+
+    async def cancel(self, request: Request) -> Response:
+        """Cancel an item: its unfinished stages stop and never run (until re-run)."""
+        form = await request.form()
+        item_id = str(form.get("item") or "")
+        reason = str(form.get("reason") or "").strip() or None
+        by = self.reviewer(request)
+        if not by:
+            return _redirect("/item", item=item_id, notice="noname")
+        notice: dict[str, Any]
+        try:
+            report = await ops.cancel(self.wf, self.store, [item_id], reason=reason, by=by)
+        except UnknownItemError as exc:
+            notice = {"notice": "cancel_failed", "detail": str(exc)}
+        else:
+            notice = {"notice": "cancelled", "done_item": item_id}
+            for _, why in report.skipped:  # nothing left to cancel
+                notice = {"notice": "cancel_failed", "detail": why}
+        return _redirect("/item", item=item_id, **notice)
+
     async def set_reviewer(self, request: Request) -> Response:
         form = await request.form()
         name = str(form.get("reviewer") or "").strip()[:80]
@@ -506,6 +541,10 @@ NOTICES = {
     "edit": ("ok", "Approved {item} / {stage} with your edits."),
     "retried": ("ok", "{item} / {stage} is pending again; a worker or `treadle run` picks it up."),
     "retry_failed": ("error", "Not retried: {detail}"),
+    "rerun": ("ok", "{item} / {stage} is pending again; a worker or `treadle run` runs it."),
+    "rerun_failed": ("error", "Not re-run: {detail}"),
+    "cancelled": ("warn", "Cancelled {item}: its unfinished stages will not run."),
+    "cancel_failed": ("error", "Not cancelled: {detail}"),
     "conflict": ("warn", "Not saved: {detail} (someone may have decided it already)."),
     "bulk": ("ok", "Approved {count} review(s){skipped_text}."),
     "nothing": ("warn", "Select at least one review to approve."),
@@ -562,6 +601,8 @@ def create_app(
         Route("/decide", console.decide, methods=["POST"]),
         Route("/bulk", console.bulk, methods=["POST"]),
         Route("/retry", console.retry, methods=["POST"]),
+        Route("/rerun", console.rerun, methods=["POST"]),
+        Route("/cancel", console.cancel, methods=["POST"]),
         Route("/reviewer", console.set_reviewer, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
