@@ -298,8 +298,8 @@ class Overview:
 def overview(wf: Workflow, store: StateStore) -> Overview:
     """The `Overview` of a store, from grouped queries (never one item at a time)."""
     items = {str(k): v for k, v in store.count_items().items() if v}
-    summary = wf.summary(store, total=sum(items.values()))
     stored = store.summary()
+    summary = wf.summary(store, total=sum(items.values()), stored=stored)
     removed = {name: counts for name, counts in stored.items() if name not in wf.specs}
     stale = {k: v for k, v in store.count_stale().items() if k in wf.specs and v}
     rec = store.get_definition()

@@ -828,6 +828,14 @@ class StoreContract:
         assert sorted(many) == ["a", "c"]
         assert many["a"] == store.get_all_stage_states("a")
         assert many["c"]["s1"].status == StageStatus.RUNNING
+        full = self.full_state()
+        store.save_stage_state("b", "s9", full)
+        (brief,) = store.get_stage_states_many(["b"], brief=True)["b"].values()
+        assert (brief.status, brief.next_attempt_at, brief.review_deadline) == (
+            full.status,
+            full.next_attempt_at,
+            full.review_deadline,
+        )
 
     def test_set_item_states_changes_only_the_given_states(self, store: StateStore) -> None:
         self.add(store, "done", "failed", "ready", "other")

@@ -543,14 +543,22 @@ class Workflow:
             item_id, {n: states.get(n) or StageState() for n in self.plan.order}, rec.state, removed
         )
 
-    def summary(self, store: StateStore, *, total: int | None = None) -> dict[str, dict[str, int]]:
+    def summary(
+        self,
+        store: StateStore,
+        *,
+        total: int | None = None,
+        stored: dict[str, dict[str, int]] | None = None,
+    ) -> dict[str, dict[str, int]]:
         """Stage -> status -> number of items, from grouped queries (never loads items).
 
-        ``total`` (the number of items) saves a query when the caller already counted them.
+        ``total`` (the number of items) and ``stored`` (``store.summary()``) save a query
+        each when the caller already has them.
         """
         if total is None:
             total = sum(store.count_items().values())
-        stored = store.summary()
+        if stored is None:
+            stored = store.summary()
         out: dict[str, dict[str, int]] = {}
         for name in self.plan.order:
             counts = dict(stored.get(name, {}))

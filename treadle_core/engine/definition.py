@@ -116,6 +116,11 @@ class Change:
         return bool(self.added) and not self.removed and not self.restored
 
     @property
+    def empty(self) -> bool:
+        """Nothing changed (the definition is only being recorded)."""
+        return self == Change()
+
+    @property
     def touches_items(self) -> bool:
         """Whether reconciling has to visit the items at all."""
         return bool(self.reshaped or self.renamed or self.stale)

@@ -141,6 +141,9 @@ def begin(plan: Plan, clock: Clock) -> Callable[[StateStore], _Started]:
             "change": None,
             "last_change": None if rec is None else rec.get("last_change"),
         }
+        if change.empty:
+            store.save_definition(new)  # recorded for the first time, as it was
+            return _Started()
         if not change.touches_items:
             done = DefinitionChange(plan.name, change, at=now)
             new["last_change"] = done.to_dict()
@@ -228,7 +231,7 @@ def _reshape(store: StateStore, plan: Plan, change: Change, ids: list[str], now:
     recs = store.get_items(ids)
     todo = [i for i, r in recs.items() if r.state in recompute]
     cancelled = [i for i, r in recs.items() if r.state == ItemState.CANCELLED]
-    states = store.get_stage_states_many(todo + cancelled) if todo or cancelled else {}
+    states = store.get_stage_states_many(todo + cancelled, brief=True) if todo or cancelled else {}
     for item_id in todo:
         rec = recs[item_id]
         state, due_at = aggregate(plan, states.get(item_id, {}), now)

@@ -248,8 +248,12 @@ class StateStore(abc.ABC):
                 found[item_id] = rec
         return found
 
-    def get_stage_states_many(self, item_ids: Sequence[str]) -> dict[str, dict[str, StageState]]:
-        """Every stored stage state of each of ``item_ids`` (items with none are absent)."""
+    def get_stage_states_many(
+        self, item_ids: Sequence[str], *, brief: bool = False
+    ) -> dict[str, dict[str, StageState]]:
+        """Every stored stage state of each of ``item_ids`` (items with none are absent).
+        ``brief``: only ``status``, ``next_attempt_at`` and ``review_deadline`` need be
+        filled in (what readiness and aggregate states use), so stores may skip the rest."""
         found = {}
         for item_id in item_ids:
             states = self.get_all_stage_states(item_id)

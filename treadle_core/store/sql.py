@@ -420,6 +420,18 @@ def _state(data: str, stale: Any) -> StageState:
     return StageState.from_dict(d)
 
 
+_STATUSES = {s.value: s for s in StageStatus}
+
+
+def _brief(status: str, next_attempt_at: float | None, data: str | None) -> StageState:
+    deadline = None if data is None else json.loads(data).get("review_deadline")
+    return StageState(
+        _STATUSES[status],
+        next_attempt_at=from_ts(next_attempt_at),
+        review_deadline=from_ts(deadline),
+    )
+
+
 def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
     for i in range(0, len(values), _BATCH):
         yield values[i : i + _BATCH]
@@ -656,6 +668,18 @@ class SqlStateStore(StateStore):
 
     def _q(self, sql: str) -> str:
         return sql if self.dialect == "sqlite" else sql.replace("?", self._db.param)
+
+    def _plain(self, column: str, *, number: bool = False) -> str:
+        """``column`` in a form no index serves: for the batch queries that name their items
+        (``item_id IN (...)``, ``item_id > ?``), so the planner walks the primary key
+        instead of an index on the column (which would visit every item, every batch)."""
+        if number:
+            return f"({column} + 0)"
+        if self.dialect == "sqlite":
+            return f"+{column}"
+        if self.dialect == "mysql":
+            return f"CONCAT({column}, '')"
+        return f"({column} || '')"
 
     def _marks(self, n: int) -> str:
         return ", ".join([self._db.param] * n)
@@ -1121,17 +1145,27 @@ class SqlStateStore(StateStore):
                     found[row[0]] = _item(row)
         return found
 
-    def get_stage_states_many(self, item_ids: Sequence[str]) -> dict[str, dict[str, StageState]]:
+    def get_stage_states_many(
+        self, item_ids: Sequence[str], *, brief: bool = False
+    ) -> dict[str, dict[str, StageState]]:
         found: dict[str, dict[str, StageState]] = {}
-        for chunk in _chunks(list(item_ids)):
-            sql = (
-                "SELECT item_id, stage, data, stale FROM stage_states"
-                f" WHERE item_id IN ({self._marks(len(chunk))})"
+        if brief:  # from the columns; the JSON only of states waiting for review
+            columns = (
+                "item_id, stage, status, next_attempt_at,"
+                " CASE WHEN status = 'awaiting_review' THEN data END"
             )
+        else:
+            columns = "item_id, stage, data, stale"
+        for chunk in _chunks(list(item_ids)):
+            sql = f"SELECT {columns} FROM stage_states WHERE item_id IN ({self._marks(len(chunk))})"
             with self._guard:
                 rows = self._run(sql, chunk).fetchall()
-            for item_id, stage, data, stale in rows:
-                found.setdefault(item_id, {})[stage] = _state(data, stale)
+            if brief:
+                for item_id, stage, status, next_at, data in rows:
+                    found.setdefault(item_id, {})[stage] = _brief(status, next_at, data)
+            else:
+                for item_id, stage, data, stale in rows:
+                    found.setdefault(item_id, {})[stage] = _state(data, stale)
         return found
 
     def set_item_states(
@@ -1149,7 +1183,7 @@ class SqlStateStore(StateStore):
             values = sorted({ItemState(s).value for s in only})
             if not values:
                 return 0
-            where = f" AND state IN ({self._marks(len(values))})"
+            where = f" AND {self._plain('state')} IN ({self._marks(len(values))})"
             extra = tuple(values)
         with self.transaction():
             for chunk in _chunks(list(item_ids)):
@@ -1196,8 +1230,11 @@ class SqlStateStore(StateStore):
         with self.transaction():
             for chunk in _chunks(list(item_ids)):
                 sql = (
-                    self._q("UPDATE stage_states SET stale = 1 WHERE status = ? AND stale = 0")
-                    + f" AND stage IN ({self._marks(len(names))})"
+                    self._q(
+                        f"UPDATE stage_states SET stale = 1 WHERE {self._plain('status')} = ?"
+                        f" AND {self._plain('stale', number=True)} = 0"
+                    )
+                    + f" AND {self._plain('stage')} IN ({self._marks(len(names))})"
                     + f" AND item_id IN ({self._marks(len(chunk))})"
                 )
                 n += self._run(sql, (StageStatus.COMPLETE.value, *names, *chunk)).rowcount
@@ -1217,16 +1254,20 @@ class SqlStateStore(StateStore):
         statuses: Collection[StageStatus] | None = None,
         stale: bool | None = None,
     ) -> Iterator[str]:
-        where = "stage = ?"
+        # Stale states have an index of their own; anything else walks the primary key
+        # (item_id, stage) in order, so each page continues where the last one stopped.
+        indexed = stale is True
+        where = ("stage" if indexed else self._plain("stage")) + " = ?"
         params: tuple[Any, ...] = (stage,)
         if statuses is not None:
             values = sorted({StageStatus(s).value for s in statuses})
             if not values:
                 return
-            where += f" AND status IN ({', '.join('?' * len(values))})"
+            where += f" AND {self._plain('status')} IN ({', '.join('?' * len(values))})"
             params += tuple(values)
         if stale is not None:
-            where += f" AND stale = {1 if stale else 0}"
+            column = "stale" if indexed else self._plain("stale", number=True)
+            where += f" AND {column} = {1 if stale else 0}"
         first = self._q(f"SELECT item_id FROM stage_states WHERE {where} ORDER BY item_id LIMIT ?")
         more = self._q(
             f"SELECT item_id FROM stage_states WHERE {where} AND item_id > ?"
