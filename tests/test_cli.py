@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from treadle_core import open_store
 from treadle_core._fixtures import TreadleCli
+from treadle_core.cli.context import TIME_KEYS
 from treadle_core.cli.starter import FILES
 from treadle_core.plugins import get_plugin_manager
 
@@ -92,8 +94,13 @@ def add(cli, *items):
 
 @pytest.fixture
 def ran(cli):
-    """Three items run once: a, b waiting for review; bad failed (gate: too short)."""
+    """Three items run: a, b waiting for review; bad failed (gate: too short).
+
+    a runs on its own first, so its review is the older one: "oldest first" listings
+    have one right order (two reviews made in the same run may come in either).
+    """
     add(cli, {"id": "a"}, {"id": "b", "text": "lorem ipsum"}, {"id": "bad", "text": "hi"})
+    ok(cli("run", "--item", "a"))
     assert cli("run").exit_code == 1
     return cli
 
@@ -132,6 +139,7 @@ def test_validate_reports_the_pipeline(cli, tmp_path):
         "sinks": ["jsonl"],
         "stages": ["fetch", "check", "approve", "publish"],
         "store": f"sqlite:///{tmp_path}/state.db",
+        "warnings": [],
     }
     assert not (tmp_path / "state.db").exists()
 
@@ -233,6 +241,7 @@ def test_run_exits_0_when_everything_is_complete_or_waiting_for_review(cli, tmp_
     add(cli, {"id": "a"}, {"id": "b"})
     result = js(cli("run", "--json"))
     assert result == {
+        "errors": {},
         "failed": 0,
         "items": {"awaiting_review": 2},
         "stages": {
@@ -303,18 +312,57 @@ def test_store_option_and_env_override_the_pipeline_store(cli, tmp_path):
     assert "unknown scheme 'nosuch'" in result.stderr
 
 
+def test_every_time_in_json_output_is_iso_8601_utc(ran):
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00$")
+
+    def times(value, key=""):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from times(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                yield from times(v, key)
+        elif key in TIME_KEYS and value is not None:
+            yield key, value
+
+    outputs = [
+        js(ran("status", "a", "--json")),
+        js(ran("review", "show", "bad", "check", "--json")),
+        js(ran("review", "list", "--json")),
+        [json.loads(line) for line in ok(ran("events", "--json")).stdout.splitlines()],
+    ]
+    found = [pair for out in outputs for pair in times(out)]
+    assert {k for k, _ in found} >= {"at", "started_at", "completed_at", "updated_at", "since"}
+    assert all(isinstance(v, str) and iso.match(v) for _, v in found), found
+
+
+def test_counts_are_singular_for_one(cli, tmp_path):
+    (tmp_path / "one.toml").write_text('[stages.only]\nuses = "review"\n')
+    assert ", 1 stage (only)" in ok(cli("-p", "one.toml", "validate")).stdout
+    add(cli, {"id": "solo"})
+    assert "1 item:" in ok(cli("status")).stdout
+
+
 # --- review ------------------------------------------------------------------------------------
 
 
 def test_review_list(ran):
-    pending = js(ran("review", "list", "--json"))
-    assert [(r["item_id"], r["stage"], r["prompt"]) for r in pending] == [
+    listed = js(ran("review", "list", "--json"))
+    assert [(r["item_id"], r["stage"], r["prompt"]) for r in listed["reviews"]] == [
         ("a", "approve", "Ship a?"),
         ("b", "approve", "Ship b?"),
     ]
-    assert "Ship a?" in ok(ran("review", "list")).stdout
+    assert (listed["shown"], listed["total"], listed["truncated"]) == (2, 2, False)
+    text = ok(ran("review", "list")).stdout
+    assert "Ship a?" in text and "2 awaiting review" in text
+
+
+def test_review_list_says_when_it_shows_only_some(ran):
     limited = js(ran("review", "list", "--limit", "1", "--json"))
-    assert [r["item_id"] for r in limited] == ["a"]
+    assert [r["item_id"] for r in limited["reviews"]] == ["a"]
+    assert (limited["shown"], limited["total"], limited["truncated"]) == (1, 2, True)
+    text = ok(ran("review", "list", "--limit", "1")).stdout
+    assert "showing 1 of 2 awaiting review" in text
 
 
 def test_review_show_prints_every_attempt_with_verdict_and_feedback(ran):
@@ -350,7 +398,7 @@ def test_review_approve_all_for_a_stage(ran):
         "decided": [{"item_id": "a", "stage": "approve"}, {"item_id": "b", "stage": "approve"}],
         "skipped": [],
     }
-    assert js(ran("review", "list", "--json")) == []
+    assert js(ran("review", "list", "--json"))["reviews"] == []
 
 
 def test_review_reject_needs_a_reason_and_fails_the_stage(ran):
@@ -472,9 +520,12 @@ def test_stages_gates_sinks_stores_list(cli):
     assert set(stages) >= {"python", "review", "shell"}
     assert stages["shell"]["options"]["timeout"]["type"] == "duration"
     assert stages["review"]["plugin"] == "treadle_core.builtins.stages"
+    # Subsets: installed plugin distributions (treadle-sink-webhook, ...) may add more.
     gates = [r["type"] for r in js(cli("gates", "list", "--json"))]
-    assert gates == ["command", "json-schema", "min-length", "regex"]
-    assert [r["type"] for r in js(cli("sinks", "list", "--json"))] == ["console", "jsonl"]
+    assert {"command", "json-schema", "min-length", "regex"} <= set(gates)
+    assert gates == sorted(gates)
+    sinks = [r["type"] for r in js(cli("sinks", "list", "--json"))]
+    assert {"console", "jsonl"} <= set(sinks) and sinks == sorted(sinks)
     schemes = [r["scheme"] for r in js(cli("stores", "list", "--json"))]
     assert {"memory", "sqlite", "postgresql", "mysql"} <= set(schemes)
     assert "shell" in ok(cli("stages", "list")).stdout

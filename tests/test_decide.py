@@ -176,11 +176,12 @@ STAGE_ROWS = [
     ),
     *[
         Row(
-            f"gate uncertain, {policy.value}: a person decides",
+            f"gate uncertain, {policy.value}: a person decides, the reason kept as feedback",
             _result(Complete(), verdict=Uncertain("cannot tell")),
             _spec(policy=policy),
             status=StageStatus.AWAITING_REVIEW,
             events=["ReviewRequired"],
+            feedback="cannot tell",
             verdict="uncertain",
         )
         for policy in (ReviewPolicy.ON_UNCERTAIN, ReviewPolicy.ON_ESCALATION_OR_UNCERTAIN)
@@ -578,3 +579,13 @@ def test_a_retry_attempt_says_which_attempt_and_why(subtask: str | None) -> None
     )
     running = state.subtask("a") if subtask else state
     assert running is not None and running.status == StageStatus.RUNNING and running.attempt == 2
+
+
+@pytest.mark.parametrize("subtask", [None, "a"])
+def test_a_retry_asking_for_its_own_delay_overrides_the_budgets(subtask: str | None) -> None:
+    spec, result = _spec(delay=5), _result(Retry("quota", delay=900))
+    running = _fanning_out(1) if subtask else _running(1)
+    d = decide(spec, running, result, NOW, item_id="x", subtask=subtask)
+    unit = d.state.subtask("a") if subtask else d.state
+    assert unit is not None and unit.next_attempt_at == NOW + timedelta(seconds=900)
+    assert d.events[-1].kind == "RetryScheduled"

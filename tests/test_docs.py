@@ -231,3 +231,15 @@ def test_nav_lists_every_page() -> None:
     for page in doc_pages():
         rel = str(page.relative_to(DOCS))
         assert rel in nav, f"{rel} is not in mkdocs.yml's nav"
+
+
+def test_the_site_loads_nothing_from_another_site() -> None:
+    """Offline, diagrams render and text shows: Mermaid is vendored, fonts are the system's."""
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert re.search(r"^  font: false$", config, re.MULTILINE)
+    scripts = re.findall(r"^extra_(?:javascript|css):\n((?:  - .*\n)+)", config, re.MULTILINE)
+    assert "javascripts/mermaid.min.js" in "".join(scripts)
+    assert "://" not in "".join(scripts)
+    bundle = DOCS / "javascripts" / "mermaid.min.js"
+    assert bundle.stat().st_size > 1_000_000
+    assert 'globalThis["mermaid"]' in bundle.read_text(encoding="utf-8")[-500:]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
-from _util import journal, snapshot
+from _util import journal
 
 from treadle_core import (
-    ArtefactNotSerialisableError,
-    ArtefactTooLargeError,
     Complete,
     Failed,
     Item,
@@ -22,7 +21,6 @@ from treadle_core import (
     Stage,
     StageContext,
     StageOutput,
-    StageOutputError,
     StageStatus,
     UnknownItemError,
     Workflow,
@@ -277,7 +275,9 @@ async def test_retry_on_narrows_retryable_exceptions(make_store):
     assert calls == [1] and status.failed_stages == ["picky"]
 
 
-async def test_wrong_return_type_raises_type_error_and_leaves_store_unchanged(make_store):
+async def test_wrong_return_type_is_a_failed_attempt_naming_the_stage_and_type(make_store):
+    """A stage's mistake is recorded on its attempt, under its budget, like an exception."""
+
     async def ok(item, ctx):
         return StageOutput(Complete(), artefact=1)
 
@@ -286,38 +286,57 @@ async def test_wrong_return_type_raises_type_error_and_leaves_store_unchanged(ma
 
     wf = chain(("ok", ok), ("wrong", wrong))
     store = make_store()
-    with pytest.raises(
-        StageOutputError, match=r"stage 'wrong' returned a value of type int"
-    ) as err:
-        await wf.advance(Item("x"), store)
-    assert isinstance(err.value, TypeError)
-    # "ok" committed before "wrong" started; a second try changes nothing
-    assert store.get_stage_state("x", "ok").status == StageStatus.COMPLETE
-    before = snapshot(store, ["x"], wf.stages)
-    with pytest.raises(StageOutputError):
-        await wf.advance(Item("x"), store)
-    assert snapshot(store, ["x"], wf.stages) == before
-    assert store.get_stage_state("x", "wrong").status == StageStatus.PENDING
-    assert store.get_stage_state("x", "wrong").attempt == 0
-    assert store.get_attempts("x", "wrong") == []
+    status = await wf.advance(Item("x"), store)
+    assert status.stages["ok"].status == StageStatus.COMPLETE
+    st = status.stages["wrong"]
+    assert st.status == StageStatus.FAILED
+    assert st.error == (
+        "StageOutputError: stage 'wrong' returned a value of type int; return a "
+        "StageOutput, an outcome (Complete(), Retry(...), ...) or None"
+    )
+    (record,) = store.get_attempts("x", "wrong")
+    assert (record.outcome, record.error) == ("error", st.error)
+    assert "Traceback" not in record.error
+
+
+async def test_wrong_return_type_is_retried_under_the_budget(make_store):
+    calls = []
+
+    async def sometimes(item, ctx):
+        calls.append(ctx.attempt)
+        return 42 if ctx.attempt == 1 else None
+
+    wf = (
+        Workflow.builder()
+        .stage("s", sometimes)
+        .retry_budget("s", RetryBudget(max_attempts=2))
+        .build()
+    )
+    status = await wf.advance(Item("x"), make_store())
+    assert status.is_complete and calls == [1, 2]
 
 
 @pytest.mark.parametrize(
     "artefact, error",
-    [({"f": object()}, ArtefactNotSerialisableError), ("x" * 2000, ArtefactTooLargeError)],
-    ids=["not-serialisable", "too-large"],
+    [
+        ({"f": object()}, "ArtefactNotSerialisableError: item 'x' stage 'produce': artefact"),
+        ("x" * 2000, "ArtefactTooLargeError: item 'x' stage 'produce': artefact is 2002 bytes"),
+        (Path("/tmp"), "ArtefactNotSerialisableError: item 'x' stage 'produce': artefact"),
+    ],
+    ids=["not-serialisable", "too-large", "a-path"],
 )
-async def test_bad_artefact_raises_and_leaves_store_unchanged(artefact, error, make_store):
+async def test_an_artefact_that_cannot_be_stored_fails_the_attempt(artefact, error, make_store):
     async def produce(item, ctx):
         return StageOutput(Complete(), artefact=artefact)
 
     wf = Workflow.builder().stage("produce", produce).max_artefact_bytes(1000).build()
     store = make_store()
-    store.save_work_item_data("x", {})
-    before = snapshot(store, ["x"], wf.stages)
-    with pytest.raises(error, match="item 'x' stage 'produce'"):
-        await wf.advance(Item("x"), store)
-    assert snapshot(store, ["x"], wf.stages) == before
+    status = await wf.advance(Item("x"), store)
+    st = status.stages["produce"]
+    assert st.status == StageStatus.FAILED and st.error.startswith(error)
+    assert st.artefact is None
+    (record,) = store.get_attempts("x", "produce")
+    assert record.error == st.error and record.artefact is None
 
 
 async def test_too_large_artefact_message_says_to_store_it_elsewhere(make_store):
@@ -325,8 +344,36 @@ async def test_too_large_artefact_message_says_to_store_it_elsewhere(make_store)
         return StageOutput(Complete(), artefact="x" * 100)
 
     wf = Workflow.builder().stage("produce", produce).max_artefact_bytes(10).build()
-    with pytest.raises(ArtefactTooLargeError, match="store the payload elsewhere"):
-        await wf.advance(Item("x"), make_store())
+    status = await wf.advance(Item("x"), make_store())
+    assert "store the payload elsewhere" in status.stages["produce"].error
+
+
+async def test_one_bad_item_never_stops_the_others(make_store):
+    """20 items; one stage of one item returns an artefact holding a Path: the run goes
+    on with every other item and records the bad one's error on its stage."""
+
+    async def extract(item, ctx):
+        if item.id == "i07":
+            return StageOutput(Complete(), artefact={"path": Path("/tmp/x")})
+        return StageOutput(Complete(), artefact={"n": item.data["n"]})
+
+    async def load(item, ctx):
+        return None
+
+    wf = chain(("extract", extract), ("load", load))
+    store = make_store()
+    items = [Item(f"i{n:02d}", {"n": n}) for n in range(20)]
+    report = await wf.run(store, items, concurrency=4)
+    assert report.errors == {}
+    summary = wf.summary(store)
+    assert summary["extract"] == {"complete": 19, "failed": 1}
+    assert summary["load"] == {"complete": 19, "pending": 1}
+    bad = wf.status("i07", store)
+    assert bad.failed_stages == ["extract"]
+    assert "ArtefactNotSerialisableError" in bad.stages["extract"].error
+    # Later runs and workers do not stop on it either.
+    await wf.run(store)
+    assert wf.summary(store) == summary
 
 
 async def test_artefact_with_to_json_is_stored_as_json(make_store):
@@ -502,3 +549,114 @@ async def test_retry_outcome_uses_the_budget_then_fails(make_store):
     assert status.stages["again"].status == StageStatus.FAILED
     assert status.stages["again"].error == "try 3"
     assert [a.error for a in store.get_attempts("x", "again")] == ["try 1", "try 2", "try 3"]
+
+
+class _Refusing:
+    """A memory store that refuses to save some stage states (a store-side failure that
+    is about one item, not the whole store)."""
+
+    @staticmethod
+    def make(refuse):
+        from treadle_core import MemoryStateStore
+
+        class Refusing(MemoryStateStore):
+            def save_stage_state(self, item_id, stage, state):
+                if refuse(item_id, stage, state):
+                    raise ValueError("the store says no")
+                super().save_stage_state(item_id, stage, state)
+
+        return Refusing()
+
+
+async def test_a_result_the_store_refuses_fails_that_stage_and_the_run_goes_on(caplog):
+    """The engine cannot record one stage's result: that stage is FAILED with why (one
+    line); its item's other stages and every other item go on."""
+
+    async def work(item, ctx):
+        return StageOutput(Complete(), artefact={"big": item.id == "bad"})
+
+    def refuse(item_id, stage, state):
+        return state.status == StageStatus.COMPLETE and state.artefact == {"big": True}
+
+    wf = chain(("a", work), ("b", work))
+    store = _Refusing.make(refuse)
+    items = [Item(f"ok{n}") for n in range(3)] + [Item("bad")]
+    report = await wf.run(store, items, concurrency=2)
+    assert report.errors == {}
+    assert all(wf.status(f"ok{n}", store).is_complete for n in range(3))
+    bad = wf.status("bad", store).stages["a"]
+    assert bad.status == StageStatus.FAILED
+    assert bad.error == (
+        "the engine could not record this stage's attempt: ValueError: the store says no"
+    )
+    assert "the engine failed; failing the stage" in caplog.text
+
+
+async def test_an_item_the_store_refuses_entirely_is_put_aside_and_the_run_ends():
+    """Not even a FAILED state can be stored for it: the item is reported and put aside
+    (not due, so the run does not wait for it); every other item completes."""
+
+    async def work(item, ctx):
+        return None
+
+    wf = chain(("a", work), ("b", work))
+    store = _Refusing.make(lambda item_id, stage, state: item_id == "bad")
+    items = [Item(f"ok{n}") for n in range(5)] + [Item("bad")]
+    report = await asyncio.wait_for(wf.run(store, items, concurrency=2), 10)
+    assert report.errors == {"bad": "ValueError: the store says no"}
+    assert all(wf.status(f"ok{n}", store).is_complete for n in range(5))
+    assert store.get_item("bad").due_at is None
+    # A run over every item does not spin on it either.
+    report = await asyncio.wait_for(wf.run(store), 10)
+    assert report.items == 0
+
+
+async def test_a_worker_claims_a_broken_item_again_later_with_growing_delays():
+    from treadle_core.engine.worker import BROKEN_ITEM_DELAY
+    from treadle_core.model import utcnow
+
+    async def work(item, ctx):
+        return None
+
+    wf = chain(("a", work))
+    store = _Refusing.make(lambda item_id, stage, state: item_id == "bad")
+    store.save_work_item_data("bad", {})
+    stop = asyncio.Event()
+    serving = asyncio.create_task(wf.serve(store, stop=stop, poll_interval=0.05))
+    deadline = asyncio.get_running_loop().time() + 10
+    while store.get_item("bad").due_at is None or store.get_item("bad").due_at <= utcnow():
+        assert asyncio.get_running_loop().time() < deadline, "the worker never put it aside"
+        await asyncio.sleep(0.01)
+    stop.set()
+    report = await asyncio.wait_for(serving, 10)
+    assert report.errors == {"bad": "ValueError: the store says no"}
+    wait = (store.get_item("bad").due_at - utcnow()).total_seconds()
+    assert BROKEN_ITEM_DELAY - 5 < wait <= BROKEN_ITEM_DELAY
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["run-items", "run-store"])
+async def test_higher_priority_items_are_claimed_first(make_store, given):
+    order = []
+
+    async def work(item, ctx):
+        order.append(item.id)
+
+    wf = chain(("work", work))
+    store = make_store()
+    items = [Item("low-1"), Item("urgent", priority=100), Item("low-2"), Item("mid", priority=5)]
+    if given:
+        await wf.run(store, items, concurrency=1)
+    else:
+        from treadle_core.engine.writes import register
+
+        with store.transaction():
+            register(items)(store)
+        await wf.run(store, concurrency=1)
+    assert order == ["urgent", "mid", "low-1", "low-2"]
+    assert store.get_item("urgent").priority == 100
+
+
+@pytest.mark.parametrize("priority", [-1, 1_000_001, 1.5, True, "9"])
+def test_a_priority_must_be_an_integer_in_range(priority):
+    with pytest.raises(ValueError, match="priority must be an integer from 0 to 1,000,000"):
+        Item("x", priority=priority)

@@ -14,9 +14,9 @@ from treadle_core import (
     Item,
     Lagged,
     NeedsReview,
+    ReviewError,
     StageCompleted,
     StageFailed,
-    StageOutputError,
     StageStarted,
     Workflow,
     WorkflowCompleted,
@@ -106,18 +106,35 @@ async def test_journal_records_events_with_their_state_changes(make_store):
     assert store.read_events("x", after=stored[2].id)[0].id == stored[3].id
 
 
-async def test_refused_transition_journals_nothing_new(make_store):
+async def test_a_stage_returning_the_wrong_type_journals_its_failure(make_store):
     async def wrong(item, ctx):
         return "nope"
 
     wf = Workflow.builder().stage("w", wrong).build()
     store = make_store()
     sub = wf.subscribe()
-    with pytest.raises(StageOutputError):
-        await wf.advance(Item("x"), store)
-    # the start was journalled (it happened); no completion or failure was
-    assert [s.event.kind for s in store.read_events("x")] == ["StageStarted"]
-    assert [type(e).__name__ for e in iter(sub.get_nowait, None)] == ["StageStarted"]
+    await wf.advance(Item("x"), store)
+    kinds = ["StageStarted", "StageFailed"]
+    assert [s.event.kind for s in store.read_events("x")] == kinds
+    assert [type(e).__name__ for e in iter(sub.get_nowait, None)] == kinds
+    failed = store.read_events("x")[1].event
+    assert failed.error.startswith("StageOutputError: stage 'w' returned a value of type str")
+
+
+async def test_refused_decision_journals_nothing_new(make_store):
+    async def ask(item, ctx):
+        return NeedsReview("?")
+
+    wf = Workflow.builder().stage("ask", ask).build()
+    store = make_store()
+    await wf.advance(Item("x"), store)
+    await wf.approve_review("x", "ask", store, reviewer="ann")
+    before = [s.event.kind for s in store.read_events("x")]
+    sub = wf.subscribe()
+    with pytest.raises(ReviewError):
+        await wf.approve_review("x", "ask", store, reviewer="bob")
+    assert [s.event.kind for s in store.read_events("x")] == before
+    assert sub.get_nowait() is None
 
 
 async def test_events_round_trip_through_the_journal_format():

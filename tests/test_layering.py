@@ -35,7 +35,14 @@ ALLOWED: dict[str, set[str]] = {
     "engine.attempt": {"errors", "model", "store.base", "engine.plan"},
     "engine.decide": {"events", "model", "quality", "engine.attempt", "engine.plan"},
     "engine.fanout": {"events", "model", "quality", "engine.decide", "engine.plan"},
-    "engine.actions": {"errors", "events", "model", "engine.decide", "engine.plan"},
+    "engine.actions": {
+        "errors",
+        "events",
+        "model",
+        "engine.decide",
+        "engine.fanout",
+        "engine.plan",
+    },
     # A pipeline that lives for months: its recorded definition and the diff (pure), and
     # reconciling a store with it in batches.
     "engine.definition": {"errors", "model", "stage", "engine.plan"},
@@ -49,6 +56,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.ready",
     },
     "engine.writes": {
+        "_commit",
         "clock",
         "errors",
         "events",

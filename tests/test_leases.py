@@ -100,15 +100,21 @@ async def test_stage_left_running_by_a_dead_worker_is_rerun_as_a_new_attempt(sto
     await asyncio.sleep(0.1)
     await wf.run(store)
     st = store.get_stage_state("x", "work")
-    assert st.status == StageStatus.COMPLETE and st.attempt == 2 and st.recoveries == 1
+    # RUNNING was written before any execution slot: a first crash is not counted, but
+    # the stage is now a suspect (written RUNNING only once it holds a slot).
+    assert st.status == StageStatus.COMPLETE and st.attempt == 2
+    assert (st.recoveries, st.suspect) == (0, True)
     assert calls == [2]
     assert [a.outcome for a in store.get_attempts("x", "work")] == ["crashed", "complete"]
 
 
 def test_crash_loop_stops_at_the_recovery_limit(tmp_path):
+    """The first crash makes the stage a suspect (not counted: it may only have waited for
+    a slot); the next three count and reach the limit (3); the fifth attempt runs alone,
+    and when the process dies then too the stage is FAILED: it was certainly the culprit."""
     url = f"sqlite:///{tmp_path}/s.db"
     outputs = []
-    for _ in range(5):
+    for _ in range(7):
         proc = subprocess.run(
             [sys.executable, str(HERE / "suicide_pipeline.py"), url],
             capture_output=True,
@@ -119,11 +125,18 @@ def test_crash_loop_stops_at_the_recovery_limit(tmp_path):
             assert b"recovery limit reached" in proc.stdout
             break
         time.sleep(0.35)  # let the dead process's lease lapse
-    assert outputs[:3] == [-9, -9, -9] and outputs[-1] == 0, outputs
+    assert outputs == [-9, -9, -9, -9, -9, 0], outputs
     store = open_store(url)
     st = store.get_stage_state("x", "crash")
-    assert st.status == StageStatus.FAILED and st.recoveries == 3
+    assert st.status == StageStatus.FAILED and st.recoveries == 4
     assert st.error.startswith("recovery limit reached")
+    assert "the last time with no other stage beside it" in st.error
+    retried = [e.event.error for e in store.read_events("x") if e.event.kind == "StageRetried"]
+    assert retried[-1] == (
+        "recovered after its process died (3 times: it runs once more with no other stage "
+        "beside it)"
+    )
+    assert [a.outcome for a in store.get_attempts("x", "crash")] == ["crashed"] * 5
     store.close()
 
 

@@ -481,7 +481,7 @@ async def test_cancel_with_nothing_left_is_refused_and_changes_nothing(store: St
 
 async def test_cancel_stops_async_and_sync_stages_in_flight(store: StateStore) -> None:
     started = {"async": asyncio.Event(), "sync": threading.Event()}
-    release_sync = threading.Event()
+    release_sync, sync_returned = threading.Event(), threading.Event()
     seen: dict[str, Any] = {}
 
     async def slow_async(item: Any, ctx: Any) -> StageOutput:
@@ -501,6 +501,7 @@ async def test_cancel_stops_async_and_sync_stages_in_flight(store: StateStore) -
         started["sync"].set()
         assert release_sync.wait(30)
         seen["sync"] = "returned"
+        sync_returned.set()
         return StageOutput(Complete(), artefact={"late": True})
 
     wf = (
@@ -520,6 +521,7 @@ async def test_cancel_stops_async_and_sync_stages_in_flight(store: StateStore) -
     assert status.state == ItemState.CANCELLED
     release_sync.set()
     report = await asyncio.wait_for(running, 30)
+    assert await asyncio.to_thread(sync_returned.wait, 30)  # its thread ran to the end
     assert seen == {"async": "cancelled", "sync": "returned"}
     assert report.lost_leases == []
     final = wf.status("i0", store)

@@ -196,7 +196,8 @@ def test_cancel_items(cli: TreadleCli, project: Path) -> None:
     assert result.stdout == "cancelled 2 items\n"
     status = json.loads(ok(cli("status", "--json")).stdout)
     assert status["items"] == {"cancelled": 2, "awaiting_review": 1}
-    assert [r["item_id"] for r in json.loads(ok(cli("review", "list", "--json")).stdout)] == ["i2"]
+    listed = json.loads(ok(cli("review", "list", "--json")).stdout)["reviews"]
+    assert [r["item_id"] for r in listed] == ["i2"]
     refused(
         cli("cancel", "i0"),
         1,

@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 from treadle_core import (
     Approve,
     ExhaustedAction,
+    Option,
     PipelineFileError,
     Reject,
     RetryBudget,
     ReviewPolicy,
+    SinkType,
     Stage,
     hookimpl,
 )
@@ -264,7 +266,7 @@ def test_a_cycle_is_named_in_order(error):
         ),
         (
             '[pipeline]\nconcurrency = 0\n[stages.x]\nuses = "review"\n',
-            "[pipeline] key 'concurrency': must be at least 1, not 0",
+            "[pipeline] key 'concurrency': must be from 1 to 10,000, not 0",
         ),
         (
             '[pipeline]\nstore = "state.db"\n[stages.x]\nuses = "review"\n',
@@ -298,7 +300,7 @@ def test_a_cycle_is_named_in_order(error):
         ),
         (
             '[stages.x]\nuses = "review"\nretry = { max_attempts = 0 }\n',
-            "[stages.x] key 'retry.max_attempts': must be at least 1, not 0",
+            "[stages.x] key 'retry.max_attempts': must be from 1 to 1,000, not 0",
         ),
         (
             '[stages.x]\nuses = "review"\nretry = { on_exhausted = "panic" }\n',
@@ -306,7 +308,7 @@ def test_a_cycle_is_named_in_order(error):
         ),
         (
             '[stages.x]\nuses = "review"\nretry = { backoff = -1 }\n',
-            "[stages.x] key 'retry.backoff': must be more than 0, not -1",
+            "[stages.x] key 'retry.backoff': must be more than 0 and at most 1000, not -1",
         ),
         (
             '[stages.x]\nuses = "review"\nreview = "sometimes"\n',
@@ -371,7 +373,7 @@ def test_a_cycle_is_named_in_order(error):
         ),
         (
             '[stages.x]\nuses = "stages:Slow"\nspeed = 3\n',
-            "[stages.x] stages:Slow does not accept these options: got an unexpected keyword argument 'speed'",  # noqa: E501
+            "[stages.x] key 'speed': stages:Slow does not take an option 'speed' (it takes: none)",
         ),
         (
             '[stages.x]\nuses = "stages:NUMBER"\n',
@@ -381,11 +383,89 @@ def test_a_cycle_is_named_in_order(error):
             '[stages.x]\nuses = "stages:"\n',
             "[stages.x] 'stages:' is not an object reference (use 'package.module:name')",
         ),
+        # Numbers every run would choke on are refused by validate already.
+        (
+            '[pipeline]\nconcurrency = 9223372036854775807\n[stages.x]\nuses = "review"\n',
+            "[pipeline] key 'concurrency': must be from 1 to 10,000, not 9223372036854775807",
+        ),
+        (
+            '[stages.x]\nuses = "review"\nretry = { delay = "99999999999d" }\n',
+            "[stages.x] key 'retry.delay': '99999999999d' is too long (at most 3650d, ten years)",
+        ),
+        (
+            '[stages.x]\nuses = "review"\nretry = { backoff = 1e308 }\n',
+            "[stages.x] key 'retry.backoff': must be more than 0 and at most 1000, not 1e+308",
+        ),
+        (
+            '[stages.x]\nuses = "review"\nretry = { backoff = inf }\n',
+            "[stages.x] key 'retry.backoff': inf is not a usable number",
+        ),
+        (
+            '[stages.x]\nuses = "review"\nretry = { timeout = nan }\n',
+            "[stages.x] key 'retry.timeout': nan is not a duration",
+        ),
+        (
+            '[stages.x]\nuses = "review"\nretry = { max_attempts = 1000, backoff = 1000 }\n',
+            "[stages.x] key 'retry': backoff 1000 over 1000 attempts grows past any number",
+        ),
+        (
+            '[stages.x]\nuses = "review"\n'
+            'retry = { max_attempts = 20, delay = "1d", backoff = 4 }\n',
+            "(more than ten years); set max_delay to cap it",
+        ),
+        (
+            '[stages.x]\nuses = "review"\nreview_timeout = "99999999999d"\n',
+            "[stages.x] key 'review_timeout': '99999999999d' is too long",
+        ),
+        (
+            '[pipeline]\nmax_artefact_bytes = 99999999999999\n[stages.x]\nuses = "review"\n',
+            "[pipeline] key 'max_artefact_bytes': must be from 1 to 1,073,741,824",
+        ),
+        # A typo of a stage key is named as one.
+        (
+            '[stages.a]\nuses = "review"\n[stages.x]\nuses = "review"\nneds = ["a"]\n',
+            "[stages.x] key 'neds': stage type 'review' has no option 'neds' "
+            "(did you mean 'needs'?)",
+        ),
+        (
+            '[stages.a]\nuses = "review"\n[stages.x]\nuses = "stages:fetch"\nneds = ["a"]\n',
+            "[stages.x] key 'neds': stages:fetch is not a Stage class, so it takes no options "
+            "(did you mean 'needs'?)",
+        ),
+        # An option the class does not take names the table and the key.
+        (
+            '[stages.x]\nuses = "stages:fetch"\ngate = { uses = "stages:Gate", colour = "red" }\n',
+            "[stages.x] key 'gate.colour': stages:Gate does not take an option 'colour' "
+            "(it takes: words)",
+        ),
+        (
+            '[stages.x]\nuses = "stages:fetch"\ngate = { uses = "stages:GATE", words = 1 }\n',
+            "[stages.x] key 'gate.words': stages:GATE is a gate object, not a class, "
+            "so it takes no options",
+        ),
+        (
+            '[stages.x]\nuses = "stages:fetch"\ngate = { uses = "min-length", char = 3 }\n',
+            "[stages.x] key 'gate.char': gate type 'min-length' has no option 'char' "
+            "(did you mean 'chars'?)",
+        ),
+        # Stage and pipeline names are ids every store takes.
+        (
+            '[stages."a\\u0000b"]\nuses = "review"\n',
+            "[stages] a stage name 'a\\x00b' contains a NUL character",
+        ),
+        (
+            f'[stages.{"s" * 256}]\nuses = "review"\n',
+            "is 256 characters long; at most 255 are allowed",
+        ),
+        (
+            '[pipeline]\nname = ""\n[stages.x]\nuses = "review"\n',
+            "[pipeline] key 'name': the pipeline's name is empty",
+        ),
     ],
 )
 def test_each_mistake_is_one_line_naming_where(error, text, expected):
     stages_py = """
-        from treadle_core import Stage
+        from treadle_core import Accepted, QualityGate, Stage
 
         NUMBER = 3
 
@@ -395,10 +475,48 @@ def test_each_mistake_is_one_line_naming_where(error, text, expected):
         class Slow(Stage):
             async def execute(self, item, ctx):
                 return None
+
+        class Gate(QualityGate):
+            def __init__(self, words=()):
+                self.words = words
+
+            async def evaluate(self, item, stage, output, ctx):
+                return Accepted()
+
+        GATE = Gate()
         """
     message = error(text, stages_py)
     assert message.startswith("treadle.toml: ")
     assert expected in message
+
+
+def test_a_toml_nested_100000_deep_is_one_line(error):
+    message = error("a = " + "[" * 100_000 + "]" * 100_000 + '\n[stages.x]\nuses = "review"\n')
+    assert message in (
+        "treadle.toml: not valid TOML: nested too deeply",
+        # A tomllib that bounds nesting itself says so in its own words, on one line.
+        message.splitlines()[0],
+    )
+    assert message.startswith("treadle.toml: not valid TOML: ")
+
+
+def test_a_sink_option_its_factory_does_not_take_names_the_key(tmp_path):
+    class Sinks:
+        @hookimpl
+        def register_event_sinks(self, register):
+            register(
+                SinkType("tape", lambda path: print, "", {"path": Option(str), "x": Option(int)})
+            )
+
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.add_plugin(Sinks(), "tape-sink")
+    text = '[stages.x]\nuses = "review"\n[[sinks]]\nuses = "tape"\npath = "p"\nx = 1\n'
+    with pytest.raises(PipelineFileError) as info:
+        loads_pipeline(text, pm, path=tmp_path / "treadle.toml")
+    assert str(info.value) == (
+        "treadle.toml: [sinks[0]] key 'x': sink type 'tape' does not take an option 'x' "
+        "(it takes: path)"
+    )
 
 
 def test_a_stage_module_that_raises_on_import_is_a_pipeline_error(error):

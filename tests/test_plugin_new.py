@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import site
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from treadle_core._fixtures import TreadleCli
-from treadle_core.cli.plugin_new import KINDS, scaffold
+from treadle_core.cli.plugin_new import KINDS, scaffold, treadle_checkout
 from treadle_core.plugins import get_plugin_manager
 
 
@@ -46,6 +47,23 @@ def test_scaffold_python_compiles(kind: str) -> None:
     for rel, text in scaffold("ocr", kind).items():
         if rel.endswith(".py"):
             compile(text, rel, "exec")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scaffold_leaves_no_placeholder(kind: str) -> None:
+    for rel, text in scaffold("word-count", kind).items():
+        assert re.findall(r"__[A-Z]+__", text) == [], rel
+    readme = scaffold("word-count", kind)["README.md"]
+    assert "pypi.org" not in readme
+    assert "pip install /path/to/treadle" in readme  # Treadle first: it is on no index
+
+
+def test_plugin_new_says_how_to_install_treadle_beside_it(cli: TreadleCli) -> None:
+    out = cli("plugin", "new", "wordcount").output
+    assert "next: cd treadle-stage-wordcount && pip install -e '.[test]' && pytest" in out
+    checkout = treadle_checkout()
+    assert checkout is not None and Path(checkout, "pyproject.toml").exists()
+    assert f"pip install -e {checkout})" in out
 
 
 def test_store_scaffold_runs_the_store_contract() -> None:
@@ -131,9 +149,11 @@ def test_scaffolds_install_list_and_pass_their_tests(tmp_path: Path) -> None:
         [*pip, "setuptools>=68", "wheel"], env=env, capture_output=True, text=True
     )
     assert backend.returncode == 0, backend.stdout + backend.stderr
+    # With their dependencies but from no index: Treadle (installed from this checkout)
+    # and pytest must be found where they are, as for a plugin author beside a clone.
     install = subprocess.run(
-        [*pip, "--no-deps", "--no-build-isolation"]
-        + [arg for d in dists for arg in ("-e", str(d))],
+        [*pip, "--no-index", "--no-build-isolation"]
+        + [arg for d in dists for arg in ("-e", f"{d}[test]")],
         env=env,
         capture_output=True,
         text=True,

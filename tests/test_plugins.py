@@ -18,6 +18,7 @@ import pytest
 from treadle_core import (
     GateType,
     MemoryStateStore,
+    Option,
     PluginError,
     QualityFeedback,
     QualityGate,
@@ -331,6 +332,86 @@ def test_registering_a_wrong_value_is_an_error_of_that_plugin():
     pm = manager(("odd", plugin("odd", register_stage_types=lambda register: register("x"))))
     [info] = [i for i in plugin_infos(pm) if i.name == "odd"]
     assert info.error == "register_stage_types: registered str, expected StageType"
+
+
+def _plain_string_options(register):
+    register(StageType("shout", lambda field="text": noop, "Upper-case", {"field": "text"}))
+
+
+@pytest.mark.parametrize(
+    ("registration", "error"),
+    [
+        (
+            _plain_string_options,
+            "register_stage_types: StageType 'shout': option 'field' is str 'text', not an "
+            "Option (write Option(str, description=...))",
+        ),
+        (
+            lambda register: register(StageType("", lambda: noop)),
+            "register_stage_types: StageType name must be a non-empty string, not ''",
+        ),
+        (
+            lambda register: register(StageType("x", "not callable")),
+            "register_stage_types: StageType 'x': factory 'not callable' is not callable",
+        ),
+        (
+            lambda register: register(StageType("x", lambda: noop, options=["a"])),
+            "register_stage_types: StageType 'x': options must map names to Option, not list",
+        ),
+        (
+            lambda register: register(StageType("x", lambda: noop, options={"a": Option("str")})),
+            "register_stage_types: StageType 'x': option 'a' has type 'str', which is not a type",
+        ),
+    ],
+)
+def test_a_malformed_registration_is_that_plugins_error_and_the_rest_keep_working(
+    tmp_path, registration, error
+):
+    pm = manager(
+        ("broken", plugin("broken", register_stage_types=registration)),
+        (
+            "fine",
+            plugin(
+                "fine",
+                register_stage_types=lambda register: register(
+                    StageType("ok", lambda: noop, "works", {"n": Option(int)})
+                ),
+            ),
+        ),
+    )
+    infos = {i.name: i for i in plugin_infos(pm)}
+    assert infos["broken"].error == error
+    assert infos["fine"].error is None
+    assert "ok" in stage_types(pm) and "shout" not in stage_types(pm)
+    cli = TreadleCli(pm, tmp_path)
+    listed = cli("stages", "list")
+    assert listed.exit_code == 0 and "ok" in listed.stdout
+    listed = {p["name"]: p for p in json.loads(cli("plugins", "list", "--json").stdout)}
+    assert listed["broken"]["error"] == error
+    assert "ERROR: register_stage_types" in cli("plugins", "list").stdout
+
+
+def test_validate_and_run_warn_about_a_broken_plugin(tmp_path):
+    pm = manager(("broken", plugin("broken", register_stage_types=_plain_string_options)))
+    write_pipeline(tmp_path, '[pipeline]\nstore = "sqlite:///s.db"\n[stages.x]\nuses = "review"\n')
+    cli = TreadleCli(pm, tmp_path)
+    warning = "warning: plugin broken: register_stage_types: StageType 'shout': option 'field'"
+    validated = cli("validate")
+    assert validated.exit_code == 0 and validated.stderr.startswith(warning)
+    assert len(validated.stderr.splitlines()) == 1
+    assert json.loads(cli("validate", "--json").stdout)["warnings"][0].startswith("plugin broken:")
+    ran = cli("run")
+    assert ran.exit_code == 0 and ran.stderr.startswith(warning)
+
+
+def test_plugins_list_hook_implemented_only_by_builtins_says_so(tmp_path):
+    cli = TreadleCli(manager(), tmp_path)
+    result = cli("plugins", "list", "--hook", "register_stores")
+    assert result.exit_code == 0
+    assert result.stdout == (
+        "no installed plugin implements register_stores; "
+        "built-in: treadle_core.builtins.stores (--all lists them)\n"
+    )
 
 
 def test_each_manager_is_fresh_and_lists_the_builtins():

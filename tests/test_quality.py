@@ -184,7 +184,10 @@ async def test_gate_that_raises_becomes_uncertain_with_the_error(make_store):
     status = await wf.advance(Item("x"), store)
     assert status.review_stages == ["s"]
     assert "quality gate raised RuntimeError: gate broke" in wf.pending_reviews(store)[0].prompt
-    assert store.get_attempts("x", "s")[0].verdict == "uncertain"
+    (record,) = store.get_attempts("x", "s")
+    assert record.verdict == "uncertain"
+    # The reason is kept in the attempt history a reviewer reads, not only in the prompt.
+    assert record.feedback.summary == "quality gate raised RuntimeError: gate broke"
 
 
 async def test_accepted_output_under_always_policy_waits_for_review(make_store):
@@ -327,3 +330,39 @@ async def test_next_attempt_waits_until_due_even_across_calls(make_store):
     )
     await wf.advance(Item("x"), store)
     assert calls == [1, 2]
+
+
+async def test_a_stage_asking_for_its_own_retry_delay_gets_it(make_store):
+    """``Retry(error, delay=)`` replaces the budget's back-off for that retry."""
+    from treadle_core import ManualClock, Retry
+
+    clock = ManualClock()
+    calls = []
+
+    async def quota(item, ctx):
+        calls.append(ctx.attempt)
+        return Retry("quota spent", delay=900) if ctx.attempt == 1 else None
+
+    wf = (
+        Workflow.builder()
+        .stage("s", quota)
+        .retry_budget("s", RetryBudget(max_attempts=2, delay=5))
+        .clock(clock)
+        .build()
+    )
+    store = make_store()
+    st = (await wf.advance(Item("x"), store)).stages["s"]
+    assert st.next_attempt_at == clock.now() + timedelta(seconds=900)
+    clock.advance(899)
+    await wf.advance(Item("x"), store)
+    assert calls == [1]
+    clock.advance(1)
+    assert (await wf.advance(Item("x"), store)).is_complete and calls == [1, 2]
+
+
+@pytest.mark.parametrize("delay", [-1, float("inf"), float("nan"), "5"])
+def test_a_retry_delay_must_be_seconds(delay):
+    from treadle_core import Retry
+
+    with pytest.raises(ValueError, match="Retry delay must be a number of seconds"):
+        Retry("x", delay=delay)

@@ -262,7 +262,16 @@ def test_worker_survives_a_postgres_restart_mid_run(tmp_path, pg_url):
             if done == 300:
                 break
             assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, f"{done} of 300 complete"
+            if time.monotonic() > deadline:
+                proc.send_signal(signal.SIGTERM)
+                _, err = proc.communicate(timeout=60)
+                with open_store(pg_url) as check:
+                    stuck = [
+                        (i, rec.state.value, rec.due_at, rec.lease_owner)
+                        for i in check.list_work_items()
+                        if (rec := check.get_item(i)).state != ItemState.COMPLETE
+                    ]
+                raise AssertionError(f"{done} of 300 complete; stuck {stuck}; log {err[-4000:]}")
             time.sleep(0.2)
         assert len(executions(markers)) > before
     finally:

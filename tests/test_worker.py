@@ -140,7 +140,7 @@ def test_second_signal_exits_at_once_and_the_lease_is_taken_over(project):
     proc.communicate(timeout=20)
     store = open_store(f"sqlite:///{project}/state.db")
     st = store.get_stage_state("i0", "slow")
-    assert (st.status, st.attempt, st.recoveries) == (StageStatus.COMPLETE, 2, 1)
+    assert (st.status, st.attempt, st.suspect) == (StageStatus.COMPLETE, 2, True)
     store.close()
 
 

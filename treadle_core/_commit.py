@@ -7,7 +7,9 @@ queued they share one transaction (one commit, one fsync). If a shared
 transaction fails, every function of the batch is re-run in a transaction of its
 own, so one refused write (``LeaseLostError``, ``ReviewError``) never takes its
 neighbours down with it. A caller's ``await`` returns only after its write is
-committed, so nothing depends on a transition before it is durable.
+committed, so nothing depends on a transition before it is durable. Every
+transaction carries a commit mark, so one whose COMMIT landed while its reply was
+lost is never applied twice.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from .errors import StoreUnavailableError
-from .store.base import StateStore
+from .store.base import StateStore, commit_mark
 
 log = logging.getLogger("treadle.commit")
 
@@ -117,7 +120,7 @@ class Committer:
     def _apply(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
         if len(batch) > 1:
             try:
-                return self._retrying(lambda: self._all_in_one(batch))
+                return self._exactly_once([fn for fn, _, _ in batch])
             except StoreUnavailableError as exc:  # still unavailable after the deadline
                 return [(False, exc)] * len(batch)
             except Exception:
@@ -125,31 +128,67 @@ class Committer:
         results: list[tuple[bool, Any]] = []
         for fn, _, _ in batch:
             try:
-                results.append((True, self._retrying(lambda fn=fn: self._one(fn))))  # type: ignore[misc]
+                results += self._exactly_once([fn])
             except BaseException as exc:
                 results.append((False, exc))
         return results
 
-    def _all_in_one(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
-        with self.store.transaction():
-            return [(True, fn(self.store)) for fn, _, _ in batch]
+    def _exactly_once(self, fns: list[Callable[[StateStore], Any]]) -> list[tuple[bool, Any]]:
+        """Apply ``fns`` in one transaction, once.
 
-    def _one(self, fn: Callable[[StateStore], Any]) -> Any:
-        with self.store.transaction():
-            return fn(self.store)
-
-    def _retrying(self, op: Callable[[], T]) -> T:
-        """Run ``op``; while the store is unavailable (nothing applied), wait and retry."""
+        While the store is unavailable (nothing applied), wait and try again. The
+        transaction carries a commit mark: when the connection dies during COMMIT, the
+        mark says whether it landed, and a transaction that did is not applied again;
+        its writes are read back instead (`Write.replay`), or re-run if they are
+        idempotent (no replay).
+        """
+        store, mark = self.store, commit_mark()
         delay, deadline = 0.05, time.monotonic() + self.outage_seconds
         while True:
             try:
-                return op()
+                with store.transaction():
+                    store.mark_commit(mark)
+                    return [(True, fn(store)) for fn in fns]
             except StoreUnavailableError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
                 log.warning("%s; retrying in %.2f s", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            if self._landed(mark, deadline):
+                log.warning("a commit whose reply was lost had landed; not applying it again")
+                return [(True, self._replay(fn)) for fn in fns]
+
+    def _landed(self, mark: str, deadline: float) -> bool:
+        """Whether the transaction carrying ``mark`` committed (asked until the store
+        answers or the deadline passes)."""
+        delay = 0.05
+        while True:
+            try:
+                return self.store.committed(mark)
+            except StoreUnavailableError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _replay(self, fn: Callable[[StateStore], Any]) -> Any:
+        replay = getattr(fn, "replay", None)
+        if replay is None:
+            return self._exactly_once([fn])[0][1]  # idempotent: apply it again
+        return replay(self.store)
+
+
+@dataclass(frozen=True)
+class Write(Generic[T]):
+    """A write for the `Committer`, with what to return instead of applying it again
+    when its transaction committed but the reply was lost (``replay`` reads it back)."""
+
+    apply: Callable[[StateStore], T]
+    replay: Callable[[StateStore], T] | None = None
+
+    def __call__(self, store: StateStore) -> T:
+        return self.apply(store)
 
 
 class Reader:

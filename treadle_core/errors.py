@@ -148,6 +148,13 @@ class PluginError(TreadleError):
     code = "plugin_error"
 
 
+class InputError(TreadleError, ValueError):
+    """Input refused at the door: an id, item data or an edited artefact that no store
+    takes back intact, or a number out of range (see `treadle_core.validation`)."""
+
+    code = "invalid_input"
+
+
 class DefinitionError(TreadleError):
     """A workflow's definition cannot be reconciled with the one the store recorded: a
     ``renamed_from`` naming a stage the store never had, or a store that holds another

@@ -7,6 +7,7 @@ arguments than the spec declares. Exact signatures and examples: docs/plugin-hoo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,48 @@ class SinkType:
     factory: Callable[..., Callable[[Event], None]]
     description: str = ""
     options: Options = field(default_factory=dict)
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+def registration_problem(value: Any) -> str | None:
+    """What is wrong with a registered value (one line), or None.
+
+    The plugin manager records the problem as that plugin's error and skips the
+    value, so one malformed registration never breaks a command for the others.
+    """
+    kind = type(value).__name__
+    attr = "scheme" if isinstance(value, StoreBackend) else "name"
+    name = getattr(value, attr, None)
+    if not isinstance(name, str) or not name.strip():
+        return f"{kind} {attr} must be a non-empty string, not {name!r}"
+    label = f"{kind} {name!r}"
+    if isinstance(value, StoreBackend) and not _SCHEME.fullmatch(name):
+        return f"{label}: not a URL scheme (letters, digits, '+', '-', '.')"
+    if not callable(value.factory):
+        return f"{label}: factory {value.factory!r} is not callable"
+    if not isinstance(value.description, str):
+        return f"{label}: description must be a string, not {type(value.description).__name__}"
+    return _options_problem(label, getattr(value, "options", None))
+
+
+def _options_problem(label: str, options: Any) -> str | None:
+    if options is None:
+        return None
+    if not isinstance(options, Mapping):
+        return f"{label}: options must map names to Option, not {type(options).__name__}"
+    for key, option in options.items():
+        if not isinstance(key, str) or not key:
+            return f"{label}: option name {key!r} is not a non-empty string"
+        if not isinstance(option, Option):
+            return (
+                f"{label}: option {key!r} is {type(option).__name__} {option!r}, not an Option "
+                "(write Option(str, description=...))"
+            )
+        if not isinstance(option.type, type):
+            return f"{label}: option {key!r} has type {option.type!r}, which is not a type"
+    return None
 
 
 @hookspec

@@ -34,12 +34,35 @@ class WorkItem(Protocol):
     def id(self) -> str: ...
 
 
+#: Item priorities: higher is claimed first (then earliest due).
+MIN_PRIORITY, MAX_PRIORITY = 0, 1_000_000
+
+
 @dataclass(frozen=True)
 class Item:
-    """The concrete work item the CLI uses: an id and a JSON object of data."""
+    """The concrete work item the CLI uses: an id, a JSON object of data, and a priority
+    (higher is claimed first, then earliest due; 0 to 1,000,000)."""
 
     id: str
     data: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        check_priority(self.priority, f"item {self.id!r}")
+
+
+def check_priority(priority: Any, where: str) -> int:
+    """``priority`` if it is an integer from 0 to 1,000,000, else ValueError naming ``where``."""
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not MIN_PRIORITY <= priority <= MAX_PRIORITY
+    ):
+        raise ValueError(
+            f"{where}: priority must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY:,} "
+            f"(higher is claimed first), not {priority!r}"
+        )
+    return priority
 
 
 # --- outcomes -----------------------------------------------------------------
@@ -67,9 +90,22 @@ class Failed:
 
 @dataclass(frozen=True)
 class Retry:
-    """Transient failure: counts an attempt against the retry budget."""
+    """Transient failure: counts an attempt against the retry budget.
+
+    ``delay`` (seconds) is when the stage wants to be tried again (a server's
+    ``Retry-After``); it replaces the budget's back-off for this retry.
+    """
 
     error: str
+    delay: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.delay is not None and (
+            isinstance(self.delay, bool)
+            or not isinstance(self.delay, int | float)
+            or not 0 <= self.delay < float("inf")
+        ):
+            raise ValueError(f"Retry delay must be a number of seconds >= 0, not {self.delay!r}")
 
 
 @dataclass(frozen=True)
@@ -300,6 +336,13 @@ class StageState:
     budget_start: int = 0
     #: How many times this stage was found RUNNING after its process died.
     recoveries: int = 0
+    #: Its process died while it was RUNNING: from now on it is written RUNNING only once
+    #: it holds an execution slot, so being found RUNNING after a crash means it was
+    #: executing (and that crash counts towards max_recoveries).
+    suspect: bool = False
+    #: It reached the recovery limit: its next attempt runs with no other stage executing
+    #: in its process, so a crash then is its own (and fails it).
+    run_alone: bool = False
     #: The stage's version when it last ran (None: before versions were recorded).
     version: str | None = None
     #: COMPLETE, but its version or an upstream stage changed since (``rerun`` redoes it).
@@ -335,6 +378,8 @@ class StageState:
             "review_context": self.review_context,
             "budget_start": self.budget_start,
             "recoveries": self.recoveries,
+            "suspect": self.suspect,
+            "run_alone": self.run_alone,
             "version": self.version,
             "stale": self.stale,
         }
@@ -357,6 +402,8 @@ class StageState:
             review_context=dict(d.get("review_context") or {}),
             budget_start=d.get("budget_start", 0),
             recoveries=d.get("recoveries", 0),
+            suspect=d.get("suspect", False),
+            run_alone=d.get("run_alone", False),
             version=d.get("version"),
             stale=bool(d.get("stale", False)),
         )
@@ -482,6 +529,8 @@ class ItemRecord:
     lease_expires_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    #: Higher is claimed first (then earliest due).
+    priority: int = 0
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,9 @@ def add_items(
         for item in items:
             if store.get_item(item.id) is None:
                 store.save_work_item_data(item.id, item.data)
+                priority = getattr(item, "priority", 0)
+                if priority:
+                    store.set_priority(item.id, priority)
                 report.added.append(item.id)
             elif not update:
                 report.skipped.append(item.id)

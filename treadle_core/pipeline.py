@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import PipelineFileError, PluginError, WorkflowError
+from .errors import InputError, PipelineFileError, PluginError, WorkflowError
 from .hookspecs import Duration, Option, SinkType
 from .quality import (
     Approve,
@@ -31,6 +31,16 @@ from .quality import (
     all_of,
 )
 from .stage import Stage
+from .validation import (
+    MAX_ARTEFACT_BYTES,
+    MAX_ATTEMPTS,
+    MAX_BACKOFF,
+    MAX_CONCURRENCY,
+    MAX_DURATION,
+    MAX_INT,
+    check_id,
+    check_retry_growth,
+)
 from .workflow import Workflow, WorkflowBuilder
 
 if TYPE_CHECKING:
@@ -74,13 +84,20 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, int | float):
         if value < 0 or value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"{value!r} is not a duration (must be zero or more seconds)")
-        return float(value)
-    if isinstance(value, str):
+        return _bounded(float(value), value)
+    if isinstance(value, str) and len(value) <= 100:
         if _NUMBER.match(value):
-            return float(value)
+            return _bounded(float(value), value)
         if _DURATION.match(value):
-            return sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(value))
+            seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(value))
+            return _bounded(seconds, value)
     raise ValueError(f"{_show(value)} is not a duration (use 500ms, 2s, 5m, 1h)")
+
+
+def _bounded(seconds: float, given: Any) -> float:
+    if not seconds <= MAX_DURATION:  # also catches inf from "1e999"
+        raise ValueError(f"{_show(given)} is too long (at most 3650d, ten years)")
+    return seconds
 
 
 def _show(value: Any) -> str:
@@ -88,8 +105,10 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _closest(name: str, known: Sequence[str]) -> str:
+def _closest(name: str, known: Sequence[str], also: Sequence[str] = ()) -> str:
+    """`` (did you mean 'x'?)``: the closest of ``known``, or a near miss of ``also``."""
     match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    match = match or difflib.get_close_matches(name, list(also), n=1, cutoff=0.75)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
@@ -156,10 +175,14 @@ def _coerce(value: Any, expected: type, key: str, base_dir: Path) -> Any:
         ok = isinstance(value, bool)
     elif expected is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and abs(value) > MAX_INT:
+            raise _Problem(f"{_show(value)} is out of range (within ±2**63)", key=key)
     elif expected is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         if ok:
             value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise _Problem(f"{value} is not a usable number", key=key)
     else:
         ok = isinstance(value, expected)
     if not ok:
@@ -169,18 +192,23 @@ def _coerce(value: Any, expected: type, key: str, base_dir: Path) -> Any:
 
 
 def _options(
-    declared: Mapping[str, Option], given: Mapping[str, Any], what: str, base_dir: Path
+    declared: Mapping[str, Option],
+    given: Mapping[str, Any],
+    what: str,
+    base_dir: Path,
+    also: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Validate ``given`` against ``declared``; the keyword arguments for the factory."""
+    """Validate ``given`` against ``declared``; the keyword arguments for the factory.
+
+    ``also``: the table's own keys (``needs``, ``retry``...), offered for a typo too.
+    """
     out: dict[str, Any] = {}
     for key, value in given.items():
         option = declared.get(key)
         if option is None:
             known = ", ".join(sorted(declared)) or "none"
-            raise _Problem(
-                f"{what} has no option {key!r}{_closest(key, list(declared))} (options: {known})",
-                key=key,
-            )
+            hint = _closest(key, list(declared), also)
+            raise _Problem(f"{what} has no option {key!r}{hint} (options: {known})", key=key)
         out[key] = _coerce(value, option.type, key, base_dir)
     for key, option in declared.items():
         if key in out:
@@ -190,6 +218,32 @@ def _options(
         if option.default is not None:
             out[key] = option.default
     return out
+
+
+def _check_accepts(
+    factory: Any, options: Mapping[str, Any], what: str, also: Sequence[str] = ()
+) -> None:
+    """A `_Problem` naming the first key of ``options`` that ``factory`` does not take
+    (``also``: the table's own keys, offered for a typo too)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: let the call decide
+        return
+    params = signature.parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        for key in options:
+            if key not in accepted:
+                takes = ", ".join(accepted) or "none"
+                raise _Problem(
+                    f"{what} does not take an option {key!r}{_closest(key, accepted, also)} "
+                    f"(it takes: {takes})",
+                    key=key,
+                )
+    try:
+        signature.bind(**options)
+    except TypeError as exc:
+        raise _Problem(f"{what}: {exc}") from None
 
 
 # --- importing "pkg.mod:object" -------------------------------------------------------
@@ -258,17 +312,19 @@ def stage_from_object(ref: str, options: Mapping[str, Any]) -> Any:
     ``options``, or a function (sync or async) taking ``(item, ctx)``."""
     obj = import_object(ref)
     if isinstance(obj, type) and issubclass(obj, Stage):
-        try:
-            inspect.signature(obj).bind(**options)
-        except TypeError as exc:
-            raise _Problem(f"{ref} does not accept these options: {exc}") from None
+        _check_accepts(obj, options, ref, STAGE_KEYS)
         try:
             return obj(**options)
         except Exception as exc:
             raise _Problem(f"{ref}({', '.join(options)}) raised {_exc_line(exc)}") from None
     if options:
         first = next(iter(options))
-        raise _Problem(f"{ref} is not a Stage class, so it takes no options", key=first)
+        hint = _closest(first, (), STAGE_KEYS)
+        raise _Problem(
+            f"{ref} is not a Stage class, so it takes no options{hint or ''}"
+            + ("" if hint else f" (keys of a stage: {', '.join(STAGE_KEYS)})"),
+            key=first,
+        )
     if isinstance(obj, Stage) or callable(obj):
         if isinstance(obj, type):
             raise _Problem(f"{ref} is a class but not a Stage subclass")
@@ -372,6 +428,8 @@ def loads_pipeline(
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PipelineFileError(f"{label}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise PipelineFileError(f"{label}: not valid TOML: nested too deeply") from None
     base_dir = path.resolve().parent
     token = _base_dir.set(base_dir)
     try:
@@ -408,6 +466,7 @@ class _Loader:
         self._check_keys(settings, PIPELINE_KEYS, "pipeline")
         name = settings.get("name", self.base_dir.name or "pipeline")
         self._type(name, str, "pipeline", "name")
+        self._id(name, "pipeline", "name", "the pipeline's name")
         store = settings.get("store", DEFAULT_STORE)
         self._type(store, str, "pipeline", "store")
         if "://" not in store:
@@ -418,7 +477,7 @@ class _Loader:
                 "store",
             )
         concurrency = settings.get("concurrency", DEFAULT_CONCURRENCY)
-        self._positive_int(concurrency, "pipeline", "concurrency")
+        self._positive_int(concurrency, "pipeline", "concurrency", MAX_CONCURRENCY)
         if "plugins" in self.doc:
             self._table(self.doc["plugins"], "plugins", None)
 
@@ -427,11 +486,14 @@ class _Loader:
             raise _Problem("no stages defined (add a [stages.NAME] table)", "stages")
         builder = Workflow.builder(name)
         if "max_artefact_bytes" in settings:
-            self._positive_int(settings["max_artefact_bytes"], "pipeline", "max_artefact_bytes")
+            self._positive_int(
+                settings["max_artefact_bytes"], "pipeline", "max_artefact_bytes", MAX_ARTEFACT_BYTES
+            )
             builder.max_artefact_bytes(settings["max_artefact_bytes"])
         configs: dict[str, StageConfig] = {}
         for stage_name, table in stages_doc.items():
             where = f"stages.{stage_name}"
+            self._id(stage_name, "stages", None, "a stage name")
             table = self._table(table, where, None)
             configs[stage_name] = self._stage(builder, stage_name, table, where, list(stages_doc))
         sinks = self._sinks(self.doc.get("sinks", []))
@@ -484,10 +546,17 @@ class _Loader:
         except _Problem as problem:
             raise problem.at(where) from None
 
-    def _positive_int(self, value: Any, where: str, key: str) -> None:
+    def _positive_int(self, value: Any, where: str, key: str, most: int) -> None:
         self._type(value, int, where, key)
-        if value < 1:
-            raise _Problem(f"must be at least 1, not {value}", where, key)
+        if not 1 <= value <= most:
+            raise _Problem(f"must be from 1 to {most:,}, not {_show(value)}", where, key)
+
+    @staticmethod
+    def _id(value: str, where: str, key: str | None, what: str) -> None:
+        try:
+            check_id(value, what)
+        except InputError as exc:
+            raise _Problem(str(exc), where, key) from None
 
     def _duration(self, value: Any, where: str, key: str, *, positive: bool = False) -> float:
         try:
@@ -587,7 +656,9 @@ class _Loader:
                 'or use "pkg.module:object")',
                 key="uses",
             )
-        kwargs = _options(stage_type.options, options, f"stage type {uses!r}", self.base_dir)
+        what = f"stage type {uses!r}"
+        kwargs = _options(stage_type.options, options, what, self.base_dir, STAGE_KEYS)
+        _check_accepts(stage_type.factory, kwargs, what, STAGE_KEYS)
         try:
             return stage_type.factory(**kwargs)
         except _Problem:
@@ -606,7 +677,7 @@ class _Loader:
                 )
         kw: dict[str, Any] = {}
         if "max_attempts" in table:
-            self._positive_int(table["max_attempts"], where, "retry.max_attempts")
+            self._positive_int(table["max_attempts"], where, "retry.max_attempts", MAX_ATTEMPTS)
             kw["max_attempts"] = table["max_attempts"]
         for key in ("delay", "max_delay", "jitter"):
             if key in table:
@@ -618,8 +689,12 @@ class _Loader:
         if "backoff" in table:
             backoff = table["backoff"]
             self._type(backoff, float, where, "retry.backoff")
-            if backoff <= 0:
-                raise _Problem(f"must be more than 0, not {backoff}", where, "retry.backoff")
+            if not 0 < backoff <= MAX_BACKOFF:
+                raise _Problem(
+                    f"must be more than 0 and at most {MAX_BACKOFF:g}, not {_show(backoff)}",
+                    where,
+                    "retry.backoff",
+                )
             kw["backoff"] = float(backoff)
         if "on_exhausted" in table:
             value = table["on_exhausted"]
@@ -632,6 +707,12 @@ class _Loader:
                 )
             kw["on_exhausted"] = ExhaustedAction(value)
         try:
+            check_retry_growth(
+                kw.get("max_attempts", 1),
+                kw.get("delay", 0.0),
+                kw.get("backoff", 1.0),
+                kw.get("max_delay"),
+            )
             return RetryBudget(**kw)
         except ValueError as exc:
             raise _Problem(str(exc), where, "retry") from None
@@ -657,7 +738,24 @@ class _Loader:
                 obj = import_object(uses)
             except _Problem as problem:
                 raise problem.at(where, f"{key}.uses") from None
-            gate = obj(**options) if isinstance(obj, type) else obj
+            if not isinstance(obj, type):
+                if options:
+                    first = next(iter(options))
+                    raise _Problem(
+                        f"{uses} is a gate object, not a class, so it takes no options",
+                        where,
+                        f"{key}.{first}",
+                    )
+                gate = obj
+            else:
+                try:
+                    _check_accepts(obj, options, uses)
+                except _Problem as problem:
+                    raise problem.at(where, key) from None
+                try:
+                    gate = obj(**options)
+                except Exception as exc:
+                    raise _Problem(f"{uses}: {_exc_line(exc)}", where, key) from None
             if not isinstance(gate, QualityGate):
                 raise _Problem(f"{uses} is not a QualityGate", where, f"{key}.uses")
             return gate
@@ -676,6 +774,7 @@ class _Loader:
             )
         try:
             kwargs = _options(gate_type.options, options, f"gate type {uses!r}", self.base_dir)
+            _check_accepts(gate_type.factory, kwargs, f"gate type {uses!r}")
         except _Problem as problem:
             raise problem.at(where, key) from None
         try:
@@ -754,6 +853,7 @@ class _Loader:
             options = {k: v for k, v in table.items() if k != "uses"}
             try:
                 kwargs = _options(sink_type.options, options, f"sink type {uses!r}", self.base_dir)
+                _check_accepts(sink_type.factory, kwargs, f"sink type {uses!r}")
             except _Problem as problem:
                 raise problem.at(where) from None
             out.append(SinkConfig(index, uses, sink_type, kwargs))

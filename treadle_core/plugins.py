@@ -23,7 +23,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .hookspecs import GateType, SinkType, StageType, StoreBackend
+from .hookspecs import GateType, SinkType, StageType, StoreBackend, registration_problem
 
 if TYPE_CHECKING:
     import click
@@ -198,6 +198,10 @@ class TreadlePluginManager(pluggy.PluginManager):
                         f"{hook}: registered {type(value).__name__}, "
                         f"expected {registry.value_type.__name__}"
                     )
+                    continue
+                malformed = registration_problem(value)
+                if malformed is not None:
+                    info.errors.append(f"{hook}: {malformed}")
                     continue
                 name = key(value)
                 problem = registry.add(name, value, plugin_name)

@@ -43,7 +43,7 @@ from .model import (
     utcnow,
 )
 from .quality import CriterionResult, QualityFeedback
-from .store.base import StateStore
+from .store.base import StateStore, commit_mark
 
 Reopen = Callable[[], StateStore]
 
@@ -540,6 +540,22 @@ class StoreContract:
         assert rec.lease_expires_at == leases[0].expires_at
         assert [lease.item_id for lease in store.claim("w2", 10, 60)] == ["later"]
 
+    def test_claim_takes_the_highest_priority_first_then_the_earliest_due(
+        self, store: StateStore
+    ) -> None:
+        if type(store).set_priority is StateStore.set_priority:
+            pytest.skip("optional: this store does not keep item priorities")
+        self.add(store, "old-low", "new-high", "newer-high", "mid")
+        store.set_priority("new-high", 10)
+        store.set_priority("newer-high", 10)
+        store.set_priority("mid", 5)
+        got = [lease.item_id for lease in store.claim("w", 3, 60)]
+        assert got == ["new-high", "newer-high", "mid"]
+        rec = store.get_item("mid")
+        assert rec is not None and rec.priority == 5
+        with pytest.raises(UnknownItemError):
+            store.set_priority("ghost", 1)
+
     def test_claim_skips_items_not_yet_due(self, store: StateStore) -> None:
         self._due(store, "future", 3600)
         self.add(store, "nothing-to-do")
@@ -631,6 +647,56 @@ class StoreContract:
         assert rec is not None and (rec.lease_owner, rec.lease_token) == ("w2", b2.token)
         (again,) = store.claim("w3", 1, 60, item_ids=["a"])
         assert again.token == a.token + 1  # the fencing token never goes back
+
+    @staticmethod
+    def _lists_leases(store: StateStore) -> None:
+        if type(store).live_leases is StateStore.live_leases:
+            pytest.skip("optional: this store does not list leases (no fast local takeover)")
+
+    def test_live_leases_say_who_holds_what_until_when(self, store: StateStore) -> None:
+        self._lists_leases(store)
+        self.add(store, "a", "b", "c", "gone")
+        (b,) = store.claim("w2", 1, 120, item_ids=["b"])
+        (a,) = store.claim("w1", 1, 60, item_ids=["a"])
+        store.claim("w1", 1, 0, item_ids=["gone"])  # expired at once: not live
+        live = store.live_leases()
+        assert [(x.item_id, x.worker_id, x.token) for x in live] == [
+            ("a", "w1", a.token),
+            ("b", "w2", b.token),
+        ]
+        assert _close_to(live[0].expires_at, a.expires_at, 0.01)
+        assert [x.item_id for x in store.live_leases(limit=1)] == ["a"]
+
+    def test_expire_leases_ends_only_those_owners_leases(self, store: StateStore) -> None:
+        self._lists_leases(store)
+        self.add(store, "a", "b")
+        (a,) = store.claim("dead [host/1/1]", 1, 60, item_ids=["a"])
+        store.claim("alive", 1, 60, item_ids=["b"])
+        assert store.expire_leases(["dead [host/1/1]", "nobody"]) == 1
+        assert [x.item_id for x in store.live_leases()] == ["b"]
+        (taken,) = store.claim("w3", 2, 60)  # "a" at once; "b" is still held
+        assert (taken.item_id, taken.token) == ("a", a.token + 1)
+        with pytest.raises(LeaseLostError), store.transaction():
+            store.lock_item("a", a)  # the old holder's late write is still refused
+        assert store.expire_leases([]) == 0
+
+    def test_a_commit_mark_is_seen_only_once_committed(self, store: StateStore) -> None:
+        """The writer marks each transaction; after a COMMIT whose reply was lost it asks
+        whether the mark is there before applying anything again."""
+        first, second = commit_mark(), commit_mark()
+        assert first < second  # time-ordered
+        assert not store.committed(first)
+        self.add(store, "a")
+        with store.transaction():
+            store.mark_commit(first)
+            store.save_work_item_data("a", {"v": 1})
+        assert store.committed(first)
+        with pytest.raises(RuntimeError), store.transaction():
+            store.mark_commit(second)
+            store.save_work_item_data("a", {"v": 2})
+            raise RuntimeError("rolled back")
+        assert not store.committed(second)
+        assert store.get_work_item_data("a") == {"v": 1}
 
     def test_next_due_at_is_none_without_work(self, store: StateStore) -> None:
         assert store.next_due_at() is None

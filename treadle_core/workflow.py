@@ -362,8 +362,13 @@ class Workflow:
         until_idle: bool = True,
         lease_seconds: float = 60.0,
         worker_id: str | None = None,
+        stop: asyncio.Event | None = None,
     ) -> RunReport:
-        """Advance many items, at most ``concurrency`` stage executions in flight."""
+        """Advance many items, at most ``concurrency`` stage executions in flight.
+
+        When ``stop`` is set, nothing more is claimed or started; the stages in flight
+        finish and commit, and the leases are given back (cancel the call to stop them
+        at once: they are put back as they were before their attempt)."""
         return await self._engine.run(
             store,
             items,
@@ -371,6 +376,7 @@ class Workflow:
             until_idle=until_idle,
             lease_seconds=lease_seconds,
             worker_id=worker_id,
+            stop=stop,
         )
 
     async def serve(

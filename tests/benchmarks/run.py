@@ -5,7 +5,9 @@ because the machine is shared and noisy.
 
 W1  2,000 items x 4 no-op stages on a fresh, durable SQLite file: transitions/s,
     beside the raw-sqlite3 limit (the same state + event rows written with the
-    standard library alone, one commit per transition, same pragmas).
+    standard library alone, one commit per transition, same pragmas); at the
+    default synchronous=FULL (w1) and at synchronous=NORMAL (w1n), where the
+    engine's own CPU cost shows.
 W3  500 items x 3 stages that each await 20 ms, concurrency 50 (ideal 0.6 s):
     efficiency = ideal / actual.
 w1pg      W1 on PostgreSQL run by 1, 2 and 4 `treadle worker` processes: transitions/s
@@ -41,11 +43,11 @@ from treadle_core import open_store
 STAGES = 4
 
 
-def raw_sqlite_limit(path: Path, transitions: int) -> float:
+def raw_sqlite_limit(path: Path, transitions: int, synchronous: str = "full") -> float:
     """Transitions/s writing the same rows with sqlite3 alone, one commit per transition."""
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=FULL")
+    con.execute(f"PRAGMA synchronous={synchronous.upper()}")
     con.execute(
         "CREATE TABLE stage_states (item_id TEXT, stage TEXT, status TEXT, attempt INT, "
         "updated_at REAL, data TEXT, PRIMARY KEY (item_id, stage))"
@@ -77,11 +79,11 @@ def raw_sqlite_limit(path: Path, transitions: int) -> float:
     return transitions / elapsed
 
 
-def w1(items: int = 2000) -> dict[str, float]:
+def w1(items: int = 2000, synchronous: str = "full") -> dict[str, float | str]:
     with tempfile.TemporaryDirectory() as tmp:
         transitions = items * STAGES * 2
-        raw = raw_sqlite_limit(Path(tmp) / "raw.db", transitions)
-        store = open_store(f"sqlite:///{tmp}/w1.db")
+        raw = raw_sqlite_limit(Path(tmp) / "raw.db", transitions, synchronous)
+        store = open_store(f"sqlite:///{tmp}/w1.db?synchronous={synchronous}")
         wf = build(STAGES, noop)
         with store.transaction():
             for i in range(items):
@@ -94,6 +96,7 @@ def w1(items: int = 2000) -> dict[str, float]:
         store.close()
     rate = transitions / elapsed
     return {
+        "synchronous": synchronous,
         "items": items,
         "transitions": transitions,
         "seconds": round(elapsed, 3),
@@ -140,6 +143,7 @@ def w3(items: int = 500, runs: int = 5) -> dict[str, float]:
 #: name -> fn(items for the large-store benchmarks)
 BENCHES = {
     "w1": lambda n: w1(),
+    "w1n": lambda n: w1(synchronous="normal"),
     "w3": lambda n: w3(),
     "w1pg": lambda n: scaleout.w1_pg(),
     "store": bigstore.store_sqlite,

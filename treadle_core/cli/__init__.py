@@ -13,7 +13,7 @@ import click
 import pluggy
 
 from .. import __version__
-from .context import CliContext, CliError, TreadleGroup
+from .context import CliContext, CliError, TreadleGroup, accept_global_options
 
 __all__ = ["CliContext", "CliError", "create_cli", "main"]
 
@@ -43,7 +43,7 @@ def create_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
         "pipeline_path",
         default=None,
         metavar="PATH",
-        help="Pipeline file (default: ./treadle.toml).",
+        help="Pipeline file, or a directory holding treadle.toml (default: ./treadle.toml).",
     )
     @click.option(
         "--app",
@@ -70,6 +70,8 @@ def create_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
         ctx.call_on_close(state.close)
 
     manager.add_commands(cli)
+    for command in cli.commands.values():
+        accept_global_options(command)
     return cli
 
 

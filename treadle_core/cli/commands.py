@@ -6,9 +6,12 @@ import asyncio
 import dataclasses
 import glob as globlib
 import json
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from .. import ops
-from ..errors import RetryError, UnknownItemError
+from ..errors import InputError, RetryError, UnknownItemError
 from ..events import (
     Event,
     Lagged,
@@ -29,18 +32,25 @@ from ..events import (
 )
 from ..model import Item, ItemState, StageStatus, utcnow
 from ..pipeline import parse_duration
+from ..validation import MAX_CONCURRENCY, MAX_INT, MAX_LIMIT, check_duration, check_id, parse_json
 from ..workflow import Workflow
 from .context import (
     EXIT_USAGE,
+    ITEM_ID,
     CliContext,
     CliError,
+    Seconds,
     console,
     emit_json,
     emit_json_line,
+    iso_times,
     pass_state,
+    plural,
     reconcile,
     reviewer_default,
     run_async,
+    seconds_option,
+    warn_plugin_errors,
 )
 from .starter import FILES
 
@@ -97,6 +107,7 @@ def validate(state: CliContext, as_json: bool) -> None:
         return
     pipeline = state.pipeline()
     wf = pipeline.workflow
+    warnings = warn_plugin_errors(state)
     if as_json:
         emit_json(
             {
@@ -105,12 +116,13 @@ def validate(state: CliContext, as_json: bool) -> None:
                 "stages": wf.stages,
                 "sinks": [s.uses for s in pipeline.sinks],
                 "store": state.store_url(),
+                "warnings": warnings,
             }
         )
         return
     click.echo(
-        f"{state.pipeline_label}: OK: pipeline {pipeline.name!r}, {len(wf.stages)} stages "
-        f"({', '.join(wf.stages)})"
+        f"{state.pipeline_label}: OK: pipeline {pipeline.name!r}, "
+        f"{plural(len(wf.stages), 'stage')} ({', '.join(wf.stages)})"
     )
 
 
@@ -155,16 +167,17 @@ def graph(state: CliContext, fmt: str) -> None:
 # --- add ---------------------------------------------------------------------------------
 
 
-def _parse_items(lines: Iterable[str], source: str) -> list[Item]:
+def _parse_items(lines: Iterable[bytes | str], source: str) -> list[Item]:
+    """Every item of a JSONL source, all checked before any is stored."""
     items: list[Item] = []
     seen: set[str] = set()
     for number, line in enumerate(lines, 1):
+        if number == 1:  # a byte-order mark some editors write
+            line = line[3:] if line[:3] == b"\xef\xbb\xbf" else line
+            line = line[1:] if line[:1] == "\ufeff" else line
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CliError(f"{source}:{number}: not valid JSON: {exc}", EXIT_USAGE) from None
+        obj = parse_json(line, f"{source}:{number}")
         if not isinstance(obj, dict):
             raise CliError(f'{source}:{number}: expected a JSON object with an "id"', EXIT_USAGE)
         items.append(_item_from(obj, f"{source}:{number}", seen))
@@ -175,8 +188,12 @@ def _item_from(obj: dict[str, Any], where: str, seen: set[str]) -> Item:
     item_id = obj.get("id")
     if isinstance(item_id, int) and not isinstance(item_id, bool):
         item_id = str(item_id)
-    if not isinstance(item_id, str) or not item_id:
+    if item_id is None:
         raise CliError(f'{where}: missing "id" (a non-empty string)', EXIT_USAGE)
+    try:
+        item_id = check_id(item_id)
+    except InputError as exc:
+        raise CliError(f"{where}: {exc}", EXIT_USAGE) from None
     if item_id in seen:
         raise CliError(f"{where}: item {item_id!r} appears twice", EXIT_USAGE)
     seen.add(item_id)
@@ -221,6 +238,8 @@ def add(
     Each JSONL line is an object with "id" and "data" (or its other keys are the data).
     Items already in the store are left as they are, or with --update get the new data
     (journalled; their complete stages become stale: 'treadle rerun --stage S --stale').
+    Every item is checked before any is stored (UTF-8 JSON, ids of 1-255 characters); a
+    --glob matching no file is exit 2.
     """
     chosen = [x for x in (source, item_id, pattern) if x is not None]
     if len(chosen) != 1:
@@ -229,25 +248,27 @@ def add(
         raise CliError("--data goes with --id", EXIT_USAGE)
     items: list[Item]
     if item_id is not None:
+        check_id(item_id, "--id")
         data: Any = {}
         if data_text is not None:
-            try:
-                data = json.loads(data_text)
-            except json.JSONDecodeError as exc:
-                raise CliError(f"--data: not valid JSON: {exc}", EXIT_USAGE) from None
+            data = parse_json(data_text, "--data")
             if not isinstance(data, dict):
                 raise CliError("--data must be a JSON object", EXIT_USAGE)
         items = [Item(item_id, data)]
     elif pattern is not None:
         paths = sorted(p for p in globlib.glob(pattern, recursive=True) if Path(p).is_file())
+        if not paths:
+            raise CliError(f"--glob {pattern!r} matches no file; nothing added", EXIT_USAGE)
+        for path in paths:
+            check_id(path, f"--glob: file name {path!r} as an item id:")
         items = [Item(p, {"path": p}) for p in paths]
     else:
         assert source is not None
         if source == "-":
-            items = _parse_items(sys.stdin, "<stdin>")
+            items = _parse_items(getattr(sys.stdin, "buffer", sys.stdin), "<stdin>")
         else:
             try:
-                with open(source, encoding="utf-8") as fh:
+                with open(source, "rb") as fh:
                     items = _parse_items(fh, source)
             except OSError as exc:
                 raise CliError(f"{source}: cannot read: {exc.strerror}", EXIT_USAGE) from None
@@ -329,9 +350,21 @@ class _RunProgress:
 
 
 @click.command()
-@click.option("--concurrency", type=click.IntRange(min=1), help="Stage executions in flight.")
-@click.option("--item", "item_ids", multiple=True, help="Only this item (repeatable).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, MAX_CONCURRENCY),
+    help="Stage executions in flight.",
+)
+@click.option(
+    "--item", "item_ids", type=ITEM_ID, multiple=True, help="Only this item (repeatable)."
+)
 @click.option("--no-wait", is_flag=True, help="Do not wait for retries scheduled for later.")
+@click.option(
+    "--grace",
+    default="30s",
+    show_default=True,
+    help="After Ctrl-C or SIGTERM, how long running stages may finish before they stop.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @pass_state
 def run(
@@ -339,10 +372,18 @@ def run(
     concurrency: int | None,
     item_ids: tuple[str, ...],
     no_wait: bool,
+    grace: str,
     as_json: bool,
 ) -> None:
-    """Advance every item with work until nothing is ready (exit 1 if anything failed)."""
+    """Advance every item with work until nothing is ready (exit 1 if anything failed).
+
+    Ctrl-C (or SIGTERM) stops claiming and lets the stages in flight finish (up to
+    --grace) and commit; a second one stops them at once, puts them back as they were
+    and gives the leases back (exit 130 either way).
+    """
+    grace_seconds = seconds_option(grace, "--grace", positive=False)
     wf = state.workflow(runnable=True)
+    warn_plugin_errors(state)
     store = state.store()
     reconcile(wf, store)
     items: list[Item] | None = None
@@ -359,7 +400,9 @@ def run(
     show = not as_json and console(stderr=True).is_terminal
     bars = _RunProgress(wf, total, done, show)
 
-    async def go() -> None:
+    interrupt = _Interrupt(grace_seconds)
+
+    async def go() -> Any:
         with state.sinks(wf), wf.subscribe() as sub:
 
             async def feed() -> None:
@@ -368,21 +411,27 @@ def run(
 
             feeder = asyncio.create_task(feed())
             try:
-                with bars.progress:
-                    await wf.run(
-                        store,
-                        items,
-                        concurrency=concurrency or state.concurrency(),
-                        until_idle=not no_wait,
+                with bars.progress, interrupt:
+                    report = await interrupt.guard(
+                        wf.run(
+                            store,
+                            items,
+                            concurrency=concurrency or state.concurrency(),
+                            until_idle=not no_wait,
+                            stop=interrupt.stop,
+                        )
                     )
                     await asyncio.sleep(0)
                     while (event := sub.get_nowait()) is not None:
                         bars.handle(event)
+                    return report
             finally:
                 feeder.cancel()
                 await asyncio.gather(feeder, return_exceptions=True)
 
-    run_async(go())
+    report = run_async(go())
+    for item_id, error in (report.errors if report is not None else {}).items():
+        click.echo(f"error: item {item_id}: {error} (put aside; see the log above)", err=True)
     if items is None:
         counts = store.count_items()
         failed = counts.get(ItemState.FAILED, 0)
@@ -396,20 +445,96 @@ def run(
             states[key] = states.get(key, 0) + 1
     summary = wf.summary(store)
     if as_json:
-        emit_json({"items": states, "stages": summary, "failed": failed})
+        errors = report.errors if report is not None else {}
+        emit_json({"items": states, "stages": summary, "failed": failed, "errors": errors})
     else:
         out = console()
         out.print(_summary_table(wf, summary, f"pipeline {wf.name!r}"))
         out.print(", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(states.items())))
-    if failed:
+    if interrupt.signals:
+        interrupt.exit()
+    if failed or (report is not None and report.errors):
         raise click.exceptions.Exit(1)
+
+
+class _Interrupt:
+    """Ctrl-C / SIGTERM during ``treadle run``: the first stops claiming and lets running
+    stages finish (up to ``grace`` seconds) and commit; the second stops at once."""
+
+    def __init__(self, grace: float):
+        self.grace = grace
+        self.stop = asyncio.Event()
+        self.signals = 0
+        self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> _Interrupt:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    async def guard(self, run: Coroutine[Any, Any, Any]) -> Any:
+        """Await the run; a run stopped at once (second signal, grace over) returns None."""
+        self._task = asyncio.create_task(run)
+        try:
+            return await self._task
+        except asyncio.CancelledError:
+            if not self.signals or not self._task.cancelled():
+                raise
+            return None
+
+    def _on_signal(self, signum: int) -> None:
+        self.signals += 1
+        if self.signals > 2:
+            return  # already stopping at once: let it give the leases back
+        err = console(stderr=True)
+        if self.signals == 1:
+            err.print(
+                f"{signal.Signals(signum).name}: claiming nothing more; the stages running "
+                f"finish (up to {self.grace:g} s). Press Ctrl-C again to stop them at once."
+            )
+            self.stop.set()
+            if self._task is not None:
+                self._timer = asyncio.get_running_loop().call_later(self.grace, self._task.cancel)
+        elif self._task is not None:
+            err.print("stopping at once: running stages go back to where they were")
+            self._task.cancel()
+
+    def exit(self) -> None:
+        """Exit 130 (interrupted); without waiting for a sync stage still in its thread."""
+        if any(t.name.startswith("treadle-stage") and t.is_alive() for t in threading.enumerate()):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise click.exceptions.Exit(130)
 
 
 # --- status ------------------------------------------------------------------------------
 
 
+def status_json(st: Any) -> dict[str, Any]:
+    """``PipelineStatus.to_dict()`` with every time as ISO 8601 UTC."""
+    out = st.to_dict()
+    stages = {}
+    for name, stage in out["stages"].items():
+        stage = iso_times(stage)
+        if stage.get("subtasks"):
+            stage["subtasks"] = [iso_times(t) for t in stage["subtasks"]]
+        stages[name] = stage
+    out["stages"] = stages
+    return out
+
+
 @click.command()
-@click.argument("item_id", metavar="[ITEM]", required=False)
+@click.argument("item_id", metavar="[ITEM]", type=ITEM_ID, required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
@@ -425,8 +550,7 @@ def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
         out = console()
         out.print(_overview_table(wf, view))
         parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(view.items.items()))
-        total = view.total
-        out.print(f"{total} item{'s' if total != 1 else ''}" + (f": {parts}" if parts else ""))
+        out.print(plural(view.total, "item") + (f": {parts}" if parts else ""))
         stale = sum(view.stale.values())
         if stale:
             out.print(
@@ -436,7 +560,7 @@ def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
         return
     st = wf.status(item_id, store)
     if as_json:
-        emit_json(st.to_dict())
+        emit_json(status_json(st))
         return
     table = Table(
         title=f"{item_id}: {st.progress:.0f}% done"
@@ -491,7 +615,7 @@ def _overview_table(wf: Workflow, view: ops.Overview) -> Table:
 
 
 @click.command()
-@click.argument("item_id", metavar="[ITEM]", required=False)
+@click.argument("item_id", metavar="[ITEM]", type=ITEM_ID, required=False)
 @click.argument("stage", required=False)
 @click.option("--failed", "all_failed", is_flag=True, help="Every failed stage of every item.")
 @click.option("--stage", "only_stage", help="With --failed: only this stage.")
@@ -542,10 +666,9 @@ def retry(
     if as_json:
         emit_json({"retried": retried})
         return
-    n = len(retried)
     click.echo(
-        f"{n} stage{'s' if n != 1 else ''} back to pending"
-        + ("; run 'treadle run' to run them" if n else "")
+        f"{plural(len(retried), 'stage')} back to pending"
+        + ("; run 'treadle run' to run them" if retried else "")
     )
 
 
@@ -574,12 +697,20 @@ def _event_line(stored_id: int, event: Event) -> str:
 
 
 @click.command()
-@click.argument("item_id", metavar="[ITEM]", required=False)
+@click.argument("item_id", metavar="[ITEM]", type=ITEM_ID, required=False)
 @click.option("--follow", "-f", is_flag=True, help="Keep polling for new events (Ctrl-C stops).")
-@click.option("--after", type=int, default=0, help="Only events after this journal id.")
-@click.option("--interval", type=float, default=1.0, show_default=True, help="Poll seconds.")
+@click.option(
+    "--after", type=click.IntRange(0, MAX_INT), default=0, help="Only events after this journal id."
+)
+@click.option(
+    "--interval",
+    type=Seconds(0.01, 3600),
+    default=1.0,
+    show_default=True,
+    help="Poll seconds.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--max-polls", type=int, default=None, hidden=True)
+@click.option("--max-polls", type=click.IntRange(1, MAX_LIMIT), default=None, hidden=True)
 @pass_state
 def events(
     state: CliContext,
@@ -602,7 +733,7 @@ def events(
             for stored in page:
                 last = stored.id
                 if as_json:
-                    emit_json_line({"id": stored.id, **stored.event.to_dict()})
+                    emit_json_line({"id": stored.id, **iso_times(stored.event.to_dict())})
                 else:
                     click.echo(_event_line(stored.id, stored.event))
             if len(page) == 500:
@@ -630,7 +761,13 @@ def events(
     help="Delete items complete for longer than this (e.g. 30d, 12h).",
 )
 @click.option("--dry-run", is_flag=True, help="List what would be deleted; change nothing.")
-@click.option("--batch", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, MAX_LIMIT),
+    default=500,
+    show_default=True,
+    help="Items deleted per transaction.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def prune(state: CliContext, age: str, dry_run: bool, batch: int, as_json: bool) -> None:
@@ -639,6 +776,7 @@ def prune(state: CliContext, age: str, dry_run: bool, batch: int, as_json: bool)
         seconds = parse_duration(age)
     except ValueError as exc:
         raise CliError(f"--completed-before: {exc}", EXIT_USAGE) from None
+    check_duration(seconds, "--completed-before")
     cutoff = utcnow() - timedelta(seconds=seconds)
     store = state.store(create=False)
     ids = ops.prune(store, cutoff, dry_run=dry_run, batch=batch)
@@ -646,8 +784,7 @@ def prune(state: CliContext, age: str, dry_run: bool, batch: int, as_json: bool)
         emit_json({"dry_run": dry_run, "items": ids})
         return
     verb = "would delete" if dry_run else "deleted"
-    plural = "s" if len(ids) != 1 else ""
-    click.echo(f"{verb} {len(ids)} item{plural} complete before {cutoff:%Y-%m-%d %H:%M:%S} UTC")
+    click.echo(f"{verb} {plural(len(ids), 'item')} complete before {cutoff:%Y-%m-%d %H:%M:%S} UTC")
     if dry_run:
         for item_id in ids:
             click.echo(f"  {item_id}")

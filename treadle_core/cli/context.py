@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
+import math
 import os
+import re
+import sqlite3
 import sys
 from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
+import peewee
 from rich.console import Console
 
 from ..errors import (
     AppError,
     DefinitionError,
+    InputError,
     PipelineFileError,
     StoreError,
     TreadleError,
@@ -56,20 +64,136 @@ class CliError(click.ClickException):
 def exit_code_for(exc: TreadleError) -> int:
     if isinstance(
         exc,
-        PipelineFileError | UnknownItemError | UnknownStageError | AppError | DefinitionError,
+        PipelineFileError
+        | UnknownItemError
+        | UnknownStageError
+        | InputError
+        | AppError
+        | DefinitionError,
     ):
         return EXIT_USAGE
     return 1
 
 
+def redact(url: str) -> str:
+    """``url`` without its password, for messages."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return url
+    return url if password is None else url.replace(f":{password}@", ":***@", 1)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def one_line_usage_error(exc: click.UsageError) -> click.UsageError:
+    """The same usage error, shown as one ``Error: ...`` line with the help hint in it."""
+    if exc.ctx is None or isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return exc
+    message = f"{exc.format_message()} (see '{exc.ctx.command_path} --help')"
+    return click.UsageError(message)
+
+
 class TreadleGroup(click.Group):
-    """Turns `TreadleError` into a one-line message and an exit code (never a traceback)."""
+    """Turns every user mistake into one ``Error: ...`` line and an exit code (1 or 2).
+
+    `TreadleError` keeps its message; click's usage errors lose the usage block;
+    a database or file-system error (a corrupt SQLite file, a full disk) names the
+    store or the file. Nothing of this prints a traceback.
+    """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise one_line_usage_error(exc) from None
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = click.utils.make_str(args[0]) if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            known = self.list_commands(ctx)
+            match = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {match[0]!r}?)" if match else ""
+            ctx.fail(f"no such command {name!r}{hint}; commands: {', '.join(known)}")
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except TreadleError as exc:
             raise CliError(str(exc), exit_code_for(exc)) from None
+        except click.UsageError as exc:
+            raise one_line_usage_error(exc) from None
+        except (peewee.DatabaseError, peewee.InterfaceError, sqlite3.Error) as exc:
+            # The store turns what the user must mend (a full disk, a corrupt file) into a
+            # StoreError; anything it did not is still one line, never a traceback.
+            obj = ctx.find_object(CliContext)
+            where = "the store"
+            if obj is not None:
+                with suppress(TreadleError):
+                    where = f"store {redact(obj.store_url())!r}"
+            raise CliError(f"{where}: {_first_line(exc)}") from None
+        except OSError as exc:
+            if exc.filename is not None:
+                raise CliError(f"{exc.filename}: {exc.strerror or _first_line(exc)}") from None
+            raise CliError(_first_line(exc)) from None
+
+
+#: Global options also accepted after the command (``treadle status --store URL``).
+def _late_store(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    obj = ctx.find_object(CliContext)
+    if value is not None and obj is not None:
+        obj.store_override = value
+
+
+def _late_pipeline(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    obj = ctx.find_object(CliContext)
+    if value is not None and obj is not None:
+        obj.set_pipeline_path(value)
+
+
+def _late_app(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    obj = ctx.find_object(CliContext)
+    if value is not None and obj is not None:
+        obj.app_ref = value
+
+
+_LATE_OPTIONS = (
+    (("--store",), "store_url", _late_store),
+    (("-p", "--pipeline"), "pipeline_path", _late_pipeline),
+    (("--app",), "app_ref", _late_app),
+)
+
+
+def accept_global_options(command: click.Command) -> None:
+    """Let ``command`` (and every subcommand) take ``--store`` and ``-p`` too.
+
+    Hidden options whose callbacks set the `CliContext` that the group made; an
+    option name the command already uses for itself is left to the command.
+    """
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_global_options(sub)
+    taken = {opt for param in command.params for opt in param.opts + param.secondary_opts}
+    for opts, name, callback in _LATE_OPTIONS:
+        free = [o for o in opts if o not in taken]
+        if free and not any(p.name == name for p in command.params):
+            command.params.append(
+                click.Option(
+                    free, name, hidden=True, expose_value=False, callback=callback, metavar="X"
+                )
+            )
 
 
 class CliContext:
@@ -83,14 +207,29 @@ class CliContext:
         app_ref: str | None = None,
     ) -> None:
         self.pm = pm
-        self.pipeline_path = Path(pipeline_path or DEFAULT_FILE)
-        self.pipeline_label = pipeline_path or DEFAULT_FILE
-        self.pipeline_given = pipeline_path is not None
+        self.pipeline_path = Path(DEFAULT_FILE)
+        self.pipeline_label = DEFAULT_FILE
+        #: -p was given: the pipeline comes from that file (and a missing one is an error).
+        self.pipeline_given = False
+        self.set_pipeline_path(pipeline_path)
         self.store_override = store_url or None
         self.app_ref = app_ref or None
         self._pipeline: Pipeline | None = None
         self._workflow: Workflow | None = None
         self._store: StateStore | None = None
+
+    def set_pipeline_path(self, pipeline_path: str | None) -> None:
+        """``-p PATH``: a pipeline file, or a directory holding ``treadle.toml``."""
+        if not pipeline_path:
+            return
+        path = Path(pipeline_path)
+        label = pipeline_path
+        if path.is_dir():
+            path = path / DEFAULT_FILE
+            label = str(Path(pipeline_path) / DEFAULT_FILE)
+        self.pipeline_path = path
+        self.pipeline_label = label
+        self.pipeline_given = True
 
     # --- pipeline ------------------------------------------------------------
     def pipeline(self) -> Pipeline:
@@ -152,7 +291,13 @@ class CliContext:
                     raise StoreError(
                         f"no store at {path} yet (add items with 'treadle add', or pass --store)"
                     )
-            self._store = open_store(url, plugins=self.pm)
+            try:
+                self._store = open_store(url, plugins=self.pm)
+            except OSError as exc:  # the directory of a new SQLite file cannot be made
+                raise StoreError(
+                    f"cannot open store {redact(url)!r}: {exc.filename or url}: "
+                    f"{exc.strerror or _first_line(exc)}; choose a writable path"
+                ) from None
         return self._store
 
     def close(self) -> None:
@@ -186,6 +331,59 @@ def sqlite_path(url: str) -> Path | None:
     return Path(rest)
 
 
+def seconds_option(value: str, option: str, *, positive: bool = True) -> float:
+    """A duration option (``500ms``, ``2s``, ``5m``...) as seconds, or one clear line."""
+    from ..pipeline import parse_duration
+    from ..validation import check_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise CliError(f"{option}: {exc}", EXIT_USAGE) from None
+    if positive and seconds <= 0:
+        raise CliError(f"{option}: {value!r} must be more than zero", EXIT_USAGE)
+    return check_duration(seconds, option)
+
+
+# --- input and warnings ---------------------------------------------------------------------
+
+
+class ItemIdType(click.ParamType):
+    """An item id argument, checked at the door (`check_id`): `InputError`, exit 2."""
+
+    name = "item"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from ..validation import check_id
+
+        return check_id(value, "item id")
+
+
+ITEM_ID = ItemIdType()
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds within a range; ``nan`` and ``inf`` are refused too."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
+def warn_plugin_errors(state: CliContext) -> list[str]:
+    """Print ``warning: plugin NAME: ERROR`` on stderr for each broken plugin; the lines."""
+    from ..plugins import plugin_infos
+
+    lines = [f"plugin {info.name}: {info.error}" for info in plugin_infos(state.pm) if info.error]
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
+    return lines
+
+
 # --- output helpers ---------------------------------------------------------------------
 
 
@@ -201,8 +399,22 @@ def state(ctx: click.Context | None = None) -> CliContext:
 pass_state = click.make_pass_decorator(CliContext)
 
 
+def _quiet_store_failures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Drop "Future exception was never retrieved" for a store failure (a full disk):
+    the command reports that failure itself, as one line."""
+    exc = context.get("exception")
+    store_failure = (StoreError, peewee.DatabaseError, peewee.InterfaceError, sqlite3.Error)
+    if isinstance(exc, store_failure) and "never retrieved" in str(context.get("message")):
+        return
+    loop.default_exception_handler(context)
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    async def main() -> T:
+        asyncio.get_running_loop().set_exception_handler(_quiet_store_failures)
+        return await coro
+
+    return asyncio.run(main())
 
 
 def console(*, stderr: bool = False) -> Console:
@@ -214,13 +426,75 @@ def console(*, stderr: bool = False) -> Console:
     return Console(file=stream, width=width, highlight=False, soft_wrap=False)
 
 
+#: Keys that hold a time in the records commands print (``to_dict()`` gives epoch seconds).
+TIME_KEYS = frozenset(
+    {
+        "at",
+        "completed_at",
+        "created_at",
+        "deadline",
+        "due_at",
+        "lease_expires_at",
+        "next_attempt_at",
+        "retry_at",
+        "review_deadline",
+        "since",
+        "started_at",
+        "updated_at",
+    }
+)
+
+
+def iso(value: datetime | float | None) -> str | None:
+    """A time as ISO 8601 in UTC (``2025-01-31T09:30:00.123456+00:00``), the one format
+    of every ``--json`` output."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        value = datetime.fromtimestamp(float(value), UTC)
+    return value.astimezone(UTC).isoformat()
+
+
+def iso_times(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its own time fields (`TIME_KEYS`, not nested data) as ISO 8601."""
+    out = dict(record)
+    for key in TIME_KEYS & out.keys():
+        value = out[key]
+        if isinstance(value, datetime) or (
+            isinstance(value, int | float) and not isinstance(value, bool)
+        ):
+            out[key] = iso(value)
+    return out
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    return str(value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _dumps(value: Any, **kw: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=_json_default, ensure_ascii=False, **kw)
+    # A lone surrogate (stored before ids were checked) cannot be written as UTF-8:
+    # print it as the JSON escape it stands for.
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def emit_json(value: Any) -> None:
     """Machine-stable JSON on stdout: sorted keys, 2-space indent, one trailing newline."""
-    click.echo(json.dumps(value, sort_keys=True, indent=2, default=str, ensure_ascii=False))
+    click.echo(_dumps(value, indent=2))
 
 
 def emit_json_line(value: Any) -> None:
-    click.echo(json.dumps(value, sort_keys=True, default=str, ensure_ascii=False))
+    click.echo(_dumps(value))
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 stage``, ``2 stages`` (``many`` when adding an s is wrong)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def reviewer_default() -> str | None:

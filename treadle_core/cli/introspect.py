@@ -29,16 +29,17 @@ def list_plugins(state: CliContext, show_all: bool, hook: str | None, as_json: b
     hooks = sorted(n for n in dir(state.pm.hook) if not n.startswith("_"))
     if hook is not None and hook not in hooks:
         raise CliError(f"unknown hook {hook!r} (hooks: {', '.join(hooks)})", EXIT_USAGE)
-    infos = [
-        i
-        for i in plugin_infos(state.pm, include_builtins=show_all)
-        if hook is None or hook in i.hooks
-    ]
+    every = [i for i in plugin_infos(state.pm) if hook is None or hook in i.hooks]
+    infos = [i for i in every if show_all or not i.builtin]
     if as_json:
         emit_json([i.to_dict() for i in infos])
         return
     if not infos:
-        click.echo("no plugins installed" + ("" if show_all else " (--all shows the built-ins)"))
+        builtins = [i.name for i in every if i.builtin]
+        what = f"no installed plugin implements {hook}" if hook else "no plugins installed"
+        if builtins:
+            what += f"; built-in: {', '.join(builtins)} (--all lists them)"
+        click.echo(what)
         return
     table = Table(show_lines=False)
     for col in ("NAME", "VERSION", "HOOKS", "PROVIDES / ERROR"):

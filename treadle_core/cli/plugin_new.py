@@ -8,8 +8,11 @@ a README. ``pip install -e '.[test]' && pytest`` passes before any change.
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import click
 
@@ -64,6 +67,27 @@ def new(name: str, kind: str, directory: Path, as_json: bool) -> None:
         return
     click.echo(f"wrote {target}/ ({', '.join(sorted(files))})")
     click.echo(f"next: cd {target} && pip install -e '.[test]' && pytest")
+    checkout = treadle_checkout() or "/path/to/treadle"
+    click.echo(
+        "  (in this environment, which has Treadle; a new one needs Treadle from its "
+        f"clone first: pip install -e {checkout})"
+    )
+
+
+def treadle_checkout() -> str | None:
+    """The local directory Treadle was installed from (``pip install [-e] DIR``), if any.
+
+    Treadle is not on a package index, so a plugin's ``dependencies = ["treadle"]``
+    is met by installing it from that directory first.
+    """
+    try:
+        text = importlib.metadata.distribution("treadle").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if not text:
+        return None
+    url = urlsplit(json.loads(text).get("url", ""))
+    return unquote(url.path) if url.scheme == "file" else None
 
 
 def scaffold(name: str, kind: str) -> dict[str, str]:
@@ -71,13 +95,14 @@ def scaffold(name: str, kind: str) -> dict[str, str]:
     dist = f"treadle-{kind}-{name}"
     module = dist.replace("-", "_")
     cls = "".join(part.capitalize() for part in name.split("-"))
+    # __WHAT__ first: its text holds __NAME__, filled in after it.
     values = {
+        "__WHAT__": _WHAT[kind],
         "__NAME__": name,
         "__DIST__": dist,
         "__MODULE__": module,
         "__CLASS__": cls,
         "__KIND__": kind,
-        "__WHAT__": _WHAT[kind],
     }
 
     def fill(text: str) -> str:
@@ -130,20 +155,26 @@ testpaths = ["tests"]
 README = """\
 # __DIST__
 
-A [Treadle](https://pypi.org/project/treadle/) plugin providing __WHAT__.
+A Treadle plugin providing __WHAT__.
 
 ## Install
 
+Treadle is installed from a clone of its repository (it is not on a package
+index), so install it first, then this plugin beside it:
+
 ```sh
-pip install __DIST__
-treadle plugins list        # shows __DIST__ and what it provides
+python3 -m venv .venv && . .venv/bin/activate
+pip install /path/to/treadle        # your clone of Treadle
+pip install .                       # or: pip install __DIST__, once published
+treadle plugins list                # shows __DIST__ and what it provides
 ```
 
 ## Develop
 
 ```sh
+pip install -e /path/to/treadle     # in the same environment, if not done yet
 pip install -e '.[test]'
-pytest                      # uses the fixtures of treadle_core.testing
+pytest                              # uses the fixtures of treadle_core.testing
 ```
 
 ## Publish

@@ -11,16 +11,21 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import ops
-from ..errors import ReviewError, UnknownItemError
+from ..errors import InputError, ReviewError, UnknownItemError
 from ..model import PendingReview, StageStatus
 from ..quality import ApproveWithEdits
+from ..validation import MAX_LIMIT, parse_json
 from .context import (
     EXIT_USAGE,
+    ITEM_ID,
     CliContext,
     CliError,
     console,
     emit_json,
+    iso,
+    iso_times,
     pass_state,
+    plural,
     reviewer_default,
     run_async,
 )
@@ -34,12 +39,19 @@ def _pending_dict(r: PendingReview) -> dict[str, Any]:
     return {
         "item_id": r.item_id,
         "stage": r.stage,
-        "since": None if r.since is None else r.since.isoformat(),
-        "deadline": None if r.deadline is None else r.deadline.isoformat(),
+        "since": iso(r.since),
+        "deadline": iso(r.deadline),
         "attempt": r.attempt,
         "prompt": r.prompt,
         "context": r.context,
     }
+
+
+def _waiting_total(state: CliContext, stage: str | None) -> int:
+    """How many stages await review (of ``stage``, or of every stage of the workflow)."""
+    summary = state.store(create=False).summary()
+    stages = [stage] if stage is not None else state.workflow().stages
+    return sum(summary.get(name, {}).get(StageStatus.AWAITING_REVIEW.value, 0) for name in stages)
 
 
 @click.group()
@@ -50,21 +62,41 @@ def review() -> None:
 @review.command("list")
 @click.option("--stage", help="Only this stage.")
 @click.option(
-    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Show at most N."
+    "--limit",
+    type=click.IntRange(1, MAX_LIMIT),
+    default=100,
+    show_default=True,
+    help="Show at most N.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def list_reviews(state: CliContext, stage: str | None, limit: int, as_json: bool) -> None:
-    """What waits for review, oldest first."""
+    """What waits for review, oldest first.
+
+    --json prints {"reviews": [...], "shown": N, "total": M, "truncated": bool}.
+    """
     wf = state.workflow()
     pending = wf.pending_reviews(state.store(create=False), stage, limit=limit)
+    # Counting costs a grouped query: only when the page may have cut the list.
+    total = len(pending) if len(pending) < limit else _waiting_total(state, stage)
+    total = max(total, len(pending))
     if as_json:
-        emit_json([_pending_dict(r) for r in pending])
+        emit_json(
+            {
+                "reviews": [_pending_dict(r) for r in pending],
+                "shown": len(pending),
+                "total": total,
+                "truncated": total > len(pending),
+            }
+        )
         return
     if not pending:
         click.echo("nothing waits for review")
         return
-    table = Table(title=f"{len(pending)} awaiting review", title_justify="left")
+    title = f"{total} awaiting review"
+    if total > len(pending):
+        title = f"showing {len(pending)} of {total} awaiting review (oldest first; --limit N)"
+    table = Table(title=title, title_justify="left")
     for col in ("ITEM", "STAGE", "ATTEMPT", "WAITING SINCE", "DEADLINE", "PROMPT"):
         table.add_column(col)
     for r in pending:
@@ -86,17 +118,51 @@ def _check_target(state: CliContext, item_id: str, stage: str) -> None:
         raise UnknownItemError(f"unknown item {item_id!r}")
 
 
+def _waiting_stage(state: CliContext, item_id: str) -> str:
+    """The one stage of ``item_id`` that awaits review; an error naming them if not one."""
+    wf = state.workflow()
+    store = state.store(create=False)
+    if store.get_item(item_id) is None:
+        raise UnknownItemError(f"unknown item {item_id!r}")
+    states = store.get_all_stage_states(item_id)
+    waiting = [
+        name
+        for name in wf.stages
+        if name in states and states[name].status == StageStatus.AWAITING_REVIEW
+    ]
+    if len(waiting) == 1:
+        return waiting[0]
+    if not waiting:
+        raise CliError(
+            f"no stage of {item_id!r} awaits review; give STAGE (stages: {', '.join(wf.stages)})",
+            EXIT_USAGE,
+        )
+    raise CliError(
+        f"{plural(len(waiting), 'stage')} of {item_id!r} await review "
+        f"({', '.join(waiting)}); give one as STAGE",
+        EXIT_USAGE,
+    )
+
+
 @review.command()
-@click.argument("item_id", metavar="ITEM")
-@click.argument("stage")
+@click.argument("item_id", metavar="ITEM", type=ITEM_ID)
+@click.argument("stage", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
-def show(state: CliContext, item_id: str, stage: str, as_json: bool) -> None:
-    """Every attempt of ITEM's STAGE (verdict, feedback, artefact) and the review prompt."""
+def show(state: CliContext, item_id: str, stage: str | None, as_json: bool) -> None:
+    """Every attempt of ITEM's STAGE (verdict, feedback, artefact) and the review prompt.
+
+    Without STAGE: the stage of ITEM that awaits review (an error when several do).
+    """
+    if stage is None:
+        stage = _waiting_stage(state, item_id)
     detail = ops.review_detail(state.workflow(), state.store(create=False), item_id, stage)
     st, attempts, reviews, status = detail.state, detail.attempts, detail.reviews, detail.status
     if as_json:
-        emit_json(detail.to_dict())
+        shown = detail.to_dict()
+        shown["attempts"] = [iso_times(a.to_dict()) for a in attempts]
+        shown["reviews"] = [iso_times(r.to_dict()) for r in reviews]
+        emit_json(shown)
         return
     out = console()
     out.print(f"[bold]{escape(item_id)} / {stage}[/bold]: {status.value.replace('_', ' ')}")
@@ -209,7 +275,7 @@ def _report(
 
 
 _common = [
-    click.argument("item_id", metavar="[ITEM]", required=False),
+    click.argument("item_id", metavar="[ITEM]", type=ITEM_ID, required=False),
     click.argument("stage", metavar="[STAGE]", required=False),
     click.option("--all", "all_", is_flag=True, help="Every stage --stage S awaiting review."),
     click.option("--stage", "stage_opt", metavar="S", help="With --all: the stage."),
@@ -275,7 +341,7 @@ def reject(
 
 
 @review.command()
-@click.argument("item_id", metavar="ITEM")
+@click.argument("item_id", metavar="ITEM", type=ITEM_ID)
 @click.argument("stage")
 @click.option(
     "--file",
@@ -305,13 +371,14 @@ def edit(
     if st is None or st.status != StageStatus.AWAITING_REVIEW:
         status = st.status.value if st is not None else "pending"
         raise CliError(f"{item_id} / {stage} is {status}, not awaiting review; nothing saved")
+    text: str | bytes
     if path is not None:
         source = "<stdin>" if path == "-" else path
         try:
             if path == "-":
-                text = sys.stdin.read()
+                text = getattr(sys.stdin, "buffer", sys.stdin).read()
             else:
-                with open(path, encoding="utf-8") as fh:
+                with open(path, "rb") as fh:
                     text = fh.read()
         except OSError as exc:
             raise CliError(f"{source}: cannot read: {exc.strerror}", EXIT_USAGE) from None
@@ -323,9 +390,9 @@ def edit(
             raise CliError("artefact unchanged; nothing saved (use 'review approve' to approve)")
         text = edited
     try:
-        artefact = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{source}: not valid JSON: {exc}; nothing saved", EXIT_USAGE) from None
+        artefact = parse_json(text, source)
+    except InputError as exc:
+        raise CliError(f"{exc}; nothing saved", EXIT_USAGE) from None
 
     async def decide(wf: Any, i: str, s: str, store: Any) -> None:
         await wf.resolve_review(

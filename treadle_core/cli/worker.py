@@ -11,31 +11,23 @@ from typing import Any
 import click
 
 from .. import default_worker_id
-from ..pipeline import parse_duration
+from ..validation import MAX_CONCURRENCY
 from .context import (
-    EXIT_USAGE,
     CliContext,
-    CliError,
     console,
     emit_json,
     pass_state,
+    plural,
     reconcile,
     run_async,
+    seconds_option,
 )
 
 
-def _duration(value: str, option: str, *, positive: bool = True) -> float:
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise CliError(f"{option}: {exc}", EXIT_USAGE) from None
-    if positive and seconds <= 0:
-        raise CliError(f"{option}: {value!r} must be more than zero", EXIT_USAGE)
-    return seconds
-
-
 @click.command()
-@click.option("--concurrency", type=click.IntRange(min=1), help="Stage executions in flight.")
+@click.option(
+    "--concurrency", type=click.IntRange(1, MAX_CONCURRENCY), help="Stage executions in flight."
+)
 @click.option("--id", "worker_id", help="Name of this worker (default host:pid:random).")
 @click.option(
     "--lease", default="60s", show_default=True, help="Lease duration (renewed while running)."
@@ -62,8 +54,8 @@ def worker(
     leases; a second signal exits at once (its leases then expire and other
     workers take the items over).
     """
-    lease_seconds = _duration(lease, "--lease")
-    poll_seconds = _duration(poll, "--poll")
+    lease_seconds = seconds_option(lease, "--lease")
+    poll_seconds = seconds_option(poll, "--poll")
     wf = state.workflow(runnable=True)
     store = state.store()
     concurrency = concurrency or state.concurrency()
@@ -113,11 +105,12 @@ def worker(
                 "items": report.items,
                 "executions": report.executions,
                 "lost_leases": report.lost_leases,
+                "errors": report.errors,
             }
         )
     else:
         err.print(
-            f"worker {name}: stopped after {report.executions} stage executions "
-            f"on {report.items} item claims"
+            f"worker {name}: stopped after {plural(report.executions, 'stage execution')} "
+            f"on {plural(report.items, 'item claim')}"
             + (f"; lost leases: {', '.join(report.lost_leases)}" if report.lost_leases else "")
         )

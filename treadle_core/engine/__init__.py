@@ -102,6 +102,7 @@ class Engine:
             store, concurrency=concurrency, lease_seconds=lease_seconds, worker_id=worker_id
         ) as session:
             session.stop = stop
+            session.forever = forever
             await _reconcile.reconcile(
                 session.committer, session.reader, self.plan, self.clock, progress
             )
@@ -115,7 +116,7 @@ class Engine:
             )
             return await loop.run()
 
-    async def _write(self, store: StateStore, write: writes.Write) -> None:
+    async def _write(self, store: StateStore, write: writes.StageWrite) -> None:
         async with Committer(store) as committer:
             _, events = await committer.submit(write)
         self.bus.publish(events)
@@ -181,7 +182,7 @@ class Engine:
             session.cancel_item(item_id)
 
     async def _write_all(
-        self, store: StateStore, batch: Sequence[writes.Write]
+        self, store: StateStore, batch: Sequence[writes.StageWrite]
     ) -> list[BaseException | None]:
         async with Committer(store) as committer:
             futures = [committer.enqueue(w) for w in batch]

@@ -36,7 +36,8 @@ from ..model import (
     to_ts,
 )
 from .decide import Decision
-from .plan import Plan
+from .fanout import finish_fanout
+from .plan import Plan, StageSpec
 
 #: Who decides a review whose deadline passed.
 TIMEOUT_REVIEWER = "timeout"
@@ -47,26 +48,52 @@ MACHINE_REVIEWERS = frozenset({TIMEOUT_REVIEWER, CARRIED_OVER})
 
 
 def recover(
-    state: StageState, now: datetime, *, item_id: str, stage: str, max_recoveries: int
+    spec: StageSpec, state: StageState, now: datetime, *, item_id: str, max_recoveries: int
 ) -> Decision:
-    """A stage found RUNNING after its process died: run it again, or give up after
-    ``max_recoveries`` crashes. The crash does not spend the retry budget."""
-    recoveries = state.recoveries + 1
+    """A stage found RUNNING after its process died.
+
+    Only a stage whose code was executing counts a recovery. A stage is normally written
+    RUNNING before it waits for an execution slot, so the first time it is found RUNNING
+    it may only have been waiting: it runs again, not counted, as a *suspect* — written
+    RUNNING only once it holds a slot — so that from then on being found RUNNING means
+    it was executing. A fan-out counts when one of its subtasks was RUNNING (subtasks
+    always hold their slot first; each gets a ``crashed`` record naming it); one none of
+    whose subtasks was running is decided at once, running no finished subtask again.
+    At the recovery limit the stage runs once more alone; if its process dies then too,
+    it is FAILED. A crash never spends the retry budget.
+    """
+    stage = spec.name
+    running = [t for t in state.subtasks if t.status == StageStatus.RUNNING]
+    if state.subtasks and not running:
+        new, events = finish_fanout(spec, state, now, item_id=item_id)
+        if new.status == StageStatus.PENDING:
+            events = [_retried(item_id, stage, state, "no subtask was running", now)]
+        return Decision(new, events)
+    if running:
+        records = [_crashed(t.attempt, state.started_at, now, t.id) for t in running]
+    else:
+        records = [_crashed(state.attempt, state.started_at, now, None)]
     subtasks = [
-        dataclasses.replace(t, status=StageStatus.PENDING) if t.status == StageStatus.RUNNING else t
+        dataclasses.replace(t, status=StageStatus.PENDING, budget_start=t.budget_start + 1)
+        if t.status == StageStatus.RUNNING
+        else t
         for t in state.subtasks
     ]
-    crashed = AttemptRecord(
-        attempt=state.attempt,
-        started_at=state.started_at,
-        completed_at=now,
-        outcome="crashed",
-        error="the process running this attempt died",
+    back = state.replace(
+        status=StageStatus.PENDING,
+        updated_at=now,
+        budget_start=state.budget_start + (0 if state.subtasks else 1),
+        subtasks=subtasks,
     )
-    if recoveries >= max_recoveries:
+    if not (running or state.suspect or state.run_alone):
+        uncounted = "not counted: it may only have been waiting for an execution slot"
+        new = back.replace(suspect=True)
+        return Decision(new, [_retried(item_id, stage, state, uncounted, now)], records)
+    recoveries = state.recoveries + 1
+    if state.run_alone:
         error = (
-            "recovery limit reached: the stage was running when its process died "
-            f"{recoveries} times"
+            f"recovery limit reached: its process died {recoveries} times while it ran, "
+            "the last time with no other stage beside it"
         )
         new = state.replace(
             status=StageStatus.FAILED,
@@ -74,26 +101,36 @@ def recover(
             completed_at=now,
             updated_at=now,
             recoveries=recoveries,
+            run_alone=False,
             subtasks=subtasks,
         )
         return Decision(
-            new, [StageFailed(item_id=item_id, stage=stage, error=error, at=now)], crashed
+            new, [StageFailed(item_id=item_id, stage=stage, error=error, at=now)], records
         )
-    new = state.replace(
-        status=StageStatus.PENDING,
-        updated_at=now,
-        recoveries=recoveries,
-        budget_start=state.budget_start + 1,
-        subtasks=subtasks,
+    alone = recoveries >= max_recoveries
+    new = back.replace(recoveries=recoveries, run_alone=alone, suspect=True)
+    why = f"{recoveries} times: it runs once more with no other stage beside it" if alone else None
+    return Decision(new, [_retried(item_id, stage, state, why, now)], records)
+
+
+def _crashed(
+    attempt: int, started_at: datetime | None, now: datetime, subtask: str | None
+) -> AttemptRecord:
+    return AttemptRecord(
+        attempt=attempt,
+        started_at=started_at,
+        completed_at=now,
+        outcome="crashed",
+        error="the process running this attempt died",
+        subtask=subtask,
     )
-    event = StageRetried(
-        item_id=item_id,
-        stage=stage,
-        attempt=state.attempt,
-        error="recovered after its process died",
-        at=now,
-    )
-    return Decision(new, [event], crashed)
+
+
+def _retried(
+    item_id: str, stage: str, state: StageState, why: str | None, now: datetime
+) -> StageRetried:
+    error = "recovered after its process died" + (f" ({why})" if why else "")
+    return StageRetried(item_id=item_id, stage=stage, attempt=state.attempt, error=error, at=now)
 
 
 def resolve(
@@ -156,6 +193,8 @@ def reset_failed(
         updated_at=now,
         budget_start=state.attempt,
         recoveries=0,
+        suspect=False,
+        run_alone=False,
         subtasks=subtasks,
     )
     event = StageRetried(
@@ -270,6 +309,8 @@ def reset(state: StageState, now: datetime) -> StageState:
         review_prompt=None,
         review_context={},
         stale=False,
+        suspect=False,
+        run_alone=False,
     )
 
 

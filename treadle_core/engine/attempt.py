@@ -1,5 +1,10 @@
 """One attempt of a stage or subtask: hooks, execute, artefact check and gate, under the
-attempt timeout. It returns an `AttemptResult` and decides nothing (that is `decide`)."""
+attempt timeout. It returns an `AttemptResult` and decides nothing (that is `decide`).
+
+Whatever goes wrong inside the attempt — an exception, a wrong return type, an
+artefact that cannot be stored, a timeout — is the attempt's error, never the run's:
+one bad item never stops the others (SPEC §10).
+"""
 
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ class AttemptResult:
     error: str | None = None
     retryable: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: It ran out of time (its thread, for a sync stage, may still be running).
+    timed_out: bool = False
 
 
 def normalise_output(raw: Any, stage: str, *, subtask: str | None = None) -> StageOutput:
@@ -87,6 +94,29 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{tb}"
 
 
+async def _gate(
+    item: WorkItem,
+    spec: StageSpec,
+    output: StageOutput,
+    artefact: Any,
+    qctx: QualityContext,
+) -> Verdict | None:
+    """The gate's verdict on a ``Complete`` output; a gate that raises or returns something
+    else is ``Uncertain``, so a person sees why."""
+    if spec.gate is None or not isinstance(output.outcome, Complete):
+        return None
+    judged = StageOutput(output.outcome, artefact, output.summary)
+    try:
+        verdict = await spec.gate.evaluate(item, spec.name, judged, qctx)
+    except Exception as exc:
+        return Uncertain(f"quality gate raised {type(exc).__name__}: {exc}")
+    if not isinstance(verdict, Accepted | Rejected | Uncertain):
+        return Uncertain(
+            f"quality gate returned {type(verdict).__name__}, not Accepted/Rejected/Uncertain"
+        )
+    return verdict
+
+
 async def run_attempt(
     item: WorkItem,
     spec: StageSpec,
@@ -98,9 +128,12 @@ async def run_attempt(
     max_artefact_bytes: int,
 ) -> AttemptResult:
     """Run one attempt; ``previous`` are this stage's (or subtask's) earlier attempts."""
-    stage, budget = spec.stage, spec.budget
+    stage, timeout = spec.stage, spec.budget.attempt_timeout
     where = f"item {ctx.item_id!r} stage {spec.name!r}" + (
         f" subtask {ctx.subtask!r}" if ctx.subtask else ""
+    )
+    qctx = QualityContext(
+        ctx.item_id, spec.name, ctx.attempt, max_attempts, list(previous), ctx.subtask
     )
 
     async def body() -> AttemptResult:
@@ -109,46 +142,33 @@ async def run_attempt(
         output = normalise_output(raw, spec.name, subtask=ctx.subtask)
         await stage.after_execute(item, ctx, output)
         artefact = normalise_artefact(output.artefact, where=where, max_bytes=max_artefact_bytes)
-        verdict: Verdict | None = None
-        if spec.gate is not None and isinstance(output.outcome, Complete):
-            qctx = QualityContext(
-                ctx.item_id, spec.name, ctx.attempt, max_attempts, list(previous), ctx.subtask
-            )
-            judged = StageOutput(output.outcome, artefact, output.summary)
-            try:
-                verdict = await spec.gate.evaluate(item, spec.name, judged, qctx)
-            except Exception as exc:
-                verdict = Uncertain(f"quality gate raised {type(exc).__name__}: {exc}")
-            if not isinstance(verdict, Accepted | Rejected | Uncertain):
-                verdict = Uncertain(
-                    f"quality gate returned {type(verdict).__name__}, "
-                    "not Accepted/Rejected/Uncertain"
-                )
+        verdict = await _gate(item, spec, output, artefact, qctx)
         return AttemptResult(
             output, started_at, artefact=artefact, verdict=verdict, metadata=ctx.metadata
         )
 
     try:
-        if budget.attempt_timeout is None:
+        if timeout is None:
             return await body()
-        async with asyncio.timeout(budget.attempt_timeout) as deadline:
+        async with asyncio.timeout(timeout) as deadline:
             return await body()
-    except (StageOutputError, ArtefactError, LeaseLostError):
+    except LeaseLostError:
         raise
-    except TimeoutError:
-        if budget.attempt_timeout is not None and deadline.expired():
+    except TimeoutError as exc:
+        if timeout is not None and deadline.expired():
             return AttemptResult(
                 None,
                 started_at,
-                error=f"attempt timed out after {budget.attempt_timeout:g} s",
+                error=f"attempt timed out after {timeout:g} s",
                 metadata=ctx.metadata,
+                timed_out=True,
             )
-        raise
+        # The stage's own TimeoutError (a client's timeout): an exception like any other.
+        error, retryable = error_text(exc), spec.budget.retries(exc)
+    except (StageOutputError, ArtefactError) as exc:
+        # The stage's mistake, recorded on its attempt like an exception it raised; the
+        # message names the stage and says what to return instead, so no traceback.
+        error, retryable = f"{type(exc).__name__}: {exc}", spec.budget.retries(exc)
     except Exception as exc:
-        return AttemptResult(
-            None,
-            started_at,
-            error=error_text(exc),
-            retryable=budget.retries(exc),
-            metadata=ctx.metadata,
-        )
+        error, retryable = error_text(exc), spec.budget.retries(exc)
+    return AttemptResult(None, started_at, error=error, retryable=retryable, metadata=ctx.metadata)

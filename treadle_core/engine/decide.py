@@ -65,7 +65,12 @@ class Decision:
 
     state: StageState
     events: list[Event]
-    record: AttemptRecord | None = None
+    records: list[AttemptRecord] = field(default_factory=list)
+
+    @property
+    def record(self) -> AttemptRecord | None:
+        """The attempt record, when the decision made exactly one."""
+        return self.records[0] if len(self.records) == 1 else None
 
 
 class Next(enum.Enum):
@@ -92,6 +97,8 @@ class Judgement:
     context: dict[str, Any] = field(default_factory=dict)
     #: True / False: a gate accepted / rejected the output (journalled); None: no verdict.
     passed: bool | None = None
+    #: The delay the stage asked for (``Retry(delay=)``), instead of the budget's.
+    delay: float | None = None
 
 
 def max_attempts(spec: StageSpec, budget_start: int) -> int:
@@ -144,8 +151,8 @@ def judge(
             return Judgement(Next.FAIL, label, error)
         case Failed(error):
             return Judgement(Next.FAIL, label, error)
-        case Retry(error):
-            return retry(label, error, QualityFeedback(error))
+        case Retry(error, delay):
+            return dataclasses.replace(retry(label, error, QualityFeedback(error)), delay=delay)
         case Skipped():
             return Judgement(Next.SKIP, label)
     raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
@@ -164,8 +171,12 @@ def _judge_complete(
         return retry(label, error, verdict.feedback, passed=False)
     if isinstance(verdict, Uncertain):
         if subtask is None and spec.policy.reviews_uncertain:
+            # The reason is the gate's word on this attempt: kept as its feedback, so the
+            # attempt history a reviewer reads says why.
             prompt = f"quality gate is uncertain: {verdict.reason}"
-            return Judgement(Next.REVIEW, label, prompt=prompt)
+            return Judgement(
+                Next.REVIEW, label, feedback=QualityFeedback(verdict.reason), prompt=prompt
+            )
         error = f"quality gate is uncertain: {verdict.reason}"
         return retry(label, error, QualityFeedback(verdict.reason))
     passed = True if isinstance(verdict, Accepted) else None
@@ -191,7 +202,10 @@ def decide(
     name, attempt = spec.name, running.attempt
     j = judge(spec, result, attempt, running.budget_start)
     events = _quality_events(j, item_id, name, attempt, None, now)
-    base = running.replace(metadata=result.metadata, completed_at=now, updated_at=now)
+    # An attempt that ended (rather than taking its process down) clears "run alone".
+    base = running.replace(
+        metadata=result.metadata, completed_at=now, updated_at=now, run_alone=False
+    )
     if result.output is not None:
         base = base.replace(artefact=result.artefact)
     new: StageState
@@ -218,7 +232,7 @@ def decide(
             events.append(StageSkipped(item_id=item_id, stage=name, reason=reason, at=now))
         case Next.RETRY:
             assert j.error is not None
-            next_at = _next_attempt_at(spec, attempt - running.budget_start, now, rng)
+            next_at = _next_attempt_at(spec, attempt - running.budget_start, now, rng, j.delay)
             new = base.replace(status=StageStatus.PENDING, error=j.error, next_attempt_at=next_at)
             events += _retry_events(
                 spec, item_id, name, None, attempt, running.budget_start, j, next_at, now
@@ -226,7 +240,8 @@ def decide(
         case Next.EXHAUSTED if spec.escalates:
             assert j.error is not None
             used = attempt - running.budget_start
-            reason = f"retry budget exhausted after {used} attempts: {j.error.splitlines()[0]}"
+            plural = "attempt" if used == 1 else "attempts"
+            reason = f"retry budget exhausted after {used} {plural}: {j.error.splitlines()[0]}"
             new = awaiting(spec, base.replace(error=j.error), reason, {}, now)
             events.append(Escalated(item_id=item_id, stage=name, reason=reason, at=now))
             events.append(review_required(item_id, name, reason, {}, now))
@@ -234,7 +249,7 @@ def decide(
             assert j.error is not None
             new = base.replace(status=StageStatus.FAILED, error=j.error)
             events.append(StageFailed(item_id=item_id, stage=name, error=j.error, at=now))
-    return Decision(new, events, _record(j, result, attempt, now, None))
+    return Decision(new, events, [_record(j, result, attempt, now, None)])
 
 
 def _decide_subtask(
@@ -260,7 +275,7 @@ def _decide_subtask(
             events.append(SubTaskCompleted(item_id=item_id, stage=name, subtask=sub_id, at=now))
         case Next.RETRY:
             status = StageStatus.PENDING
-            next_at = _next_attempt_at(spec, attempt - sub.budget_start, now, rng)
+            next_at = _next_attempt_at(spec, attempt - sub.budget_start, now, rng, j.delay)
             events += _retry_events(
                 spec, item_id, name, sub_id, attempt, sub.budget_start, j, next_at, now
             )
@@ -278,7 +293,7 @@ def _decide_subtask(
         next_attempt_at=next_at,
     )
     state = running.replace(subtasks=[new_sub if t.id == sub_id else t for t in running.subtasks])
-    return Decision(state, events, _record(j, result, attempt, now, sub_id))
+    return Decision(state, events, [_record(j, result, attempt, now, sub_id)])
 
 
 def _quality_events(
@@ -337,9 +352,15 @@ def _retry_events(
 
 
 def _next_attempt_at(
-    spec: StageSpec, retry: int, now: datetime, rng: random.Random | None
+    spec: StageSpec,
+    retry: int,
+    now: datetime,
+    rng: random.Random | None,
+    asked: float | None = None,
 ) -> datetime | None:
-    delay = spec.budget.delay_for(retry, rng)
+    """When retry number ``retry`` is due: the stage's own delay if it asked for one
+    (``Retry(delay=)``), else the budget's back-off."""
+    delay = spec.budget.delay_for(retry, rng) if asked is None else asked
     return now + timedelta(seconds=delay) if delay > 0 else None
 
 

@@ -30,11 +30,17 @@ def resume_fanout(
 def finish_fanout(
     spec: StageSpec, state: StageState, now: datetime, *, item_id: str
 ) -> tuple[StageState, list[Event]]:
-    """The stage once no subtask can run now: waiting for a retry, failed, or complete."""
+    """The stage once no subtask can run now: waiting for a retry, failed, or complete
+    (a fan-out that ran alone at its recovery limit is done with that once it ends)."""
     name, subs = spec.name, state.subtasks
     artefact = {t.id: t.artefact for t in subs if t.status == StageStatus.COMPLETE}
-    base = state.replace(completed_at=now, updated_at=now, artefact=artefact)
     pending = [t for t in subs if t.status == StageStatus.PENDING]
+    base = state.replace(
+        completed_at=now,
+        updated_at=now,
+        artefact=artefact,
+        run_alone=state.run_alone and bool(pending),
+    )
     failed = [t.id for t in subs if t.status == StageStatus.FAILED]
     if pending:
         times = [t.next_attempt_at for t in pending if t.next_attempt_at is not None]

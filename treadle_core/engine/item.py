@@ -13,8 +13,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import LeaseLostError, ReviewError
-from ..events import Event
+from ..errors import LeaseLostError, ReviewError, StoreError
+from ..events import Event, StageFailed
 from ..model import (
     AttemptRecord,
     Lease,
@@ -58,7 +58,7 @@ class ItemRun:
         stage: str | None,
         state: StageState | None,
         events: list[Event],
-        record: AttemptRecord | None = None,
+        records: Sequence[AttemptRecord] = (),
     ) -> asyncio.Future[writes.WriteResult]:
         """Queue a transition now (writes apply in queue order); await the result to know
         it committed."""
@@ -66,7 +66,7 @@ class ItemRun:
         if stage is not None and state is not None:
             view[stage] = state
         write = writes.transition(
-            self.plan, self.clock, self.item_id, self.lease, stage, state, events, record, view
+            self.plan, self.clock, self.item_id, self.lease, stage, state, events, records, view
         )
         self._submitted += 1
         seq = self._submitted
@@ -88,11 +88,11 @@ class ItemRun:
         stage: str | None,
         state: StageState | None,
         events: list[Event],
-        record: AttemptRecord | None = None,
+        records: Sequence[AttemptRecord] = (),
     ) -> None:
         # Not shielded: a cancelled caller gives up waiting; the write still commits in
         # order, and whoever cancelled it puts the stage back afterwards (`abandon`).
-        await self.start_write(stage, state, events, record)
+        await self.start_write(stage, state, events, records)
 
     async def abandon(self, name: str, prev: StageState) -> None:
         """Put a stage back as it was before an attempt that will never finish here."""
@@ -132,18 +132,18 @@ class ItemRun:
                 await asyncio.gather(*running.values(), return_exceptions=True)
 
     async def _recover(self) -> None:
-        """Stages left RUNNING by a process that died: re-run them, or give up after N crashes."""
+        """Stages left RUNNING by a process that died (`actions.recover`)."""
         for name, st in list(self.states.items()):
             if name not in self.plan or st.status != StageStatus.RUNNING:
                 continue
             d = actions.recover(
+                self.plan.specs[name],
                 st,
                 self.clock.now(),
                 item_id=self.item_id,
-                stage=name,
                 max_recoveries=self.plan.max_recoveries,
             )
-            await self.write(name, d.state, d.events, d.record)
+            await self.write(name, d.state, d.events, d.records)
 
     async def _apply_review_timeouts(self) -> None:
         for name, deadline in expired_reviews(self.plan, self.states, self.clock.now()):
@@ -180,6 +180,29 @@ class ItemRun:
         return [r for r in records if r.subtask == subtask]
 
     async def _execute_stage(self, name: str) -> None:
+        """One stage, guarded: whatever breaks outside its attempt fails this stage (when
+        the store still takes that), never the run."""
+        try:
+            await self._stage(name)
+        except (LeaseLostError, StoreError):
+            raise
+        except Exception as exc:
+            log.exception(
+                "item %r stage %r: the engine failed; failing the stage", self.item_id, name
+            )
+            await self._fail_stage(name, exc)
+
+    async def _fail_stage(self, name: str, exc: Exception) -> None:
+        st, now = self.states.get(name) or StageState(), self.clock.now()
+        error = f"the engine could not record this stage's attempt: {type(exc).__name__}: {exc}"
+        failed = st.replace(
+            status=StageStatus.FAILED, error=error, completed_at=now, updated_at=now
+        )
+        await self.write(
+            name, failed, [StageFailed(item_id=self.item_id, stage=name, error=error, at=now)]
+        )
+
+    async def _stage(self, name: str) -> None:
         spec = self.plan.specs[name]
         prev = self.states.get(name) or StageState()
         if prev.subtasks and not all(t.status.is_done for t in prev.subtasks):
@@ -187,14 +210,15 @@ class ItemRun:
             await self.write(name, state, events)
             await self._run_fanout(spec, state)
             return
+        # A sync attempt that timed out may still run in its thread: never overlap it.
+        await spec.stage.settle(self.item_id, None)
         previous = await self._previous(name, None) if prev.attempt > 0 else []
         feedback = _last_feedback(previous)
+        slots = self.session.slots
+        slot = slots.alone() if prev.run_alone else slots.one
         running, events = decide.begin(
             spec, prev, self.clock.now(), item_id=self.item_id, feedback=feedback
         )
-        # RUNNING is durable before the stage's code runs: a stage that takes its
-        # process down is then seen on recovery (and counted towards max_recoveries).
-        await self.write(name, running, events)
         ctx = StageContext(
             item_id=self.item_id,
             stage=name,
@@ -205,17 +229,42 @@ class ItemRun:
             state=running,
             metadata=dict(prev.metadata),
         )
-        # The slot covers executing the stage, not the commits around it: commit
-        # latency never idles an execution slot. A RUNNING stage may briefly wait here.
+        written = False
+
+        async def attempt() -> decide.Decision:
+            nonlocal written
+            result = await self._attempt(spec, ctx, running.budget_start, previous)
+            self.session.executions += 1
+            d = decide.decide(spec, running, result, self.clock.now(), item_id=self.item_id)
+            if result.timed_out:
+                # Its thread runs on: record the timeout now, but keep the slot (and the
+                # item's lease) until the thread returned, so concurrency counts it and
+                # no next attempt, here or in another worker, overlaps it.
+                await self.write(name, d.state, d.events, d.records)
+                written = True
+                await spec.stage.settle(self.item_id, None)
+            return d
+
+        # RUNNING is durable before the stage's code runs, so a stage that takes its
+        # process down is seen on recovery. Usually it is written before the execution
+        # slot is taken (commit latency never idles a slot); a stage already suspected
+        # of a crash writes it once it holds the slot, so being found RUNNING again
+        # means it was executing, and only that counts towards max_recoveries.
         try:
-            async with self.session.slots:
-                result = await self._attempt(spec, ctx, running.budget_start, previous)
+            if prev.suspect or prev.run_alone:
+                async with slot:
+                    await self.write(name, running, events)
+                    d = await attempt()
+            else:
+                await self.write(name, running, events)
+                async with slot:
+                    d = await attempt()
         except BaseException:
-            await self.abandon(name, prev)
+            if not written:
+                await self.abandon(name, prev)
             raise
-        self.session.executions += 1
-        d = decide.decide(spec, running, result, self.clock.now(), item_id=self.item_id)
-        await self.write(name, d.state, d.events, d.record)
+        if not written:
+            await self.write(name, d.state, d.events, d.records)
         if d.state.status == StageStatus.RUNNING and d.state.subtasks:
             await self._run_fanout(spec, d.state)
 
@@ -239,7 +288,18 @@ class ItemRun:
     # --- fan-out -------------------------------------------------------------
     async def _run_fanout(self, spec: StageSpec, state: StageState) -> None:
         """Run the fan-out's due PENDING subtasks concurrently until none is left to run
-        now, then decide the stage."""
+        now, then decide the stage. A fan-out at its recovery limit runs alone."""
+        slots = self.session.slots
+        if state.run_alone:
+            # Every slot of the process is this fan-out's: its subtasks share as many.
+            async with slots.alone():
+                await self._run_subtasks(spec, state, asyncio.Semaphore(slots.n))
+        else:
+            await self._run_subtasks(spec, state, slots.one)
+
+    async def _run_subtasks(
+        self, spec: StageSpec, state: StageState, slots: asyncio.Semaphore
+    ) -> None:
         holder = {"state": state}
         try:
             while True:
@@ -252,7 +312,9 @@ class ItemRun:
                 ]
                 if not todo:
                     break
-                await _all_or_cancel([self._run_subtask(spec, holder, sub_id) for sub_id in todo])
+                await _all_or_cancel(
+                    [self._run_subtask(spec, holder, sub_id, slots) for sub_id in todo]
+                )
         except BaseException:
             # Abandoned mid-fan-out: the stage goes back to PENDING, finished subtasks stay.
             await self.abandon(spec.name, holder["state"].replace(status=StageStatus.PENDING))
@@ -263,15 +325,20 @@ class ItemRun:
         await self.write(spec.name, new, events)
 
     async def _run_subtask(
-        self, spec: StageSpec, holder: dict[str, StageState], sub_id: str
+        self,
+        spec: StageSpec,
+        holder: dict[str, StageState],
+        sub_id: str,
+        slots: asyncio.Semaphore,
     ) -> None:
         name = spec.name
-        async with self.session.slots:
+        sub = holder["state"].subtask(sub_id)
+        assert sub is not None
+        await spec.stage.settle(self.item_id, sub_id)
+        previous = await self._previous(name, sub_id) if sub.attempt > 0 else []
+        feedback = _last_feedback(previous)
+        async with slots:
             before = holder["state"]
-            sub = before.subtask(sub_id)
-            assert sub is not None
-            previous = await self._previous(name, sub_id) if sub.attempt > 0 else []
-            feedback = _last_feedback(previous)
             running, events = decide.begin(
                 spec,
                 before,
@@ -300,12 +367,21 @@ class ItemRun:
                 holder["state"] = _with_subtask(holder["state"], before, sub_id)
                 await self.abandon(name, holder["state"])
                 raise
-        self.session.executions += 1
-        d = decide.decide(
-            spec, holder["state"], result, self.clock.now(), item_id=self.item_id, subtask=sub_id
-        )
-        holder["state"] = d.state
-        await self.write(name, d.state, d.events, d.record)
+            self.session.executions += 1
+            d = decide.decide(
+                spec,
+                holder["state"],
+                result,
+                self.clock.now(),
+                item_id=self.item_id,
+                subtask=sub_id,
+            )
+            holder["state"] = d.state
+            if result.timed_out:  # keep the slot until its thread returned (see _stage)
+                await self.write(name, d.state, d.events, d.records)
+                await spec.stage.settle(self.item_id, sub_id)
+                return
+        await self.write(name, d.state, d.events, d.records)
 
 
 def _last_feedback(previous: Sequence[AttemptRecord]) -> QualityFeedback | None:

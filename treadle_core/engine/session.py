@@ -7,14 +7,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
+import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from .._commit import Committer, Reader
+from .._commit import Committer, Reader, Write
 from ..clock import Clock
 from ..events import EventBus
 from ..model import ItemState, Lease, StageState
@@ -29,6 +31,59 @@ T = TypeVar("T")
 def default_worker_id() -> str:
     """``host:pid:random``: names a worker in leases and logs."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _started(pid: int) -> int:
+    """When process ``pid`` started (clock ticks since boot, from /proc); 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])  # field 22 of the file: starttime
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _machine() -> str:
+    """This host as a lease names it: its name, this boot, and this PID namespace, so a
+    machine with the same name, a reboot, or a container never looks like "here"."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = fh.read().strip()[:8]
+    except OSError:
+        boot = "-"
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "-"
+    return f"{socket.gethostname()}+{boot}+{namespace}"
+
+
+#: This process as a lease names it: machine, pid and start time (a reused pid differs).
+PROCESS = f"{_machine()}/{os.getpid()}/{_started(os.getpid())}"
+_OWNER = re.compile(r" \[(?P<machine>[^/\]]+)/(?P<pid>\d+)/(?P<start>\d+)\]$")
+
+
+def lease_owner(worker_id: str) -> str:
+    """What a lease records as its holder: the worker's name and its process."""
+    return f"{worker_id} [{PROCESS}]"
+
+
+def process_gone(owner: str) -> bool:
+    """Whether ``owner`` names a process on this machine (same host, boot and PID
+    namespace) that no longer exists, so its leases can be taken over at once instead
+    of waiting for them to expire."""
+    found = _OWNER.search(owner)
+    if found is None or found["machine"] != PROCESS.split("/", 1)[0] or sys.platform == "win32":
+        return False
+    pid, started = int(found["pid"]), int(found["start"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, someone else's
+    now = _started(pid)
+    return bool(started and now and now != started)  # the pid was reused
 
 
 #: Item states whose items have work that ``run`` waits for (review deadlines aside).
@@ -54,6 +109,33 @@ class Claim:
     next_due: datetime | None
 
 
+class Slots:
+    """Execution slots: at most ``n`` attempts in flight in one engine call.
+
+    ``slots.one`` is the plain semaphore (the hot path). ``slots.alone()`` takes every
+    slot, so the attempt it guards runs with no other stage executing in this process
+    (a stage that reached its recovery limit); waiters queue fairly, so it gets them.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.one = asyncio.Semaphore(n)
+        self._alone = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def alone(self) -> AsyncIterator[None]:
+        async with self._alone:
+            taken = 0
+            try:
+                for _ in range(self.n):
+                    await self.one.acquire()
+                    taken += 1
+                yield
+            finally:
+                for _ in range(taken):
+                    self.one.release()
+
+
 class Session:
     """Resources of one engine call; ``async with`` starts and stops them."""
 
@@ -72,9 +154,11 @@ class Session:
         self.bus = bus
         self.clock = clock
         self.store = store
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = Slots(concurrency)
         self.lease_seconds = lease_seconds
         self.worker_id = worker_id or default_worker_id()
+        #: The holder named in this session's leases.
+        self.owner = lease_owner(self.worker_id)
         self.committer = Committer(store)
         self.reader = Reader(store)
         self.leases: dict[str, Lease] = {}
@@ -83,6 +167,12 @@ class Session:
         self.cancelled: set[str] = set()
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.executions = 0
+        #: Items whose advance broke outside any attempt: item id -> what broke, and how
+        #: many times it did in this call.
+        self.errors: dict[str, str] = {}
+        self.broken: dict[str, int] = {}
+        #: A worker (``serve``) rather than a run until idle.
+        self.forever = False
         self.stop: asyncio.Event | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -145,10 +235,10 @@ class Session:
         states (and, for items claimed because they were due, their data), and when
         the next item not claimed becomes due. No read of its own per item.
         """
-        worker, seconds = self.worker_id, self.lease_seconds
+        worker, seconds = self.owner, self.lease_seconds
+        known = set(self.leases)
 
-        def apply(store: StateStore) -> Claim:
-            leases = store.claim(worker, limit, seconds, item_ids)
+        def load(store: StateStore, leases: list[Lease]) -> Claim:
             items = [
                 Claimed(
                     lease,
@@ -159,7 +249,19 @@ class Session:
             ]
             return Claim(items, store.next_due_at(WAITING) if item_ids is None else None)
 
-        claim = await self.committer.submit(apply)
+        def apply(store: StateStore) -> Claim:
+            return load(store, store.claim(worker, limit, seconds, item_ids))
+
+        def replay(store: StateStore) -> Claim:
+            # The claim committed but its reply was lost: the leases it took are ours.
+            mine = [
+                lease
+                for lease in store.live_leases(10_000)
+                if lease.worker_id == worker and lease.item_id not in known
+            ]
+            return load(store, mine[:limit])
+
+        claim = await self.committer.submit(Write(apply, replay))
         for claimed in claim.items:
             self.leases[claimed.lease.item_id] = claimed.lease
         return claim

@@ -11,13 +11,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from ..errors import LeaseLostError
-from ..model import Item, ItemState, WorkItem
+from ..errors import LeaseLostError, StoreError
+from ..model import Item, ItemState, Lease, WorkItem
 from . import writes
 from .item import ItemRun
-from .session import WAITING, Claimed, Session
+from .session import WAITING, Claimed, Session, process_gone
 
 log = logging.getLogger("treadle.engine")
+
+
+#: How long an item whose advance broke (not a stage's error: those are attempts) waits
+#: before a worker claims it again; doubled each time it breaks again, up to an hour.
+BROKEN_ITEM_DELAY = 60.0
 
 
 @dataclass
@@ -27,6 +32,10 @@ class RunReport:
     items: int = 0
     executions: int = 0
     lost_leases: list[str] = field(default_factory=list)
+    #: Items whose advance broke outside any attempt (item id -> the error's first line);
+    #: each was logged with its traceback and put aside: ``run`` does not wait for it
+    #: (``run --item`` tries it again), a worker claims it again later.
+    errors: dict[str, str] = field(default_factory=dict)
 
 
 def check_items(items: Sequence[WorkItem]) -> None:
@@ -42,16 +51,32 @@ async def advance_claimed(session: Session, item: WorkItem | None, claimed: Clai
     try:
         work = item if item is not None else Item(lease.item_id, dict(claimed.data or {}))
         await ItemRun(session, work, lease, claimed.states).advance()
+    except (LeaseLostError, StoreError):
+        raise  # the lease is gone, or the whole store is (a full disk, an outage)
+    except Exception as exc:
+        # Not a stage's error (those are recorded on its attempts): the engine or the
+        # store failed on this item. Say so, put it aside, and go on with the others.
+        log.exception("item %r: advancing it failed; putting it aside", lease.item_id)
+        session.errors[lease.item_id] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        session.broken[lease.item_id] = times = session.broken.get(lease.item_id, 0) + 1
+        delay = min(BROKEN_ITEM_DELAY * 2 ** (times - 1), 3600.0) if session.forever else None
+        if lease.item_id not in session.lost:
+            with contextlib.suppress(Exception):
+                await session.committer.submit(
+                    writes.put_aside(session.clock, lease.item_id, lease, delay)
+                )
     finally:
         if lease.item_id not in session.lost:
             await session.release(lease)
 
 
 async def advance_one(session: Session, item: WorkItem) -> bool:
-    """Register, claim and advance one item; False when another worker holds it."""
+    """Register, claim and advance one item; False when another live worker holds it."""
     check_items([item])
     await session.committer.submit(writes.register([item]))
     claim = await session.claim(1, [item.id])
+    if not claim.items and (await take_over_dead(session))[0]:
+        claim = await session.claim(1, [item.id])
     if not claim.items:
         log.info("item %r is leased by another worker; not advancing it", item.id)
         return False
@@ -79,6 +104,25 @@ async def advance_one(session: Session, item: WorkItem) -> bool:
         if not await _was_cancelled(session, item.id):
             raise
     return True
+
+
+async def take_over_dead(session: Session) -> tuple[int, list[Lease]]:
+    """End the leases held by processes on this machine that are gone (a ``kill -9``d
+    run need not be waited out); how many ended, and the live leases of others."""
+    leases = await session.read(lambda s: s.live_leases(100))
+    others = [lease for lease in leases if lease.worker_id != session.owner]
+    gone = sorted({lease.worker_id for lease in others if process_gone(lease.worker_id)})
+    if not gone:
+        return 0, others
+    n = await session.committer.submit(lambda s: s.expire_leases(gone))
+    if n:
+        log.warning(
+            "took over %d item%s from %s: that process is gone",
+            n,
+            "" if n == 1 else "s",
+            ", ".join(gone),
+        )
+    return n, [lease for lease in others if lease.worker_id not in gone]
 
 
 async def _was_cancelled(session: Session, item_id: str) -> bool:
@@ -115,6 +159,9 @@ class ClaimLoop:
         self.report = RunReport()
         #: When the next due item not claimed becomes due, as the last claim saw it.
         self.next_due: datetime | None = None
+        #: When we last looked for leases of dead local processes; what we said we wait for.
+        self._looked: datetime | None = None
+        self._said: set[tuple[str, datetime]] = set()
 
     async def run(self) -> RunReport:
         session, tasks = self.session, self.session.tasks
@@ -122,6 +169,7 @@ class ClaimLoop:
             self.local.update(
                 await session.committer.submit(writes.register(list(self.objects.values())))
             )
+        await self._take_over()
         try:
             while await self._turn():
                 pass
@@ -131,6 +179,7 @@ class ClaimLoop:
                     task.cancel()
                 await asyncio.gather(*tasks.values(), return_exceptions=True)
         self.report.executions = session.executions
+        self.report.errors = dict(session.errors)
         return self.report
 
     async def _turn(self) -> bool:
@@ -163,6 +212,8 @@ class ClaimLoop:
         if not tasks:
             if stopping or wake is None or not (self.until_idle or self.forever):
                 return False
+            if await self._take_over():
+                return True
             await self._sleep_until(wake)
             return True
         timeout = None
@@ -175,11 +226,46 @@ class ClaimLoop:
             await self._finished(task)
         return True
 
+    async def _take_over(self) -> bool:
+        """Take over from dead local processes (at most once per poll interval); whether
+        any lease ended. Otherwise say what a run waits for."""
+        session = self.session
+        now = session.clock.now()
+        if self._looked is not None and (now - self._looked).total_seconds() < self.poll_interval:
+            return False
+        self._looked = now
+        n, others = await take_over_dead(session)
+        if n:
+            return True
+        if not self.forever:
+            self._say_waiting(others)
+        return False
+
+    def _say_waiting(self, leases: list[Lease]) -> None:
+        """Once per holder and expiry: which items another live worker holds, until when."""
+        by_owner: dict[tuple[str, datetime], list[str]] = {}
+        for lease in leases:
+            key = (lease.worker_id, lease.expires_at.replace(microsecond=0))
+            by_owner.setdefault(key, []).append(lease.item_id)
+        for (owner, until), ids in by_owner.items():
+            if (owner, until) in self._said:
+                continue
+            self._said.add((owner, until))
+            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            log.warning(
+                "waiting for %s, leased by %s until %s",
+                shown,
+                owner,
+                until.astimezone().strftime("%H:%M:%S"),
+            )
+
     async def _finished(self, task: asyncio.Task[None]) -> None:
         session, tasks = self.session, self.session.tasks
         item_id = next(k for k, t in tasks.items() if t is task)
         del tasks[item_id]
-        if self.local is not None:
+        if self.local is not None and item_id in session.errors:
+            self.local.pop(item_id, None)  # put aside: this run does not wait for it
+        elif self.local is not None:
             rec = await session.read(lambda s: s.get_item(item_id))
             self.local[item_id] = (rec.state, rec.due_at) if rec else (ItemState.COMPLETE, None)
         if task.cancelled():
@@ -209,11 +295,12 @@ class ClaimLoop:
             self.next_due = claim.next_due
             return claim.items
         now = session.clock.now()
-        wanted = [
-            i
+        due_now = [
+            (-getattr(self.objects.get(i), "priority", 0), due, i)
             for i, (_, due) in local.items()
             if due is not None and due <= now and i not in session.tasks
-        ][:room]
+        ]
+        wanted = [i for _, _, i in sorted(due_now)[:room]]  # highest priority, earliest due
         if not wanted:
             return []
         claimed = (await session.claim(room, wanted)).items

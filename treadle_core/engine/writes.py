@@ -9,9 +9,10 @@ recomputes the item's aggregate state and journals the events, all in one commit
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from .._commit import Write
 from ..clock import Clock
 from ..errors import RetryError, ReviewError
 from ..events import Event, ReviewRequired, WorkflowCompleted
@@ -34,7 +35,17 @@ from .ready import aggregate
 
 #: What a write returns: the item's stage states after it, and the events it journalled.
 WriteResult = tuple[dict[str, StageState], list[Event]]
-Write = Callable[[StateStore], WriteResult]
+StageWrite = Write[WriteResult]
+
+
+def _read_back(item_id: str, events: Sequence[Event]) -> Callable[[StateStore], WriteResult]:
+    """A stage write's replay: its transaction committed but the reply was lost, so read
+    the item's states back and publish the events it journalled."""
+
+    def replay(store: StateStore) -> WriteResult:
+        return store.get_all_stage_states(item_id), list(events)
+
+    return replay
 
 
 def finish(
@@ -86,10 +97,10 @@ def transition(
     stage: str | None,
     state: StageState | None,
     events: Sequence[Event],
-    record: AttemptRecord | None,
+    records: Sequence[AttemptRecord],
     view: Mapping[str, StageState],
-) -> Write:
-    """One step of a stage under the item's lease: its new state, attempt record, events."""
+) -> StageWrite:
+    """One step of a stage under the item's lease: its new state, attempt records, events."""
 
     def apply(store: StateStore) -> WriteResult:
         rec = store.lock_item(item_id, lease)
@@ -101,11 +112,12 @@ def transition(
                 new, journal = _carry_over(store, clock, item_id, stage, new, events)
             store.save_stage_state(item_id, stage, new)
             mine[stage] = new
-        if record is not None and stage is not None:
-            store.record_attempt(item_id, stage, record)
+        if stage is not None:
+            for record in records:
+                store.record_attempt(item_id, stage, record)
         return finish(store, plan, rec, journal, clock.now(), mine)
 
-    return apply
+    return Write(apply, _read_back(item_id, events))
 
 
 def _versioned(plan: Plan, stage: str, state: StageState) -> StageState:
@@ -153,7 +165,7 @@ def review(
     comment: str | None,
     lease: Lease | None = None,
     deadline: datetime | None = None,
-) -> Write:
+) -> StageWrite:
     """A review decision (a person's, or the timeout's when ``deadline`` is given).
 
     A refused decision raises here (a decision that is not one) or inside the write
@@ -193,12 +205,14 @@ def review(
         )
         store.save_stage_state(item_id, stage, new)
         store.record_review(item_id, stage, record)
+        applied[:] = events
         return finish(store, plan, rec, events, now)
 
-    return apply
+    applied: list[Event] = []  # the events of the attempt that committed
+    return Write(apply, _read_back(item_id, applied))
 
 
-def retry(plan: Plan, clock: Clock, item_id: str, stage: str) -> Write:
+def retry(plan: Plan, clock: Clock, item_id: str, stage: str) -> StageWrite:
     """``retry_stage``: a FAILED stage back to PENDING (anything else is a `RetryError`)."""
 
     def apply(store: StateStore) -> WriteResult:
@@ -210,7 +224,24 @@ def retry(plan: Plan, clock: Clock, item_id: str, stage: str) -> Write:
         now = clock.now()
         new, events = actions.reset_failed(st, now, item_id=item_id, stage=stage)
         store.save_stage_state(item_id, stage, new)
+        applied[:] = events
         return finish(store, plan, rec, events, now)
+
+    applied: list[Event] = []  # the events of the attempt that committed
+    return Write(apply, _read_back(item_id, applied))
+
+
+def put_aside(
+    clock: Clock, item_id: str, lease: Lease, seconds: float | None
+) -> Callable[[StateStore], None]:
+    """Put an item whose advance broke aside (its state unchanged), so claims do not spin
+    on it while every other item goes on: due again in ``seconds``, or (None) not until
+    something else moves it (``treadle run --item``, a rerun, a review)."""
+
+    def apply(store: StateStore) -> None:
+        rec = store.lock_item(item_id, lease)
+        due = None if seconds is None else clock.now() + timedelta(seconds=seconds)
+        store.set_item_state(item_id, rec.state, due)
 
     return apply
 
@@ -230,6 +261,9 @@ def register(items: Sequence[WorkItem]) -> Callable[[StateStore], ItemStates]:
             if rec is None:
                 data = getattr(item, "data", None)
                 store.save_work_item_data(item.id, data if isinstance(data, dict) else {})
+                priority = getattr(item, "priority", 0)
+                if priority:
+                    store.set_priority(item.id, priority)
                 rec = store.get_item(item.id)
             if rec is not None:
                 out[item.id] = (rec.state, rec.due_at)
@@ -247,7 +281,7 @@ def rerun(
     cascade: bool,
     reason: str | None,
     by: str | None,
-) -> Write:
+) -> StageWrite:
     """``rerun``: the stage (and, with ``cascade``, what is downstream) back to PENDING."""
 
     def apply(store: StateStore) -> WriteResult:
@@ -265,12 +299,16 @@ def rerun(
         )
         for name, st in new.items():
             store.save_stage_state(item_id, name, st)
+        applied[:] = events
         return finish(store, plan, rec, events, now)
 
-    return apply
+    applied: list[Event] = []  # the events of the attempt that committed
+    return Write(apply, _read_back(item_id, applied))
 
 
-def cancel(plan: Plan, clock: Clock, item_id: str, *, reason: str | None, by: str | None) -> Write:
+def cancel(
+    plan: Plan, clock: Clock, item_id: str, *, reason: str | None, by: str | None
+) -> StageWrite:
     """``cancel``: the item's unfinished stages CANCELLED, its lease revoked (so a worker
     running it is refused at its next write and stops)."""
 
@@ -286,6 +324,8 @@ def cancel(plan: Plan, clock: Clock, item_id: str, *, reason: str | None, by: st
             for record in records:
                 store.record_attempt(item_id, name, record)
         store.revoke_lease(item_id)
+        applied[:] = c.events
         return finish(store, plan, rec, c.events, now)
 
-    return apply
+    applied: list[Event] = []  # the events of the attempt that committed
+    return Write(apply, _read_back(item_id, applied))

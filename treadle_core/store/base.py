@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import abc
 import json
+import secrets
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -34,6 +36,16 @@ from ..model import (
 )
 
 DEFAULT_MAX_ARTEFACT_BYTES = 1024 * 1024
+
+#: How long a store must remember commit marks: far longer than any retry of a write.
+MARK_MEMORY = 3600.0
+
+
+def commit_mark(at: float | None = None) -> str:
+    """A new commit mark: 16 hex digits of the time in nanoseconds, then 16 random ones,
+    so marks sort by time (``mark < commit_mark(cutoff)`` means older than the cutoff)."""
+    ns = time.time_ns() if at is None else int(at * 1e9)
+    return f"{ns:016x}{secrets.token_hex(8)}"
 
 
 def _default(value: Any) -> Any:
@@ -92,6 +104,11 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def save_work_item_data(self, item_id: str, data: dict[str, Any]) -> None:
         """Keep the item's JSON data; a new item is created in state READY, due now."""
+
+    def set_priority(self, item_id: str, priority: int) -> None:
+        """Set the item's priority (0 to 1,000,000; higher is claimed first, then earliest
+        due). Stores that cannot order claims by priority leave this unimplemented."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep item priorities")
 
     @abc.abstractmethod
     def get_work_item_data(self, item_id: str) -> dict[str, Any] | None:
@@ -195,7 +212,8 @@ class StateStore(abc.ABC):
         lease_seconds: float,
         item_ids: Sequence[str] | None = None,
     ) -> list[Lease]:
-        """Lease up to ``limit`` due items nobody holds (or whose lease expired), earliest first.
+        """Lease up to ``limit`` due items nobody holds (or whose lease expired), highest
+        priority first, then earliest due.
 
         With ``item_ids``, only those items, and whether due or not.
         """
@@ -207,6 +225,31 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def release(self, leases: Sequence[Lease]) -> None:
         """Give leases back (those no longer held are ignored)."""
+
+    # --- exactly once ------------------------------------------------------------
+    @abc.abstractmethod
+    def mark_commit(self, mark: str) -> None:
+        """Inside a transaction: record ``mark`` (unique, time-ordered: `commit_mark`) with
+        it, so that once the transaction committed, `committed` finds it."""
+
+    @abc.abstractmethod
+    def committed(self, mark: str) -> bool:
+        """Whether a transaction carrying ``mark`` committed. When the connection dies
+        during COMMIT the writer cannot tell whether it landed; it asks this before
+        trying again, so a transaction is never applied twice. Marks may be forgotten
+        an hour after they were made (`MARK_MEMORY`)."""
+
+    def live_leases(self, limit: int = 100) -> list[Lease]:
+        """Leases not yet expired, soonest to end first (at most ``limit``): who holds
+        which item until when. Stores that cannot list them return none; the engine then
+        only waits for leases to end instead of taking over from a dead local process."""
+        return []
+
+    def expire_leases(self, owners: Sequence[str]) -> int:
+        """End now every live lease held by one of ``owners`` (whose processes are known
+        to be gone), so their items can be claimed at once; how many ended. Their fencing
+        tokens still refuse any late write of the old holder."""
+        return 0
 
     @abc.abstractmethod
     def prune(self, completed_before: datetime, limit: int = 500) -> list[str]:

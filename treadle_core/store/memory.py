@@ -6,6 +6,7 @@ import bisect
 import copy
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from ..model import (
     StageStatus,
     utcnow,
 )
-from .base import StateStore, dumps, fence
+from .base import MARK_MEMORY, StateStore, commit_mark, dumps, fence
 
 
 class MemoryStateStore(StateStore):
@@ -42,6 +43,7 @@ class MemoryStateStore(StateStore):
         self._reviews: dict[str, list[tuple[str, ReviewRecord]]] = {}
         self._events: list[StoredEvent] = []
         self._next_event_id = 1
+        self._marks: set[str] = set()
         self._meta: dict[str, str] = {}
         self._undo: list[Callable[[], None]] | None = None
         self._depth = 0
@@ -94,6 +96,14 @@ class MemoryStateStore(StateStore):
                 self._items[item_id] = ItemRecord(
                     item_id, ItemState.READY, now, created_at=now, updated_at=now
                 )
+
+    def set_priority(self, item_id: str, priority: int) -> None:
+        with self._lock:
+            rec = self._items.get(item_id)
+            if rec is None:
+                raise UnknownItemError(f"unknown item {item_id!r}")
+            self._remember(self._items, item_id)
+            self._items[item_id] = replace(rec, priority=priority)
 
     def get_work_item_data(self, item_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -280,7 +290,7 @@ class MemoryStateStore(StateStore):
             else:
                 candidates = sorted(
                     (r for r in self._items.values() if r.due_at is not None and r.due_at <= now),
-                    key=lambda r: r.due_at or now,
+                    key=lambda r: (-r.priority, r.due_at or now),
                 )
             leases: list[Lease] = []
             for rec in candidates:
@@ -317,6 +327,40 @@ class MemoryStateStore(StateStore):
                     continue
                 self._remember(self._items, rec.id)
                 self._items[rec.id] = replace(rec, lease_owner=None, lease_expires_at=None)
+
+    def mark_commit(self, mark: str) -> None:
+        with self._lock:
+            self._marks.add(mark)
+            if self._undo is not None:
+                self._undo.append(lambda: self._marks.discard(mark))
+            if len(self._marks) > 10_000:  # forget marks older than MARK_MEMORY
+                cutoff = commit_mark(time.time() - MARK_MEMORY)
+                self._marks = {m for m in self._marks if m >= cutoff}
+
+    def committed(self, mark: str) -> bool:
+        with self._lock:
+            return mark in self._marks
+
+    def live_leases(self, limit: int = 100) -> list[Lease]:
+        now = utcnow()
+        with self._lock:
+            live = [
+                Lease(r.id, r.lease_owner or "", r.lease_token, r.lease_expires_at)
+                for r in self._items.values()
+                if r.lease_expires_at is not None and r.lease_expires_at > now
+            ]
+        return sorted(live, key=lambda lease: (lease.expires_at, lease.item_id))[:limit]
+
+    def expire_leases(self, owners: Sequence[str]) -> int:
+        wanted, now, n = set(owners), utcnow(), 0
+        with self._lock:
+            for rec in list(self._items.values()):
+                live = rec.lease_expires_at is not None and rec.lease_expires_at > now
+                if live and rec.lease_owner in wanted:
+                    self._remember(self._items, rec.id)
+                    self._items[rec.id] = replace(rec, lease_expires_at=now)
+                    n += 1
+        return n
 
     def prune(self, completed_before: datetime, limit: int = 500) -> list[str]:
         with self._lock:

@@ -47,7 +47,7 @@ from ..model import (
     to_ts,
     utcnow,
 )
-from .base import StateStore, dumps, fence
+from .base import MARK_MEMORY, StateStore, commit_mark, dumps, fence
 
 DEFAULT_URL = "sqlite:///.treadle/state.db"
 
@@ -230,7 +230,19 @@ def m002_stage_state_queries(db: peewee.Database) -> None:
         after = (rows[-1][0], rows[-1][1])
 
 
-def m003_definition_and_staleness(db: peewee.Database) -> None:
+def m003_commit_marks(db: peewee.Database) -> None:
+    """A mark per committed transaction, so a COMMIT whose reply was lost is never
+    applied twice (ids are time-ordered: old marks are deleted by id)."""
+    _ddl(db, "CREATE TABLE IF NOT EXISTS commit_marks (id VARCHAR(64) NOT NULL PRIMARY KEY){table}")
+
+
+def m004_item_priority(db: peewee.Database) -> None:
+    """Item priorities: claims take the highest first, then the earliest due."""
+    _ddl(db, "ALTER TABLE items ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+    _ddl(db, "CREATE INDEX items_priority_due ON items (priority DESC, due_at)")
+
+
+def m005_definition_and_staleness(db: peewee.Database) -> None:
     """The recorded pipeline definition; a ``stale`` column on stage states."""
     _ddl(
         db,
@@ -251,7 +263,9 @@ def m003_definition_and_staleness(db: peewee.Database) -> None:
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     m001_initial,
     m002_stage_state_queries,
-    m003_definition_and_staleness,
+    m003_commit_marks,
+    m004_item_priority,
+    m005_definition_and_staleness,
 ]
 
 
@@ -371,7 +385,8 @@ def _server_params(url: str, options: dict[str, Any], example: str) -> dict[str,
 def _postgres_database(url: str, options: dict[str, Any]) -> peewee.Database:
     if getattr(peewee, "psycopg2", None) is None and getattr(peewee, "psycopg", None) is None:
         raise StoreError(
-            f"store URL {_redact(url)!r} needs a PostgreSQL driver: pip install 'treadle[postgres]'"
+            f"store URL {_redact(url)!r} needs a PostgreSQL driver: pip install psycopg2-binary "
+            "(or, in your clone of Treadle, pip install '.[postgres]')"
         )
     params = _server_params(url, options, "postgresql://user@localhost:5432/treadle")
     return peewee.PostgresqlDatabase(params.pop("database"), **params)
@@ -380,7 +395,8 @@ def _postgres_database(url: str, options: dict[str, Any]) -> peewee.Database:
 def _mysql_database(url: str, options: dict[str, Any]) -> peewee.Database:
     if getattr(peewee, "mysql", None) is None:
         raise StoreError(
-            f"store URL {_redact(url)!r} needs a MySQL driver: pip install 'treadle[mysql]'"
+            f"store URL {_redact(url)!r} needs a MySQL driver: pip install pymysql "
+            "(or, in your clone of Treadle, pip install '.[mysql]')"
         )
     params = _server_params(url, options, "mysql://user@localhost:3306/treadle")
     if "client_flag" not in params:
@@ -397,7 +413,8 @@ def _mysql_database(url: str, options: dict[str, Any]) -> peewee.Database:
 # --- the store --------------------------------------------------------------------
 
 _ITEM_COLUMNS = (
-    "id, state, due_at, lease_owner, lease_token, lease_expires_at, created_at, updated_at"
+    "id, state, due_at, lease_owner, lease_token, lease_expires_at, created_at, updated_at,"
+    " priority"
 )
 
 
@@ -411,6 +428,7 @@ def _item(row: Sequence[Any]) -> ItemRecord:
         lease_expires_at=from_ts(row[5]),
         created_at=from_ts(row[6]),
         updated_at=from_ts(row[7]),
+        priority=row[8],
     )
 
 
@@ -471,16 +489,29 @@ class SqlStateStore(StateStore):
         self._connections_lock = threading.Lock()
         self._created_lock = threading.Lock()
         self._last_created = 0.0
+        self._marks_made = 0
         self._prepare_sql()
         try:
             self._connect()
             self._migrate()
         except peewee.DatabaseError as exc:
+            reason = _sqlite_failure(exc) or self._damage() or exc
             self.close()
-            raise StoreError(f"cannot open store {_redact(url)!r}: {exc}") from exc
+            raise StoreError(f"cannot open store {_redact(url)!r}: {reason}") from exc
         except BaseException:
             self.close()
             raise
+
+    def _damage(self) -> str | None:
+        """Why a SQLite file that failed to open is unusable (a corrupt schema makes the
+        migration fail with an unrelated error), or None."""
+        if self.dialect != "sqlite":
+            return None
+        try:
+            rows = self._db.execute_sql("PRAGMA quick_check(1)").fetchall()
+        except peewee.DatabaseError as exc:
+            return _sqlite_failure(exc) or _SQLITE_FAILURES["database disk image is malformed"]
+        return None if rows == [("ok",)] else _SQLITE_FAILURES["database disk image is malformed"]
 
     def __enter__(self) -> SqlStateStore:
         return self
@@ -515,22 +546,31 @@ class SqlStateStore(StateStore):
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
         db = self._db
-        if db.is_closed():
-            self._open_thread_connection()
         try:
+            if db.is_closed():  # reconnecting may fail too: handled like the statement
+                self._open_thread_connection()
             return db.execute_sql(sql, params)
-        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+        except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
             if self.dialect == "sqlite":
-                raise
-            if db.in_transaction():
-                raise  # transaction() turns it into StoreUnavailableError for the whole
-            # A server connection dropped (restart, MySQL's wait_timeout): reconnect and
-            # repeat a read, with back-off while the server is away; never repeat a write
-            # whose fate is unknown.
-            if not sql.lstrip().upper().startswith("SELECT"):
-                self._drop_connection()
-                raise StoreUnavailableError(self._unavailable(exc)) from exc
-            return self._retry_read(sql, params, exc)
+                failure = _sqlite_failure(exc)
+                if failure is None:
+                    raise
+            else:
+                if not isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
+                    raise
+                if db.in_transaction():
+                    raise  # transaction() turns it into StoreUnavailableError for the whole
+                # A server connection dropped (restart, MySQL's wait_timeout): reconnect and
+                # repeat a read, with back-off while the server is away; never repeat a
+                # write whose fate is unknown.
+                if not sql.lstrip().upper().startswith("SELECT"):
+                    self._drop_connection()
+                    raise StoreUnavailableError(self._unavailable(exc)) from exc
+                return self._retry_read(sql, params, exc)
+        # A full disk, a corrupt or read-only file: one line naming the file. Raised
+        # outside the handler, so no traceback keeps SQLite's failed statement (and with
+        # it the connection and its WAL files) alive after the store is closed.
+        raise StoreError(f"store {self.url!r}: {failure}")
 
     def _unavailable(self, exc: BaseException) -> str:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -638,6 +678,7 @@ class SqlStateStore(StateStore):
             "SELECT stage, status, updated_at FROM stage_states WHERE item_id = ?"
         )
         self._sql_record_attempt = q("INSERT INTO attempts (item_id, stage, data) VALUES (?, ?, ?)")
+        self._sql_mark = q("INSERT INTO commit_marks (id) VALUES (?)")
         self._sql_record_review = q("INSERT INTO reviews (item_id, stage, data) VALUES (?, ?, ?)")
         self._sql_event_row = q("(?, ?, ?, ?, ?)")
         self._sql_renew = q(
@@ -663,7 +704,7 @@ class SqlStateStore(StateStore):
         self._sql_claim_due = self._q(
             "SELECT id, lease_token FROM items WHERE due_at <= ?"
             " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
-            f" ORDER BY due_at LIMIT ?{self._for_update_skip}"
+            f" ORDER BY priority DESC, due_at LIMIT ?{self._for_update_skip}"
         )
 
     def _q(self, sql: str) -> str:
@@ -761,8 +802,21 @@ class SqlStateStore(StateStore):
                             raise
                         stack.enter_context(self._begin())  # nothing was sent yet: again
                     yield
-            except (peewee.OperationalError, peewee.InterfaceError) as exc:
-                if self.dialect == "sqlite" or not outermost:
+            except peewee.DataError as exc:  # PostgreSQL/MySQL refusing a value (an id)
+                raise StoreError(
+                    f"store {_redact(self.url)!r} refused a value: {_first(exc)}"
+                ) from exc
+            except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
+                if self.dialect == "sqlite":
+                    # A full disk, a corrupt or read-only file: one line naming the file
+                    # (SQLite rolls back by itself, so peewee's ROLLBACK error hides why).
+                    failure = _sqlite_failure(exc)
+                    if failure is not None:
+                        raise StoreError(f"store {self.url!r}: {failure}") from exc
+                    raise
+                if not outermost or not isinstance(
+                    exc, peewee.OperationalError | peewee.InterfaceError
+                ):
                     raise
                 # The server went away or aborted the transaction (restart, deadlock):
                 # nothing of it was applied unless the connection died during COMMIT.
@@ -790,6 +844,14 @@ class SqlStateStore(StateStore):
                 self._sql_save_item,
                 (item_id, dumps(data), ItemState.READY.value, now, created, created),
             )
+
+    def set_priority(self, item_id: str, priority: int) -> None:
+        with self._guard:
+            cur = self._run(
+                self._q("UPDATE items SET priority = ? WHERE id = ?"), (priority, item_id)
+            )
+        if cur.rowcount == 0:
+            raise UnknownItemError(f"unknown item {item_id!r}")
 
     def get_work_item_data(self, item_id: str) -> dict[str, Any] | None:
         with self._guard:
@@ -1086,6 +1148,45 @@ class SqlStateStore(StateStore):
             for lease in leases:
                 self._run(self._sql_release, (lease.item_id, lease.token))
 
+    # --- exactly once --------------------------------------------------------------
+    def mark_commit(self, mark: str) -> None:
+        with self._guard:
+            self._run(self._sql_mark, (mark,))
+            self._marks_made += 1
+            if self._marks_made % 1000 == 0:  # forget marks older than MARK_MEMORY
+                cutoff = commit_mark(time.time() - MARK_MEMORY)
+                self._run(self._q("DELETE FROM commit_marks WHERE id < ?"), (cutoff,))
+
+    def committed(self, mark: str) -> bool:
+        with self._guard:
+            row = self._run(self._q("SELECT 1 FROM commit_marks WHERE id = ?"), (mark,)).fetchone()
+        return row is not None
+
+    def live_leases(self, limit: int = 100) -> list[Lease]:
+        sql = self._q(
+            "SELECT id, lease_owner, lease_token, lease_expires_at FROM items"
+            f" WHERE lease_expires_at > ? ORDER BY lease_expires_at, id LIMIT {int(limit)}"
+        )
+        with self._guard:
+            rows = self._run(sql, (_now(),)).fetchall()
+        return [Lease(i, owner or "", token, from_ts(exp)) for i, owner, token, exp in rows]  # type: ignore[arg-type]
+
+    def expire_leases(self, owners: Sequence[str]) -> int:
+        if not owners:
+            return 0
+        now = _now()
+        n = 0
+        with self.transaction():
+            for chunk in _chunks(list(owners)):
+                cur = self._run(
+                    self._q("UPDATE items SET lease_expires_at = ?")
+                    + f" WHERE lease_owner IN ({self._marks(len(chunk))})"
+                    + self._q(" AND lease_expires_at > ?"),
+                    (now, *chunk, now),
+                )
+                n += cur.rowcount
+        return n
+
     def prune(self, completed_before: datetime, limit: int = 500) -> list[str]:
         if limit <= 0:
             return []
@@ -1294,6 +1395,35 @@ class SqlStateStore(StateStore):
             )
         if cur.rowcount == 0:
             raise UnknownItemError(f"unknown item {item_id!r}")
+
+
+#: SQLite errors that no retry mends, each with what to do (the file is named by the caller).
+_SQLITE_FAILURES = {
+    "database or disk is full": "the disk is full; free some space and try again",
+    "disk I/O error": "disk I/O error (is the disk full or failing?)",
+    "database disk image is malformed": "the database file is corrupt (restore it from a backup)",
+    "file is not a database": "the file is not a Treadle database (or it is corrupt)",
+    "attempt to write a readonly database": "the database file is read-only",
+    "unable to open database file": "cannot open the database file (is its directory writable?)",
+}
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _sqlite_failure(exc: BaseException | None) -> str | None:
+    """What a SQLite error (or one it caused) says about the file, in words; None if
+    nothing the user must mend."""
+    seen = 0
+    while exc is not None and seen < 10:
+        text = str(exc)
+        for needle, words in _SQLITE_FAILURES.items():
+            if needle in text:
+                return words
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def _close_quietly(conn: Any) -> None:

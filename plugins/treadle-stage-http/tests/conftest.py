@@ -71,6 +71,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(503, b"busy, try later", "text/plain")
             else:
                 self._json(200, {"key": rest, "hits": hits})
+        elif kind == "throttle":
+            # /throttle/KEY?after=N&wait=S: 429 with Retry-After: S for the first N hits.
+            query = parse_qs(parts.query)
+            if hits <= int(query.get("after", ["1"])[0]):
+                wait = query.get("wait", ["3"])[0]
+                self._send(429, b"slow down", "text/plain", Retry_After=wait)
+            else:
+                self._json(200, {"key": rest, "hits": hits})
         elif kind == "slow":
             time.sleep(2)
             self._json(200, {"slow": True})

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -94,9 +95,53 @@ async def test_server_errors_timeouts_and_throttling_are_retried(server, code):
     assert out.outcome.error.endswith(f"error body {code}")  # the body's tail
 
 
-async def test_retry_after_is_reported(server):
+async def test_retry_after_is_reported_and_asked_for_as_the_retry_delay(server):
     out = await fetch_once(HttpStage(f"{server.url}/status/429"))
     assert "(Retry-After: 7)" in out.outcome.error
+    assert out.outcome.delay == 7.0
+
+
+async def test_a_429_is_tried_again_only_when_retry_after_says(server):
+    """The server asks for 30 s; the budget's own back-off (none) does not apply."""
+    from treadle_core import ManualClock
+
+    clock = ManualClock()
+    wf = (
+        Workflow.builder("http")
+        .stage("fetch", HttpStage(f"{server.url}/throttle/{{item.id}}?after=1&wait=30"))
+        .retry_budget("fetch", RetryBudget(max_attempts=3))
+        .clock(clock)
+        .build()
+    )
+    store = MemoryStateStore()
+    st = (await wf.advance(ITEM, store)).stages["fetch"]
+    assert st.status == StageStatus.PENDING
+    assert st.next_attempt_at == clock.now() + timedelta(seconds=30)
+    clock.advance(29)
+    assert (await wf.advance(ITEM, store)).stages["fetch"].status == StageStatus.PENDING
+    assert server.hits[f"/throttle/{ITEM.id}"] == 1
+    clock.advance(1)
+    status = await wf.advance(ITEM, store)
+    assert status.is_complete and status.stages["fetch"].artefact["hits"] == 2
+
+
+@pytest.mark.parametrize(
+    "header, seconds",
+    [
+        ("120", 120.0),
+        (" 3 ", 3.0),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # already past
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_header_forms(header, seconds):
+    from treadle_stage_http import retry_after_seconds
+
+    now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
+    assert retry_after_seconds(header, now) == seconds
 
 
 @pytest.mark.parametrize("code", [400, 401, 403, 404, 410, 422])
@@ -181,12 +226,12 @@ async def test_a_workflow_fails_a_4xx_on_the_first_attempt(server):
 
 
 async def test_a_workflow_gives_up_when_the_budget_is_spent(server):
-    wf = one_stage(HttpStage(f"{server.url}/status/503"), max_attempts=2)
+    wf = one_stage(HttpStage(f"{server.url}/status/500"), max_attempts=2)
     store = MemoryStateStore()
     status = await wf.advance(ITEM, store)
     assert status.failed_stages == ["fetch"]
-    assert "HTTP 503" in (store.get_stage_state("doc-1", "fetch").error or "")
-    assert server.hits["/status/503"] == 2
+    assert "HTTP 500" in (store.get_stage_state("doc-1", "fetch").error or "")
+    assert server.hits["/status/500"] == 2
 
 
 # --- fan-out ------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -165,12 +167,31 @@ class HttpStage(Stage):
             )
         tail = response.text[-BODY_TAIL:].strip()
         message = f"{what} returned HTTP {status} {response.reason_phrase}".rstrip()
-        if retry_after := response.headers.get("retry-after"):
+        retry_after = response.headers.get("retry-after")
+        if retry_after:
             message += f" (Retry-After: {retry_after})"
         message = f"{message}: {tail}" if tail else message
         if status >= 500 or status in RETRYABLE_4XX:
-            return StageOutput(Retry(message))
+            # The server says when to come back: that is when the next attempt is due.
+            return StageOutput(Retry(message, delay=retry_after_seconds(retry_after)))
         return StageOutput(Failed(message))
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """A ``Retry-After`` header (delay-seconds, or an HTTP date) as seconds from ``now``;
+    None when absent or unreadable (then the retry budget's back-off applies)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _body(response: httpx.Response) -> Any:

@@ -25,6 +25,8 @@ Key layout (``P`` is the store's prefix; ``ID`` an item id, ``S`` a stage name):
     P:journal          stream  entries "N-0" {item, event}: the journal in commit order
     P:ijournal:ID      zset    event ids of the item
     P:lock:ID          string  transaction lock (owner token, with a TTL)
+    P:leases           zset    ID by lease expiry (items claimed; live ones score > now)
+    P:mark:MARK        string  a committed transaction's commit mark (expires after an hour)
 
 Times are epoch seconds, written as the exact strings Python sent (never formatted
 by Lua, whose ``tostring`` would round them). An absent hash field is None.
@@ -47,6 +49,7 @@ OP_ARITY = {
     "prune": 2,  # id, cutoff
     "renew": 3,  # id, token, expires
     "release": 2,  # id, token
+    "mark": 1,  # commit mark
 }
 #: Ops followed by a count, then that many arguments (``events``: pairs).
 VARIADIC = ("events", "set_reviews")
@@ -71,8 +74,8 @@ local locks, fences, ops = {}, {}, {}
 for _ = 1, tonumber(nxt()) do local id = nxt(); locks[#locks + 1] = {id, nxt()} end
 for _ = 1, tonumber(nxt()) do local id = nxt(); fences[#fences + 1] = {id, nxt()} end
 local arity = {put_data=3, set_state=4, save_stage=6, attempt=3, review=2, delete=1,
-               prune=2, renew=3, release=2, drop_stage=2, move_attempts=3, put_definition=1,
-               revoke=1}
+               prune=2, renew=3, release=2, mark=1, drop_stage=2, move_attempts=3,
+               put_definition=1, revoke=1}
 while pos <= #ARGV do
   local name = nxt()
   local op = {name}
@@ -134,6 +137,7 @@ local function delete_item(id)
     redis.call('ZREM', P .. ':due:' .. state, id)
     redis.call('ZREM', P .. ':complete_at', id)
   end
+  redis.call('ZREM', P .. ':leases', id)
   local st = redis.call('HGETALL', P .. ':status:' .. id)
   for i = 1, #st, 2 do
     summary_add(st[i + 1], st[i], -1)
@@ -261,14 +265,18 @@ for _, op in ipairs(ops) do
     local ik = ikey(id)
     if redis.call('HGET', ik, 'token') == op[3] then
       redis.call('HSET', ik, 'expires', op[4])
+      redis.call('ZADD', P .. ':leases', op[4], id)
       r = 1
     end
   elseif name == 'release' then
     local ik = ikey(id)
     if redis.call('HGET', ik, 'token') == op[3] then
       redis.call('HDEL', ik, 'owner', 'expires')
+      redis.call('ZREM', P .. ':leases', id)
       r = 1
     end
+  elseif name == 'mark' then
+    redis.call('SET', P .. ':mark:' .. id, '1', 'EX', 3600)
   end
   results[#results + 1] = r
 end
@@ -291,6 +299,7 @@ local function try(id)
   if rec[2] and tonumber(rec[2]) > nnow then return end
   local token = tonumber(rec[1]) + 1
   redis.call('HSET', ik, 'owner', worker, 'token', token, 'expires', expires)
+  redis.call('ZADD', P .. ':leases', expires, id)
   out[#out + 1] = id
   out[#out + 1] = token
 end
@@ -342,6 +351,28 @@ for k = 3, #ARGV do
   end
 end
 return best_s
+"""
+)
+
+EXPIRE_LEASES = (
+    _COMMON
+    + r"""
+-- ARGV: P, now, owners...: end now every live lease these owners hold; how many.
+local now = ARGV[2]
+local owners = {}
+for i = 3, #ARGV do owners[ARGV[i]] = true end
+local n = 0
+local live = redis.call('ZRANGE', P .. ':leases', '(' .. now, '+inf', 'BYSCORE')
+for _, id in ipairs(live) do
+  local ik = ikey(id)
+  local owner = redis.call('HGET', ik, 'owner')
+  if owner and owners[owner] then
+    redis.call('HSET', ik, 'expires', now)
+    redis.call('ZADD', P .. ':leases', now, id)
+    n = n + 1
+  end
+end
+return n
 """
 )
 

@@ -144,6 +144,7 @@ class RedisStateStore(StateStore):
         self._claim_script = self.r.register_script(_lua.CLAIM)
         self._next_due_script = self.r.register_script(_lua.NEXT_DUE)
         self._unlock_script = self.r.register_script(_lua.UNLOCK)
+        self._expire_script = self.r.register_script(_lua.EXPIRE_LEASES)
         self._local = threading.local()
         self._check_schema()
 
@@ -658,6 +659,34 @@ class RedisStateStore(StateStore):
                     fields.pop("owner", None)
                     fields.pop("expires", None)
         self._write(*[["release", lease.item_id, str(lease.token)] for lease in leases])
+
+    def live_leases(self, limit: int = 100) -> list[Lease]:
+        _, now = _now()
+        ids = self._read(
+            self.r.zrange, self.k("leases"), f"({now}", "+inf", byscore=True, offset=0, num=limit
+        )
+        with self.r.pipeline(transaction=False) as pipe:
+            for item_id in ids:
+                pipe.hmget(self.k("item", item_id), "owner", "token", "expires")
+            rows = self._read(pipe.execute)
+        out = []
+        for item_id, (owner, token, expires) in zip(ids, rows, strict=True):
+            when = from_ts(float(expires)) if expires else None
+            if owner and token and when is not None:
+                out.append(Lease(item_id, owner, int(token), when))
+        return out
+
+    def expire_leases(self, owners: Sequence[str]) -> int:
+        if not owners:
+            return 0
+        _, now = _now()
+        return int(self._read(self._expire_script, args=[self.prefix, now, *owners]))
+
+    def mark_commit(self, mark: str) -> None:
+        self._write(["mark", mark])
+
+    def committed(self, mark: str) -> bool:
+        return bool(self._read(self.r.exists, self.k("mark", mark)))
 
     def prune(self, completed_before: datetime, limit: int = 500) -> list[str]:
         cutoff = _ts(completed_before)

@@ -1,13 +1,18 @@
-"""Screenshots of the console for the docs: docs/images/ui-queue.png and ui-review.png.
+"""Screenshots of the console for the docs: docs/images/ui-queue.png, ui-review.png, ui-dag.png.
 
-    python plugins/treadle-ui/scripts/screenshots.py
+    python plugins/treadle-ui/scripts/screenshots.py [--also-narrow DIR]
 
-Runs the examples/hello pipeline (plus a few more items) in a temporary directory,
-serves it with a real `treadle ui` and photographs it at 1280x800 in Chromium.
+Runs the news-desk pipeline in scripts/demo (a fan-out over three sources, a draft, a
+check, a person's approval) in a temporary directory, serves it with a real
+`treadle ui --users` and photographs it in Chromium (the queue at 1280x800, a review at
+1280x1640 so that upstream artefacts and subtasks show), signed in as "ada".
+``--also-narrow DIR`` also writes 390- and 1600-pixel-wide full-page shots there, to look
+at (not for the docs).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import socket
@@ -19,43 +24,63 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-ROOT = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic"]
-EXTRA = [
-    ("invoice-0042", "Invoice 0042 from Acme Tools: 12 hammers, 4 ladders, due within 30 days."),
-    ("release-notes", "Version 2.3 adds offline mode, faster sync and a redesigned settings page."),
-    ("support-1187", "Customer cannot log in after resetting the password twice in one hour."),
-    ("blog-draft", "Five lessons from running a small workflow engine in production for a year."),
-    ("meeting-notes", "Agreed to ship the review console first and the Redis store next month."),
-]
+#: More stories, so that the queue has a second page.
+TOWNS = ("northgate", "eastfield", "millbrook", "harbourside", "old-town", "westcliff")
+TOPICS = (
+    "roadworks",
+    "market",
+    "flooding",
+    "schools",
+    "bus-routes",
+    "museum",
+    "election",
+    "parking",
+    "festival",
+    "housing",
+)
 
 
-def treadle(cwd: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "treadle_core.cli", *args], cwd=cwd, check=False)
+def treadle(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "treadle_core.cli", *args],
+        cwd=cwd,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--also-narrow", type=Path)
+    args = parser.parse_args()
     out = ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp()) / "hello"
-    shutil.copytree(ROOT / "examples" / "hello", work, ignore=shutil.ignore_patterns(".treadle"))
+    work = Path(tempfile.mkdtemp()) / "newsdesk"
+    shutil.copytree(HERE / "demo", work, ignore=shutil.ignore_patterns(".treadle"))
     with (work / "items.jsonl").open("a") as fh:
-        for item_id, text in EXTRA:
-            fh.write(json.dumps({"id": item_id, "data": {"text": text}}) + "\n")
+        for town in TOWNS:
+            for topic in TOPICS:
+                text = f"{topic.replace('-', ' ').capitalize()} in {town.replace('-', ' ')}"
+                fh.write(json.dumps({"id": f"{town}-{topic}", "data": {"text": text}}) + "\n")
     treadle(work, "add", "items.jsonl")
     treadle(work, "run")
-    treadle(work, "review", "approve", "recipe", "approve", "--reviewer", "ada")
-    treadle(work, "review", "reject", "meeting-notes", "approve", "--reason", "internal only")
+    treadle(work, "review", "approve", "city-budget", "approve", "--reviewer", "grace")
+    treadle(work, "review", "reject", "heatwave", "approve", "--reason", "weather, not news")
     treadle(work, "run")
+    token = treadle(work, "ui", "users", "add", "ada", "--file", "reviewers.json")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "treadle_core.cli", "ui", "--port", str(port), "--reviewer", "ada"],
-        cwd=work,
-    )
+    command = [sys.executable, "-m", "treadle_core.cli", "ui", "--port", str(port)]
+    proc = subprocess.Popen([*command, "--users", "reviewers.json"], cwd=work)
     try:
-        for _ in range(200):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
@@ -68,18 +93,37 @@ def main() -> None:
             )
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(base + "/")
+            page.fill("#signin-name", "ada")
+            page.fill("#signin-token", token)
+            page.click("#signin-btn")
+            page.wait_for_selector(".queue")
             page.check('input[name="target"] >> nth=1')
+            page.check('input[name="target"] >> nth=2')
             page.screenshot(path=str(out / "ui-queue.png"))
-            page.goto(base + "/review?item=greeting&stage=approve")
-            page.fill("#comment", "Reads well; publish.")
+            page.locator("section:has(#pipe-h)").screenshot(path=str(out / "ui-dag.png"))
+            review = base + "/review?item=harbour-bridge&stage=approve"
+            page.set_viewport_size({"width": 1280, "height": 1640})  # down to the subtasks
+            page.goto(review)
+            page.fill("#comment", "Year checked against the wire copy.")
+            page.click('details.upstream[data-stage="sources"] > summary')
+            page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(out / "ui-review.png"))
-            page.set_viewport_size({"width": 420, "height": 900})
-            page.screenshot(path=str(Path(tempfile.gettempdir()) / "ui-review-narrow.png"))
+            if args.also_narrow:
+                args.also_narrow.mkdir(parents=True, exist_ok=True)
+                for width in (390, 1600):
+                    page.set_viewport_size({"width": width, "height": 900})
+                    for name, url in (("queue", base + "/"), ("review", review)):
+                        page.goto(url)
+                        page.evaluate(
+                            "document.querySelectorAll('details').forEach(d => d.open = true)"
+                        )
+                        path = args.also_narrow / f"ui-{name}-{width}.png"
+                        page.screenshot(path=str(path), full_page=True)
             browser.close()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    print(f"wrote {out / 'ui-queue.png'} and {out / 'ui-review.png'}")
+    print(f"wrote {out / 'ui-queue.png'}, {out / 'ui-review.png'} and {out / 'ui-dag.png'}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,14 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
+#: An item whose id, artefact and errors are long unbroken strings (wrapping tests).
+LONG_ID = "long-" + "x" * 140
+LONG_ARTEFACT = {
+    "url": "https://example.org/" + "a" * 400,
+    "nested": {"deeper": {"deepest": ["b" * 250, {"k": "c " * 200}]}},
+    "text": "word " * 300,
+}
+
 #: Items of the browser tests: each test decides its own items, so order does not matter.
 ITEMS: list[dict[str, Any]] = [
     {"id": "approve-1"},
@@ -50,6 +58,12 @@ ITEMS: list[dict[str, Any]] = [
     {"id": "live-1"},
     {"id": "name-1"},
     {"id": "fail-1", "data": {"fail": "the source was empty"}},
+    {"id": "once-1"},
+    {"id": "once-2"},
+    {"id": "bulkrej-1"},
+    {"id": "bulkrej-2"},
+    {"id": "bulkrej-3"},
+    {"id": LONG_ID, "data": {"artefact": LONG_ARTEFACT, "flaky": "refused: " + "e" * 300}},
 ]
 
 
@@ -83,9 +97,11 @@ def free_port() -> int:
 class UiServer:
     """A ``treadle ui`` subprocess serving a pipeline directory."""
 
-    def __init__(self, cwd: Path, *args: str, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, cwd: Path, *args: str, host: str = "127.0.0.1", port: int | None = None
+    ) -> None:
         self.cwd = cwd
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("TREADLE_UI_TOKEN", None)

@@ -35,7 +35,7 @@ from treadle_core import (
 from treadle_core.cli import create_cli
 from treadle_core.plugins import get_plugin_manager
 
-CSRF = "test-csrf-secret"
+SECRET = "test-secret-" + "x" * 32
 BASE = "http://127.0.0.1"
 
 
@@ -92,23 +92,50 @@ def wf() -> Workflow:
     return workflow()
 
 
+def make_store(wf: Workflow, items: list[Item] = ITEMS) -> MemoryStateStore:
+    s = MemoryStateStore()
+    for item in items:
+        s.save_work_item_data(item.id, item.data)
+    asyncio.run(wf.run(s, items))
+    return s
+
+
 @pytest.fixture
 def store(wf: Workflow) -> MemoryStateStore:
-    s = MemoryStateStore()
-    for item in ITEMS:
-        s.save_work_item_data(item.id, item.data)
-    asyncio.run(wf.run(s, ITEMS))
-    return s
+    return make_store(wf)
 
 
 def client(wf: Workflow, store: Any, **options: Any) -> TestClient:
     options.setdefault("reviewer", "ada")
-    app = create_app(wf, store, csrf_secret=CSRF, **options)
+    options.setdefault("secret", SECRET)
+    app = create_app(wf, store, **options)
     return TestClient(app, base_url=BASE, follow_redirects=False)
 
 
+def csrf(c: TestClient, path: str = "/") -> str:
+    """The CSRF token of this client's session, as its pages carry it."""
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)">', c.get(path).text)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
 def post(c: TestClient, path: str, **form: Any) -> Any:
-    return c.post(path, data={"csrf": CSRF, **form})
+    return c.post(path, data={"csrf": csrf(c), **form})
+
+
+def hidden_fields(page: str, form_id: str) -> dict[str, str]:
+    """The hidden inputs of one form of a page, as the browser would send them."""
+    from html import unescape
+
+    body = page.split(f'id="{form_id}"', 1)[1].split("</form>", 1)[0]
+    found = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', body)
+    return {name: unescape(value) for name, value in found}
+
+
+def decide(c: TestClient, item: str, stage: str = "check", query: str = "", **form: Any) -> Any:
+    """Open the review page and send its decision form with ``form`` filled in."""
+    page = c.get(f"/review?item={item}&stage={stage}{query}").text
+    return c.post("/decide", data={**hidden_fields(page, "decide"), **form})
 
 
 def status(store: Any, item: str, stage: str = "check") -> StageStatus:
@@ -133,10 +160,11 @@ def test_queue_filters_by_stage(wf: Workflow, store: Any) -> None:
 
 def test_every_form_carries_the_csrf_token(wf: Workflow, store: Any) -> None:
     c = client(wf, store)
+    token = csrf(c)
     for path in ("/", "/review?item=a&stage=check", "/item?item=bad"):
         page = c.get(path).text
         assert 'name="csrf" value=""' not in page
-        assert page.count(f'name="csrf" value="{CSRF}"') >= 1
+        assert page.count('method="post"') == page.count(f'name="csrf" value="{token}"') >= 1
 
 
 def test_review_page_shows_prompt_artefact_every_attempt_and_history(
@@ -172,7 +200,7 @@ def test_unknown_item_or_stage_is_a_404(wf: Workflow, store: Any) -> None:
 
 
 def test_approve_records_the_decision_and_opens_the_next_review(wf: Workflow, store: Any) -> None:
-    r = post(client(wf, store), "/decide", item="b", stage="check", action="approve", comment="ok")
+    r = decide(client(wf, store), "b", action="approve", comment="ok")
     assert r.status_code == 303
     assert r.headers["location"].startswith("/review?item=c&stage=check")
     assert status(store, "b") == StageStatus.COMPLETE
@@ -230,7 +258,7 @@ def test_post_without_csrf_token_is_refused(wf: Workflow, store: Any) -> None:
     r = c.post(
         "/decide",
         data={"item": "a", "stage": "check", "action": "approve"},
-        headers={"X-CSRF-Token": CSRF},
+        headers={"X-CSRF-Token": csrf(c)},
     )
     assert r.status_code == 303
 
@@ -256,12 +284,12 @@ def test_reviewer_redirect_stays_on_this_site(wf: Workflow, store: Any) -> None:
 def test_bulk_approve_decides_the_selected_reviews(wf: Workflow, store: Any) -> None:
     c = client(wf, store)
     targets = [json.dumps(["a", "check"]), json.dumps(["c", "check"])]
-    r = c.post("/bulk", data={"csrf": CSRF, "target": targets, "comment": "batch"})
+    r = c.post("/bulk", data={"csrf": csrf(c), "target": targets, "comment": "batch"})
     assert r.status_code == 303 and "count=2" in r.headers["location"]
     assert status(store, "a") == status(store, "c") == StageStatus.COMPLETE
     assert status(store, "b") == StageStatus.AWAITING_REVIEW
     # Decided meanwhile: skipped, not an error.
-    r = c.post("/bulk", data={"csrf": CSRF, "target": targets})
+    r = c.post("/bulk", data={"csrf": csrf(c), "target": targets})
     assert "count=0" in r.headers["location"] and "skipped=2" in r.headers["location"]
 
 
@@ -318,7 +346,33 @@ def test_ui_on_a_non_loopback_host_without_token_exits_with_a_clear_error(
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(create_cli(get_plugin_manager()), ["ui", "--host", "0.0.0.0"])
     assert result.exit_code == 2
-    assert "--host 0.0.0.0 is reachable from other machines: give --token" in result.output
+    assert "--host 0.0.0.0 is reachable from other machines: give --users FILE" in result.output
+    assert "or --token SECRET" in result.output
+
+
+def test_ui_on_a_busy_port_is_one_line_before_any_url(tmp_path: Any) -> None:
+    import socket
+
+    (tmp_path / "treadle.toml").write_text('[stages.x]\nuses = "review"\n')
+    cli = create_cli(get_plugin_manager())
+    assert CliRunner().invoke(cli, ["--store", f"sqlite:///{tmp_path}/s.db", "add", "--id", "a"])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        old = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            result = CliRunner().invoke(
+                cli, ["ui", "--port", str(port), "--store", f"sqlite:///{tmp_path}/s.db"]
+            )
+        finally:
+            os.chdir(old)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"Error: 127.0.0.1:{port} is in use (another treadle ui?); pick another --port\n"
+    )
 
 
 def test_the_plugin_registers_the_ui_command() -> None:
@@ -377,3 +431,243 @@ def test_console_decides_reviews_on_postgresql(wf: Workflow, pg_url: str) -> Non
         assert 'data-part="queue"' in c.get("/live/overview").text
     finally:
         store.close()
+
+
+# --- many reviews: pages, search, bounded reads --------------------------------------
+
+
+def one_review(item: Any, ctx: Any) -> StageOutput:
+    return StageOutput(NeedsReview(f"Does {item.data['topic']} read well?"), artefact=item.data)
+
+
+def many(n: int) -> tuple[Workflow, MemoryStateStore]:
+    wf = Workflow.builder("many").stage("read", one_review).build()
+    topics = ["tides", "bridges", "budgets", "orchards"]
+    items = [Item(f"doc-{i:04d}", {"topic": topics[i % 4]}) for i in range(n)]
+    return wf, make_store(wf, items)
+
+
+def count_limits(wf: Workflow) -> list[int | None]:
+    """Record the ``limit`` of every ``wf.pending_reviews`` call the console makes."""
+    limits: list[int | None] = []
+    real = wf.pending_reviews
+
+    def pending_reviews(store: Any, stage: str | None = None, *, limit: int | None = None) -> Any:
+        limits.append(limit)
+        return real(store, stage, limit=limit)
+
+    wf.pending_reviews = pending_reviews  # type: ignore[method-assign]
+    return limits
+
+
+def items_on(page: str) -> list[str]:
+    return re.findall(r'class="item-link" href="/review\?item=([\w-]+)', page)
+
+
+def test_the_queue_shows_one_page_and_counts_every_waiting_review() -> None:
+    wf, store = many(130)
+    c = client(wf, store, page_size=50)
+    first = c.get("/").text
+    assert items_on(first) == [f"doc-{i:04d}" for i in range(50)]
+    assert "1\u201350 of 130 waiting" in first and "page 1 of 3" in first
+    third = c.get("/?page=3").text
+    assert items_on(third) == [f"doc-{i:04d}" for i in range(100, 130)]
+    assert "101\u2013130 of 130 waiting" in third
+    assert items_on(c.get("/?page=99").text) == items_on(third)  # past the end: the last page
+
+
+def test_the_queue_never_asks_the_store_for_every_waiting_review() -> None:
+    wf, store = many(130)
+    limits = count_limits(wf)
+    c = client(wf, store, page_size=20)
+    for path in (
+        "/",
+        "/?page=2",
+        "/live/overview",
+        "/?q=tides",
+        "/review?item=doc-0003&stage=read",
+    ):
+        assert c.get(path).status_code == 200
+    decide(c, "doc-0003", "read", action="approve")
+    assert limits and None not in limits
+    assert max(limits) <= 5000  # a search reads at most its window
+    assert max(x for x in limits if x is not None and x < 5000) <= 40  # pages: what shows
+
+
+def test_search_finds_reviews_by_item_id_question_or_stage() -> None:
+    wf, store = many(130)
+    c = client(wf, store, page_size=50)
+    assert items_on(c.get("/?q=doc-012").text) == [f"doc-{i:04d}" for i in range(120, 130)]
+    by_prompt = c.get("/?q=ORCHARDS").text  # the question, any case
+    assert items_on(by_prompt)[:3] == ["doc-0003", "doc-0007", "doc-0011"]
+    assert "1\u201332 of 32 matching" in by_prompt
+    assert len(items_on(c.get("/?q=read").text)) == 50  # the stage's name
+    none = c.get("/?q=<b>volcano</b>").text
+    assert "No waiting review matches <strong>&lt;b&gt;volcano&lt;/b&gt;</strong>" in none
+
+
+def test_a_review_opened_from_a_search_moves_within_its_results() -> None:
+    wf, store = many(40)
+    c = client(wf, store)
+    page = c.get("/?q=bridges").text
+    first = re.search(r'class="item-link" href="([^"]+)"', page)
+    assert first
+    review = c.get(first.group(1).replace("&amp;", "&")).text
+    assert "result 1" in review
+    nxt = re.search(r'id="next-review" href="([^"]+)"', review)
+    assert nxt and "item=doc-0005" in nxt.group(1) and "q=bridges" in nxt.group(1)
+    r = decide(c, "doc-0001", "read", "&q=bridges", action="approve")
+    assert r.headers["location"].startswith("/review?item=doc-0005&stage=read&q=bridges")
+
+
+def test_after_a_decision_deep_in_the_queue_the_next_review_opens() -> None:
+    wf, store = many(130)
+    c = client(wf, store, page_size=50)
+    r = decide(c, "doc-0101", "read", "&at=101", action="approve")
+    assert r.headers["location"].startswith("/review?item=doc-0102&stage=read&at=101")
+    page = c.get(r.headers["location"]).text
+    assert "102 of 129" in page  # its place in the queue, from the counts
+
+
+# --- a form posted twice is acted on once --------------------------------------------
+
+
+def test_a_decision_form_sent_twice_is_acted_on_once(wf: Workflow, store: Any) -> None:
+    c = client(wf, store)
+    fields = hidden_fields(c.get("/review?item=a&stage=check").text, "decide")
+    first = c.post("/decide", data={**fields, "action": "approve"})
+    second = c.post("/decide", data={**fields, "action": "approve"})
+    assert first.status_code == second.status_code == 303
+    assert second.headers["location"] == first.headers["location"]  # not "conflict"
+    assert len(store.get_reviews("a", "check")) == 1
+
+
+def test_concurrent_copies_of_one_form_decide_once(wf: Workflow, store: Any) -> None:
+    import httpx
+
+    app = create_app(wf, store, reviewer="ada", secret=SECRET)
+
+    async def go() -> list[Any]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as ac:
+            page = (await ac.get("/review?item=b&stage=check")).text
+            fields = {**hidden_fields(page, "decide"), "action": "reject", "reason": "dup"}
+            return list(await asyncio.gather(*(ac.post("/decide", data=fields) for _ in range(5))))
+
+    answers = asyncio.run(go())
+    assert {r.status_code for r in answers} == {303}
+    assert len({r.headers["location"] for r in answers}) == 1
+    assert "conflict" not in answers[0].headers["location"]
+    assert [r.decision for r in store.get_reviews("b", "check")] == ["reject"]
+
+
+def test_a_refused_form_can_be_corrected_and_sent_with_the_same_key(
+    wf: Workflow, store: Any
+) -> None:
+    c = client(wf, store)
+    fields = hidden_fields(c.get("/review?item=a&stage=check").text, "decide")
+    assert c.post("/decide", data={**fields, "action": "reject"}).status_code == 400
+    r = c.post("/decide", data={**fields, "action": "reject", "reason": "off topic"})
+    assert r.status_code == 303
+    assert status(store, "a") == StageStatus.FAILED
+
+
+# --- bulk reject ---------------------------------------------------------------------
+
+
+def test_bulk_reject_needs_one_reason_and_keeps_the_selection_when_it_is_missing(
+    wf: Workflow, store: Any
+) -> None:
+    c = client(wf, store)
+    fields = hidden_fields(c.get("/").text, "bulk")
+    targets = [json.dumps(["a", "check"]), json.dumps(["c", "check"])]
+    r = c.post("/bulk", data={**fields, "target": targets, "action": "reject", "reason": " "})
+    assert r.status_code == 400
+    assert "Rejecting needs a reason" in r.text
+    assert r.text.count(" checked>") == 2  # the selection is still there
+    assert status(store, "a") == status(store, "c") == StageStatus.AWAITING_REVIEW
+    r = c.post(
+        "/bulk", data={**fields, "target": targets, "action": "reject", "reason": "duplicates"}
+    )
+    assert r.status_code == 303 and "notice=bulk_reject" in r.headers["location"]
+    assert "count=2" in r.headers["location"]
+    for item in ("a", "c"):
+        [rec] = store.get_reviews(item, "check")
+        assert (rec.decision, rec.reason, rec.reviewer) == ("reject", "duplicates", "ada")
+    assert status(store, "b") == StageStatus.AWAITING_REVIEW
+    again = c.post(
+        "/bulk", data={**fields, "target": targets, "action": "reject", "reason": "duplicates"}
+    )
+    assert again.headers["location"] == r.headers["location"]  # the same answer, not "skipped"
+
+
+# --- the review page: what came before ------------------------------------------------
+
+
+def sources(item: Any, ctx: Any) -> Any:
+    from treadle_core import FanOut, SubTask
+
+    if ctx.subtask is None:
+        return FanOut([SubTask("wire"), SubTask("archive"), SubTask("blog")])
+    if ctx.subtask == "archive" and ctx.attempt == 1:
+        raise ConnectionError("archive refused the connection")
+    if ctx.subtask == "blog":
+        return StageOutput(Failed("blog is gone: 410"))
+    return StageOutput(Complete(), artefact={"source": ctx.subtask, "year": 2021})
+
+
+def summary(item: Any, ctx: Any) -> StageOutput:
+    return StageOutput(Complete(), artefact={"summary": "x" * 300, "sources": ctx.upstream})
+
+
+def ask(item: Any, ctx: Any) -> StageOutput:
+    return StageOutput(NeedsReview("Publish?"), artefact=ctx.upstream["summary"])
+
+
+def fan_workflow() -> Workflow:
+    from treadle_core import ExhaustedAction
+
+    return (
+        Workflow.builder("fan")
+        .stage("meta", lambda item, ctx: StageOutput(Complete(), artefact={"lang": "en"}))
+        .stage("sources", sources)
+        .retry_budget("sources", RetryBudget(max_attempts=2, on_exhausted=ExhaustedAction.ESCALATE))
+        .stage("ask", ask, needs=["meta"])
+        .build()
+    )
+
+
+def test_review_page_shows_every_done_upstream_stage_and_its_artefact() -> None:
+    wf = (
+        Workflow.builder("chain")
+        .stage("fetch", lambda item, ctx: StageOutput(Complete(), artefact={"raw": "<i>r</i>"}))
+        .stage("summary", summary, needs=["fetch"])
+        .stage("meta", lambda item, ctx: StageOutput(Complete(), artefact={"lang": "en"}))
+        .stage("ask", ask, needs=["summary", "meta"])
+        .build()
+    )
+    store = make_store(wf, [Item("n1", {})])
+    page = client(wf, store).get("/review?item=n1&stage=ask").text
+    upstream = page.split('id="upstream"', 1)[1].split("</section>", 1)[0]
+    shown = re.findall(r'<details class="upstream"( open)? data-stage="(\w+)">', upstream)
+    assert sorted(shown[:2]) == [("", "summary"), (" open", "meta")]  # direct inputs first
+    assert shown[2:] == [("", "fetch")]  # then the rest, folded
+    assert "the artefact under review" in upstream.split('data-stage="summary"')[1]
+    assert "&lt;i&gt;r&lt;/i&gt;" in upstream and "<i>r</i>" not in upstream
+    assert "x" * 300 in upstream  # long values whole: wrapped by the page, never cut
+
+
+def test_review_page_shows_each_subtask_with_status_attempts_result_and_error() -> None:
+    wf = fan_workflow()
+    store = make_store(wf, [Item("f1", {})])
+    st = store.get_stage_state("f1", "sources")
+    assert st.status == StageStatus.AWAITING_REVIEW  # escalated: blog failed
+    page = client(wf, store).get("/review?item=f1&stage=sources").text
+    subtasks = page.split('id="subtasks"', 1)[1].split("</section>", 1)[0]
+    rows = dict(re.findall(r'data-subtask="(\w+)">(.*?)</tr>', subtasks, re.S))
+    assert list(rows) == ["wire", "archive", "blog"]
+    assert "s-complete" in rows["wire"] and "&#34;year&#34;: 2021" in rows["wire"]
+    assert '<td class="num">2</td>' in rows["archive"]  # two attempts
+    assert "archive refused the connection" in rows["archive"]  # the first one's error
+    assert "s-failed" in rows["blog"] and "blog is gone: 410" in rows["blog"]
+    assert "2 complete · 1 failed" in page

@@ -225,3 +225,271 @@ def test_non_loopback_bind_needs_the_token_and_asks_for_a_name(
         assert [r.reviewer for r in s.get_reviews("tok-1", "review")] == ["Grace"]
     finally:
         s.close()
+
+
+# --- issue 12: people in the loop, version 2 (the console part) ----------------------
+
+
+def test_a_second_key_press_or_click_never_posts_twice(
+    page: Any, server: UiServer, store: Any
+) -> None:
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    page.goto(review_url(server, "once-1"))
+    page.keyboard.press("a")
+    page.keyboard.press("a")
+    page.wait_for_url(lambda url: item_of(url) != "once-1")
+    assert posts == [server.url + "/decide"]
+    assert [r.decision for r in store.get_reviews("once-1", "review")] == ["approve"]
+
+    posts.clear()
+    page.goto(review_url(server, "once-2"))
+    page.fill("#reason", "duplicate")
+    page.dblclick("#reject-btn")
+    page.wait_for_url(lambda url: item_of(url) != "once-2")
+    assert posts == [server.url + "/decide"]
+    assert [r.reason for r in store.get_reviews("once-2", "review")] == ["duplicate"]
+
+
+def test_the_server_acts_once_on_a_form_sent_twice(page: Any, server: UiServer, store: Any) -> None:
+    """Without the page's guard (a script, a resent request), the server's key still holds."""
+    page.goto(review_url(server, "csrf-1"))
+    fields = page.eval_on_selector(
+        "#decide",
+        "f => Object.fromEntries([...new FormData(f)].filter(([k]) => k !== 'artefact'))",
+    )
+    fields["action"] = "approve"
+    answers = [
+        page.request.post(server.url + "/decide", form=fields, max_redirects=0) for _ in range(2)
+    ]
+    assert [a.status for a in answers] == [303, 303]
+    assert answers[0].headers["location"] == answers[1].headers["location"]
+    assert "conflict" not in answers[1].headers["location"]
+    assert len(store.get_reviews("csrf-1", "review")) == 1
+
+
+def test_bulk_reject_asks_for_one_reason_then_rejects_every_selected_review(
+    page: Any, server: UiServer, store: Any
+) -> None:
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    page.goto(server.url + "/?q=bulkrej")
+    for item in ("bulkrej-1", "bulkrej-3"):
+        page.check(f'input[name="target"][value={json.dumps(json.dumps([item, "review"]))}]')
+    page.click("#bulk-reject")  # no reason yet: the page refuses, nothing is sent
+    assert posts == []
+    assert page.get_attribute("#bulk-reason", "aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.id") == "bulk-reason"
+    page.fill("#bulk-reason", "out of scope")
+    page.dblclick("#bulk-reject")
+    page.wait_for_selector(".notice-warn")
+    assert "Rejected 2 review(s)." in page.inner_text(".notice")
+    assert posts == [server.url + "/bulk"]
+    for item in ("bulkrej-1", "bulkrej-3"):
+        [record] = store.get_reviews(item, "review")
+        assert (record.decision, record.reason, record.reviewer) == (
+            "reject",
+            "out of scope",
+            "tester",
+        )
+    assert status_of(store, "bulkrej-2") == StageStatus.AWAITING_REVIEW
+
+
+OVERFLOW = """() => {
+  const wide = [];
+  const doc = document.documentElement;
+  if (doc.scrollWidth > doc.clientWidth) wide.push(`page ${doc.scrollWidth} > ${doc.clientWidth}`);
+  for (const el of document.querySelectorAll("main *")) {
+    if (el.closest(".sr-only") || !el.getClientRects().length) continue;
+    const r = el.getBoundingClientRect();
+    const name = `${el.tagName}.${el.className}`;
+    if (r.right > doc.clientWidth + 0.5) wide.push(`${name} ends at ${r.right}`);
+    if (el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== "visible")
+      wide.push(`${name} scrolls ${el.scrollWidth} > ${el.clientWidth}`);
+  }
+  return wide.slice(0, 10);
+}"""
+
+
+@pytest.mark.parametrize("width", [375, 800, 1440])
+def test_long_values_wrap_and_nothing_overflows_sideways(
+    browser: Any, server: UiServer, width: int
+) -> None:
+    from conftest import LONG_ARTEFACT, LONG_ID
+
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(review_url(server, LONG_ID))
+        page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+        assert page.evaluate(OVERFLOW) == []
+        shown = page.inner_text("#artefact-view")
+        assert LONG_ARTEFACT["url"] in shown.replace("\n", "")  # wrapped, whole, not clipped
+        box = page.locator("#artefact-view").bounding_box()
+        assert box["height"] > 300  # the long values take lines, not a sideways scroll
+        archive = page.locator('#upstream tr[data-subtask="archive"]')
+        assert "refused: eeee" in archive.inner_text()  # the first attempt's error
+        page.goto(server.url + "/?q=long-")
+        assert page.locator(".queue .item-link").count() == 1
+        assert page.evaluate(OVERFLOW) == []
+    finally:
+        context.close()
+
+
+def test_review_page_shows_upstream_artefacts_and_subtask_results(
+    page: Any, server: UiServer
+) -> None:
+    from conftest import LONG_ID
+
+    page.goto(review_url(server, LONG_ID))
+    upstream = page.locator("#upstream details.upstream")
+    assert [upstream.nth(i).get_attribute("data-stage") for i in range(upstream.count())] == [
+        "draft",
+        "sources",
+    ]
+    rows = page.locator('#upstream tr.subtask[data-subtask="archive"]')
+    assert "complete" in rows.inner_text() and rows.locator("td.num").inner_text() == "2"
+    rows.locator("summary", has_text="2 attempts").click()
+    assert rows.locator("article.attempt").count() == 2
+
+
+def test_dag_edges_go_around_the_boxes_as_drawn(page: Any, server: UiServer) -> None:
+    page.goto(server.url + "/")
+    crossings = page.evaluate(
+        """() => {
+      const boxes = [...document.querySelectorAll("svg.dag a.node")].map(n => ({
+        name: n.querySelector("title").textContent.split(":")[0],
+        box: n.querySelector("rect").getBBox(),
+      }));
+      const bad = [];
+      for (const edge of document.querySelectorAll("svg.dag path.edge")) {
+        const [from, to] = edge.querySelector("title").textContent.split(" → ");
+        const length = edge.getTotalLength();
+        for (let i = 0; i <= 200; i++) {
+          const p = edge.getPointAtLength(length * i / 200);
+          for (const {name, box} of boxes) {
+            if (name === from || name === to) continue;
+            if (p.x > box.x && p.x < box.x + box.width && p.y > box.y && p.y < box.y + box.height)
+              bad.push(`${from} → ${to} through ${name}`);
+          }
+        }
+      }
+      return [...new Set(bad)];
+    }"""
+    )
+    assert crossings == []
+    assert page.locator("svg.dag path.edge").count() == 4  # draft -> publish skips review
+
+
+def test_search_and_pages_over_thousands_of_waiting_reviews(browser: Any, tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    root.mkdir()
+    (root / "treadle.toml").write_text(
+        '[pipeline]\nname = "many"\n\n[stages.check]\nuses = "review"\n'
+        'prompt = "Is {item.id} about {item.data[topic]}?"\n'
+    )
+    topics = ["tides", "bridges", "orchards"]
+    (root / "items.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"doc-{i:05d}", "data": {"topic": topics[i % 3]}}) + "\n"
+            for i in range(3000)
+        )
+    )
+    treadle(root, "add", "items.jsonl")
+    treadle(root, "run")
+    ui = UiServer(root, "--reviewer", "tester")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    try:
+        page.goto(ui.url + "/")
+        assert page.locator(".queue .item-link").count() == 50
+        assert "1\u201350 of 3,000 waiting" in page.inner_text("#queue-range")
+        page.click("#next-page")
+        assert "51\u2013100 of 3,000 waiting" in page.inner_text("#queue-range")
+        assert page.locator(".queue .item-link").first.inner_text() == "doc-00050"
+        page.keyboard.press("/")
+        page.keyboard.type("doc-0299")
+        page.keyboard.press("Enter")
+        page.wait_for_url("**q=doc-0299*")
+        links = page.locator(".queue .item-link")
+        assert [links.nth(i).inner_text() for i in range(links.count())] == [
+            f"doc-0299{i}" for i in range(10)
+        ]
+        page.fill("#q", "about orchards")  # the question's text
+        page.press("#q", "Enter")
+        page.wait_for_url("**q=about+orchards*")
+        assert "1\u201350 of 1,000 matching" in page.inner_text("#queue-range")
+        links.first.click()
+        page.wait_for_url("**/review?*")
+        assert "doc-00002" in page.inner_text("h1")
+        page.keyboard.press("j")
+        page.wait_for_url(lambda url: item_of(url) == "doc-00005")  # the next match
+    finally:
+        context.close()
+        ui.stop()
+
+
+def test_reviewers_sign_in_with_their_own_tokens(browser: Any, tmp_path: Path) -> None:
+    root = make_pipeline(tmp_path / "p", [{"id": "who-1"}, {"id": "who-2"}])
+    token = treadle(root, "ui", "users", "add", "ada", "--file", "reviewers.json").stdout.strip()
+    ui = UiServer(root, "--users", "reviewers.json", "--reviewer", "mallory")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    try:
+        page.goto(review_url(ui, "who-1"))
+        assert page.url.startswith(ui.url + "/signin?next=")
+        page.fill("#signin-name", "ada")
+        page.fill("#signin-token", token + "x")
+        page.click("#signin-btn")
+        assert "That name and token do not match." in page.inner_text("#signin-error")
+        page.fill("#signin-token", token)
+        page.click("#signin-btn")
+        page.wait_for_url(review_url(ui, "who-1"))  # back where they were going
+        assert page.inner_text("#signed-in-as") == "ada"
+        assert page.locator("#reviewer-name").count() == 0  # no name to type or change
+        page.click("#approve-btn")
+        page.wait_for_selector(".notice-ok")
+        page.click(".signed-in button")
+        page.wait_for_url("**/signin")
+        assert page.goto(review_url(ui, "who-2")).url.startswith(ui.url + "/signin")
+    finally:
+        context.close()
+        ui.stop()
+    from treadle_core import open_store
+
+    s = open_store(f"sqlite:///{root / '.treadle' / 'state.db'}")
+    try:
+        assert [r.reviewer for r in s.get_reviews("who-1", "review")] == ["ada"]
+        assert s.get_reviews("who-2", "review") == []
+    finally:
+        s.close()
+
+
+def test_a_page_opened_before_a_console_restart_can_still_decide(
+    browser: Any, tmp_path: Path
+) -> None:
+    root = make_pipeline(tmp_path / "p", [{"id": "restart-1"}])
+    first = UiServer(root, "--reviewer", "tester")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    try:
+        page.goto(review_url(first, "restart-1"))
+        first.stop()
+        second = UiServer(root, "--reviewer", "tester", port=first.port)  # a new process
+        try:
+            page.fill("#comment", "after the restart")
+            page.click("#approve-btn")
+            page.wait_for_selector(".notice-ok")
+        finally:
+            second.stop()
+    finally:
+        context.close()
+    secret = root / ".treadle" / "ui-secret"
+    assert secret.exists() and secret.stat().st_mode & 0o077 == 0
+    from treadle_core import open_store
+
+    s = open_store(f"sqlite:///{root / '.treadle' / 'state.db'}")
+    try:
+        assert [r.comment for r in s.get_reviews("restart-1", "review")] == ["after the restart"]
+    finally:
+        s.close()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner
@@ -14,6 +16,19 @@ from test_app import ITEMS, client, post, workflow
 from treadle_core import ItemState, MemoryStateStore, StageReset, StageStatus, Workflow, open_store
 from treadle_core.cli import create_cli
 from treadle_core.plugins import get_plugin_manager
+
+T = TypeVar("T")
+
+
+def aside(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread of its own: the browser tests keep an event loop running in
+    this one for the whole session, so ``asyncio.run`` (and the CLI) cannot run here."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return aside(lambda: asyncio.run(coro))
 
 
 @pytest.fixture
@@ -26,7 +41,7 @@ def store(wf: Workflow) -> MemoryStateStore:
     s = MemoryStateStore()
     for item in ITEMS:
         s.save_work_item_data(item.id, item.data)
-    asyncio.run(wf.run(s, ITEMS))
+    run(wf.run(s, ITEMS))
     return s
 
 
@@ -97,13 +112,18 @@ wf = Workflow.builder("pyapp").stage("a", lambda item, ctx: None).build()
 
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """`treadle ui` without a server: the app it would serve."""
+    """`treadle ui` without serving: the app it would serve (on a port free now)."""
+    import socket
+
     import uvicorn
 
     got: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: got.update(app=app, **kw))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: got.update(app=self.config.app))
     for key in ("TREADLE_STORE", "TREADLE_APP", "TREADLE_UI_TOKEN"):
         monkeypatch.delenv(key, raising=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        got["port"] = str(probe.getsockname()[1])
     return got
 
 
@@ -113,9 +133,11 @@ def test_ui_with_the_store_alone(
     url = f"sqlite:///{tmp_path}/state.db"
     with open_store(url) as store:
         store.save_work_item_data("x", {})
-        asyncio.run(workflow().run(store))
+        run(workflow().run(store))
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(create_cli(get_plugin_manager()), ["--store", url, "ui"])
+    cli = create_cli(get_plugin_manager())
+    args = ["--store", url, "ui", "--port", served["port"]]
+    result = aside(lambda: CliRunner().invoke(cli, args))
     assert result.exit_code == 0, result.output
     console = served["app"].state.console
     assert console.wf.stages == ["draft", "check", "publish"] and not console.wf.runnable
@@ -128,7 +150,9 @@ def test_ui_with_app(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
     open_store("sqlite:///.treadle/state.db").close()
-    result = CliRunner().invoke(create_cli(get_plugin_manager()), ["--app", "uiapp:wf", "ui"])
+    cli = create_cli(get_plugin_manager())
+    args = ["--app", "uiapp:wf", "ui", "--port", served["port"]]
+    result = aside(lambda: CliRunner().invoke(cli, args))
     assert result.exit_code == 0, result.output
     assert served["app"].state.console.wf.name == "pyapp"
     assert "pipeline 'pyapp'" in result.output

@@ -2,16 +2,17 @@
 
 Store calls are synchronous (peewee), so they run in the thread pool; the
 engine's coroutines (`resolve_review`, `retry_stage`, `rerun`, `cancel`) are awaited
-directly. What the CLI does too (failed stages, a review's detail, re-running and
-cancelling) goes through `treadle_core.ops`, the operator API both share.
+directly. What the CLI does too (failed stages, an item's and a review's detail, the
+overview, re-running and cancelling) goes through `treadle_core.ops`, the operator API
+both share. The route table is `Console.routes()`: one line per page or action.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
+import re
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,22 +22,24 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from treadle_core import Approve as ApproveDecision
 from treadle_core import (
     ApproveWithEdits,
+    AttemptRecord,
     PendingReview,
     Reject,
     RerunError,
     RetryError,
     ReviewError,
+    StageState,
     StageStatus,
     StateStore,
     TreadleError,
@@ -48,6 +51,16 @@ from treadle_core import (
 
 from . import __version__
 from .layout import layout
+from .once import Once, form_key, view_key
+from .queue import (
+    FOLLOWING,
+    PAGE_SIZE,
+    Query,
+    first_waiting,
+    neighbours,
+    queue_page,
+    waiting_counts,
+)
 from .render import (
     ago,
     duration,
@@ -59,36 +72,63 @@ from .render import (
     render_value,
     status_label,
 )
+from .security import (
+    SESSION_COOKIE,
+    SESSION_MAX_AGE,
+    Access,
+    Csrf,
+    Guard,
+    deny,
+    new_sid,
+    safe_next,
+    signed_in,
+)
+from .users import Users, UsersFileError
 
 HERE = Path(__file__).parent
-TOKEN_COOKIE = "treadle_ui_token"
 REVIEWER_COOKIE = "treadle_ui_reviewer"
 MAX_FAILED_SHOWN = 50
 MAX_EVENTS_SHOWN = 300
+MAX_SUBTASKS_SHOWN = 500
+MAX_SEARCH = 200  # characters of a search text
 STATUSES = ("pending", "running", "awaiting_review", "failed", "complete", "skipped")
-
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
+_VIEW = re.compile(r"[A-Za-z0-9_-]{8,32}")
 
 
 @dataclass
 class Settings:
     reviewer: str | None
-    token: str | None
-    csrf: str
     poll: float
+    page_size: int = PAGE_SIZE
 
 
 def _key(item_id: str, stage: str) -> str:
-    """A review's value in a bulk form: JSON, so any item id or stage name survives."""
+    """A review's value in a form: JSON, so any item id or stage name survives."""
     return json.dumps([item_id, stage])
+
+
+def _keys(raw: str, most: int) -> list[tuple[str, str]]:
+    """``[[item, stage], ...]`` from a form field; malformed entries are dropped."""
+    try:
+        value = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    if not isinstance(value, list):
+        return []
+    pairs = [p for p in value[:most] if isinstance(p, list) and len(p) == 2]
+    return [(str(i), str(s)) for i, s in pairs]
 
 
 def _url(path: str, **params: Any) -> str:
     clean = {k: v for k, v in params.items() if v not in (None, "")}
     return path + ("?" + urlencode(clean) if clean else "")
+
+
+def _int(value: str | None, default: int, low: int = 0) -> int:
+    try:
+        return max(low, int(value or ""))
+    except ValueError:
+        return default
 
 
 def _templates() -> Jinja2Templates:
@@ -103,104 +143,87 @@ def _templates() -> Jinja2Templates:
         pretty_json=pretty_json,
         render_value=render_value,
         key=lambda r: _key(r.item_id, r.stage),
+        keys=lambda rs: json.dumps([[r.item_id, r.stage] for r in rs]),
     )
     env.globals.update(url=_url, duration=duration, version=__version__, statuses=STATUSES)
     return templates
 
 
-class _Guard(BaseHTTPMiddleware):
-    """Token (when configured) on every request; CSRF token on every POST; security headers."""
+@dataclass(frozen=True)
+class Upstream:
+    """An ancestor of the stage under review, as the review page shows it."""
 
-    def __init__(self, app: Any, settings: Settings) -> None:
-        super().__init__(app)
-        self.settings = settings
-
-    async def dispatch(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        token = self.settings.token
-        set_cookie = False
-        if token is not None:
-            given = (
-                request.query_params.get("token")
-                or request.headers.get("x-treadle-token")
-                or _bearer(request.headers.get("authorization"))
-                or request.cookies.get(TOKEN_COOKIE)
-            )
-            if not given or not hmac.compare_digest(given.encode(), token.encode()):
-                return _deny(401, "A token is required: open the URL `treadle ui` printed.")
-            if request.query_params.get("token") and request.method == "GET":
-                # First visit with ?token=: keep it in a cookie and drop it from the address bar.
-                rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-                response: Response = RedirectResponse(
-                    request.url.path + ("?" + urlencode(rest) if rest else ""), 303
-                )
-                set_cookie = True
-            else:
-                response = await self._checked(request, call_next)
-        else:
-            response = await self._checked(request, call_next)
-        if set_cookie and token is not None:
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
-
-    async def _checked(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if request.method == "POST":
-            given = request.headers.get("x-csrf-token")
-            if given is None:
-                await request.body()  # cached, so the endpoint can read the form again
-                form = await request.form()
-                value = form.get("csrf")
-                given = value if isinstance(value, str) else None
-            if not given or not hmac.compare_digest(given.encode(), self.settings.csrf.encode()):
-                return _deny(403, "The form's CSRF token is missing or stale: reload the page.")
-        return await call_next(request)
-
-
-def _bearer(header: str | None) -> str | None:
-    if header and header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return None
-
-
-def _deny(code: int, message: str) -> Response:
-    body = (
-        "<!doctype html><meta charset=utf-8><title>Treadle: refused</title>"
-        f"<p style='font:16px system-ui;margin:3rem'>{code}: {message}</p>"
-    )
-    return HTMLResponse(body, status_code=code)
+    name: str
+    state: StageState
+    direct: bool
+    attempts_by_subtask: dict[str, list[AttemptRecord]]
+    under_review: bool  # its artefact is the one under review (shown above already)
 
 
 class Console:
     """The routes, holding the workflow, the store and the settings."""
 
-    def __init__(self, wf: Workflow, store: StateStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        wf: Workflow,
+        store: StateStore,
+        settings: Settings,
+        access: Access,
+        csrf: Csrf,
+    ) -> None:
         self.wf = wf
         self.store = store
         self.settings = settings
+        self.access = access
+        self.csrf = csrf
+        self.once = Once()
         self.templates = _templates()
+
+    def routes(self) -> list[BaseRoute]:
+        """Every page and action of the console."""
+        return [
+            Route("/", self.overview),
+            Route("/live/overview", self.overview_live),
+            Route("/review", self.review_page),
+            Route("/item", self.item_page),
+            Route("/live/item", self.item_live),
+            Route("/decide", self.decide, methods=["POST"]),
+            Route("/bulk", self.bulk, methods=["POST"]),
+            Route("/retry", self.retry, methods=["POST"]),
+            Route("/rerun", self.rerun, methods=["POST"]),
+            Route("/cancel", self.cancel, methods=["POST"]),
+            Route("/reviewer", self.set_reviewer, methods=["POST"]),
+            Route("/signin", self.signin, methods=["GET", "POST"]),
+            Route("/signout", self.signout, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+        ]
 
     # --- helpers -----------------------------------------------------------------------
     def reviewer(self, request: Request) -> str | None:
+        """Who decides: the signed-in reviewer with --users, else the name cookie or
+        --reviewer."""
+        if self.access.users is not None:
+            try:
+                return signed_in(request, self.access.users)
+            except UsersFileError:
+                return None
         name = unquote(request.cookies.get(REVIEWER_COOKIE) or "").strip()
         return name or self.settings.reviewer
 
     def page(
         self, request: Request, name: str, context: dict[str, Any], status_code: int = 200
     ) -> Response:
+        given = request.query_params.get("view", "")
+        view = given if _VIEW.fullmatch(given) else secrets.token_urlsafe(12)
         base = {
             "pipeline": self.wf.name,
             "reviewer": self.reviewer(request),
-            "csrf": self.settings.csrf,
+            "users_mode": self.access.users is not None,
+            "csrf": self.csrf.token(str(request.session.get("sid", ""))),
             "poll_ms": int(self.settings.poll * 1000),
             "here": request.url.path + ("?" + request.url.query if request.url.query else ""),
+            "view": view,
+            "idem": lambda *parts: view_key(view, *parts),
         }
         return self.templates.TemplateResponse(
             request, name, {**base, **context}, status_code=status_code
@@ -211,25 +234,30 @@ class Console:
             return value
         return None
 
-    def _overview_data(self, stage: str | None) -> dict[str, Any]:
-        """Queue, counts, summary, failures: one thread-pool call per refresh."""
+    def _query(self, params: Any, stage_key: str = "stage") -> Query:
+        return Query(
+            stage=self._stage_filter(str(params.get(stage_key) or "")),
+            q=str(params.get("q") or "").strip()[:MAX_SEARCH],
+            page=_int(params.get("page"), 1, low=1),
+        )
+
+    def _overview_data(self, query: Query) -> dict[str, Any]:
+        """Queue page, counts, summary, failures: one thread-pool call per refresh."""
         wf, store = self.wf, self.store
-        everything = wf.pending_reviews(store)
-        per_stage: dict[str, int] = {}
-        for r in everything:
-            per_stage[r.stage] = per_stage.get(r.stage, 0) + 1
-        queue = [r for r in everything if stage is None or r.stage == stage]
         view = ops.overview(wf, store)
-        summary, items = view.stages, view.items
+        items, summary = view.items, view.stages
+        counts = waiting_counts(summary)
+        page = queue_page(wf, store, query, counts, size=self.settings.page_size)
         failed = [
-            (f.item_id, f.stage, f.error)
+            (f.item_id, f.stage, f.error, f.attempt)
             for f in ops.failed_stages(wf, store, limit=MAX_FAILED_SHOWN)
         ]
         return {
-            "queue": queue,
-            "per_stage": per_stage,
-            "total_pending": len(everything),
-            "stage": stage,
+            "queue": page,
+            "query": query,
+            "stage": query.stage,
+            "per_stage": counts,
+            "total_pending": sum(counts.values()),
             "summary": summary,
             "items": items,
             "stale": view.stale,
@@ -240,16 +268,34 @@ class Console:
         }
 
     # --- overview ----------------------------------------------------------------------
-    async def overview(self, request: Request) -> Response:
-        stage = self._stage_filter(request.query_params.get("stage"))
-        data = await run_in_threadpool(self._overview_data, stage)
-        notice = _notice(request)
-        return self.page(request, "overview.html", {**data, "notice": notice})
+    async def overview(
+        self,
+        request: Request,
+        *,
+        error: str | None = None,
+        form: FormData | None = None,
+        status_code: int = 200,
+    ) -> Response:
+        params = form if form is not None else request.query_params
+        query = self._query(params, "queue" if form is not None else "stage")
+        data = await run_in_threadpool(self._overview_data, query)
+        bulk = {"comment": "", "reason": ""}
+        selected: set[str] = set()
+        if form is not None:
+            bulk = {k: str(form.get(k) or "") for k in bulk}
+            selected = {str(v) for v in form.getlist("target")}
+        context = {
+            **data,
+            "notice": _notice(request) if error is None else None,
+            "bulk_error": error,
+            "bulk": bulk,
+            "selected": selected,
+        }
+        return self.page(request, "overview.html", context, status_code)
 
     async def overview_live(self, request: Request) -> Response:
-        stage = self._stage_filter(request.query_params.get("stage"))
-        data = await run_in_threadpool(self._overview_data, stage)
-        return self.page(request, "_overview_live.html", data)
+        data = await run_in_threadpool(self._overview_data, self._query(request.query_params))
+        return self.page(request, "_overview_live.html", {**data, "selected": set()})
 
     # --- one item / one review ---------------------------------------------------------
     def _item_data(self, item_id: str) -> dict[str, Any]:
@@ -264,20 +310,36 @@ class Console:
             "events_total": detail.events_total,
         }
 
-    def _review_data(self, item_id: str, stage: str, queue_stage: str | None) -> dict[str, Any]:
+    def _upstream(self, item_id: str, stage: str, states: dict[str, StageState]) -> list[Upstream]:
+        """Every done ancestor, direct dependencies first, then the nearest first."""
+        reviewed = states[stage].artefact
+        wf, store = self.wf, self.store
+        direct = set(wf.dependencies(stage))
+        order = wf.ancestors(stage)
+        found = []
+        for name in sorted(order, key=lambda n: (n not in direct, -order.index(n))):
+            st = states.get(name)
+            if st is None or not st.status.is_done:
+                continue
+            by_sub = _by_subtask(store.get_attempts(item_id, name)) if st.subtasks else {}
+            same = st.artefact is not None and st.artefact == reviewed
+            found.append(Upstream(name, st, name in direct, by_sub, same))
+        return found
+
+    def _review_data(
+        self, item_id: str, stage: str, query: Query, at: int | None
+    ) -> dict[str, Any]:
         wf, store = self.wf, self.store
         detail = ops.review_detail(wf, store, item_id, stage)  # Unknown{Stage,Item}Error
         data = self._item_data(item_id)
-        st, attempts = detail.state, detail.attempts
+        states = data["status"].stages
+        st, attempts = states[stage], detail.attempts
         source = (st.review_context or {}).get("stage")
-        upstream = None
+        reviewed = None
         if isinstance(source, str) and source in wf.stages and source != stage:
-            upstream = {"stage": source, "attempts": store.get_attempts(item_id, source)}
-        queue = wf.pending_reviews(store, queue_stage)
-        keys = [(r.item_id, r.stage) for r in queue]
-        here = keys.index((item_id, stage)) if (item_id, stage) in keys else None
-        prev_r = queue[here - 1] if here is not None and here > 0 else None
-        next_r = queue[here + 1] if here is not None and here + 1 < len(queue) else None
+            reviewed = {"stage": source, "attempts": store.get_attempts(item_id, source)}
+        near = neighbours(wf, store, query, item_id, stage, at)
+        counts = waiting_counts(wf.summary(store))
         context = {k: v for k, v in (st.review_context or {}).items() if k != "data"}
         return {
             **data,
@@ -285,15 +347,17 @@ class Console:
             "state": st,
             "awaiting": st.status == StageStatus.AWAITING_REVIEW,
             "artefact": render_value(st.artefact),
-            "attempts": attempts,
-            "upstream": upstream,
+            "attempts": [a for a in attempts if a.subtask is None],
+            "subtasks": st.subtasks[:MAX_SUBTASKS_SHOWN],
+            "subtask_attempts": _by_subtask(attempts),
+            "reviewed": reviewed,
+            "upstream": self._upstream(item_id, stage, states),
             "reviews": detail.reviews,
             "context": context,
-            "queue_len": len(queue),
-            "position": None if here is None else here + 1,
-            "prev_r": prev_r,
-            "next_r": next_r,
-            "queue_stage": queue_stage,
+            "queue_len": counts.get(query.stage, 0) if query.stage else sum(counts.values()),
+            "near": near,
+            "query": query,
+            "queue_stage": query.stage,
         }
 
     async def review(
@@ -302,7 +366,8 @@ class Console:
         *,
         item_id: str | None = None,
         stage: str | None = None,
-        queue_stage: str | None = None,
+        query: Query | None = None,
+        at: int | None = None,
         error: str | None = None,
         error_field: str | None = None,
         form: FormData | None = None,
@@ -311,10 +376,10 @@ class Console:
         q = request.query_params
         item_id = item_id if item_id is not None else q.get("item", "")
         stage = stage if stage is not None else q.get("stage", "")
-        if queue_stage is None:
-            queue_stage = self._stage_filter(q.get("queue"))
+        query = query or self._query(q, "queue")
+        at = at if at is not None else _int(q.get("at"), 0)
         try:
-            data = await run_in_threadpool(self._review_data, item_id, stage, queue_stage)
+            data = await run_in_threadpool(self._review_data, item_id, stage, query, at)
         except (UnknownItemError, UnknownStageError) as exc:
             return self.page(request, "missing.html", {"message": str(exc)}, 404)
         text, mode = edit_text(data["state"].artefact)
@@ -322,6 +387,8 @@ class Console:
         if form is not None:
             values.update({k: str(form.get(k) or "") for k in values})
             values["mode"] = "text" if values["mode"] == "text" else "json"
+        near = data["near"]
+        position = near.position if near.position is not None else None
         return self.page(
             request,
             "review.html",
@@ -332,7 +399,11 @@ class Console:
                 "error_field": error_field,
                 "notice": _notice(request),
                 "open_editor": error_field == "artefact",
-                "here": _url("/review", item=item_id, stage=stage, queue=queue_stage),
+                "at": at if position is None else position,
+                "position": None if position is None else position + 1,
+                "here": _url(
+                    "/review", item=item_id, stage=stage, queue=query.stage, q=query.q, at=at
+                ),
             },
             status_code,
         )
@@ -358,12 +429,23 @@ class Console:
         return self.page(request, "_item_live.html", {**data, "current": current, "back": "item"})
 
     # --- decisions ---------------------------------------------------------------------
-    async def decide(self, request: Request) -> Response:
+    async def _once(
+        self, request: Request, act: Callable[[FormData], Awaitable[Response]]
+    ) -> Response:
+        """Run a POST action once per form submission (see once.py)."""
         form = await request.form()
+        key = form_key(str(request.session.get("sid", "")), form)
+        return await self.once.run(key, lambda: act(form))
+
+    async def decide(self, request: Request) -> Response:
+        return await self._once(request, lambda form: self._decide(request, form))
+
+    async def _decide(self, request: Request, form: FormData) -> Response:
         item_id = str(form.get("item") or "")
         stage = str(form.get("stage") or "")
         action = str(form.get("action") or "")
-        queue_stage = self._stage_filter(str(form.get("queue") or ""))
+        query = self._query(form, "queue")
+        at = _int(str(form.get("at") or ""), 0)
         comment = str(form.get("comment") or "").strip() or None
         reviewer = self.reviewer(request)
 
@@ -372,7 +454,8 @@ class Console:
                 request,
                 item_id=item_id,
                 stage=stage,
-                queue_stage=queue_stage,
+                query=query,
+                at=at,
                 error=message,
                 error_field=field,
                 form=form,
@@ -407,7 +490,6 @@ class Console:
         else:
             return PlainTextResponse(f"unknown action {action!r}", 400)
 
-        before = await run_in_threadpool(self.wf.pending_reviews, self.store, queue_stage)
         try:
             await self.wf.resolve_review(
                 item_id, stage, outcome, self.store, reviewer=reviewer, comment=comment
@@ -415,20 +497,53 @@ class Console:
         except (UnknownItemError, UnknownStageError) as exc:
             return self.page(request, "missing.html", {"message": str(exc)}, 404)
         except ReviewError as exc:
-            return _redirect("/", stage=queue_stage, notice="conflict", detail=str(exc))
-        after = await run_in_threadpool(self.wf.pending_reviews, self.store, queue_stage)
-        nxt = _next_review(before, after, item_id, stage)
+            return _redirect("/", stage=query.stage, q=query.q, notice="conflict", detail=str(exc))
+        following = _keys(str(form.get("following") or ""), FOLLOWING)
+        nxt = await run_in_threadpool(self._next_review, query, (item_id, stage), following)
         done = {"notice": action, "done_item": item_id, "done_stage": stage}
         if nxt is None:
-            return _redirect("/", stage=queue_stage, **done)
-        return _redirect("/review", item=nxt.item_id, stage=nxt.stage, queue=queue_stage, **done)
+            return _redirect("/", stage=query.stage, q=query.q, **done)
+        return _redirect(
+            "/review",
+            item=nxt.item_id,
+            stage=nxt.stage,
+            queue=query.stage,
+            q=query.q,
+            at=at,  # the decided review left the queue: the next one takes its place
+            **done,
+        )
+
+    def _next_review(
+        self, query: Query, decided: tuple[str, str], following: list[tuple[str, str]]
+    ) -> PendingReview | None:
+        """The first of the reviews that followed the decided one that still waits, else
+        the oldest one waiting."""
+        for item_id, stage in following:
+            if stage not in self.wf.specs:
+                continue
+            st = self.store.get_stage_state(item_id, stage)
+            if st is not None and st.status == StageStatus.AWAITING_REVIEW:
+                return PendingReview(
+                    item_id,
+                    stage,
+                    st.updated_at,
+                    st.review_prompt,
+                    dict(st.review_context),
+                    st.review_deadline,
+                    st.attempt,
+                )
+        return first_waiting(self.wf, self.store, query, skip=[decided])
 
     async def bulk(self, request: Request) -> Response:
-        form = await request.form()
-        queue_stage = self._stage_filter(str(form.get("queue") or ""))
+        return await self._once(request, lambda form: self._bulk(request, form))
+
+    async def _bulk(self, request: Request, form: FormData) -> Response:
+        query = self._query(form, "queue")
+        back = {"stage": query.stage, "q": query.q, "page": query.page if query.page > 1 else None}
         reviewer = self.reviewer(request)
         if not reviewer:
-            return _redirect("/", stage=queue_stage, notice="noname")
+            return _redirect("/", **back, notice="noname")
+        action = str(form.get("action") or "approve")
         targets: list[tuple[str, str]] = []
         for raw in form.getlist("target"):
             try:
@@ -437,21 +552,35 @@ class Console:
             except (ValueError, TypeError):
                 return PlainTextResponse("malformed target", 400)
         if not targets:
-            return _redirect("/", stage=queue_stage, notice="nothing")
+            return _redirect("/", **back, notice="nothing")
         comment = str(form.get("comment") or "").strip() or None
+        reason = str(form.get("reason") or "").strip()
+        if action == "reject" and not reason:
+            message = "Rejecting needs a reason (it is the audit record); nothing was rejected."
+            return await self.overview(request, error=message, form=form, status_code=400)
+        if action not in ("approve", "reject"):
+            return PlainTextResponse(f"unknown action {action!r}", 400)
         done = skipped = 0
         for item_id, stage in targets:
             try:
-                await self.wf.approve_review(
-                    item_id, stage, self.store, reviewer=reviewer, comment=comment
-                )
+                if action == "reject":
+                    await self.wf.reject_review(
+                        item_id, stage, reason, self.store, reviewer=reviewer, comment=comment
+                    )
+                else:
+                    await self.wf.approve_review(
+                        item_id, stage, self.store, reviewer=reviewer, comment=comment
+                    )
                 done += 1
             except TreadleError:
                 skipped += 1  # decided meanwhile by someone else, or gone
-        return _redirect("/", stage=queue_stage, notice="bulk", count=done, skipped=skipped)
+        notice = "bulk_reject" if action == "reject" else "bulk"
+        return _redirect("/", **back, notice=notice, count=done, skipped=skipped)
 
     async def retry(self, request: Request) -> Response:
-        form = await request.form()
+        return await self._once(request, self._retry)
+
+    async def _retry(self, form: FormData) -> Response:
         item_id = str(form.get("item") or "")
         stage = str(form.get("stage") or "")
         back = str(form.get("back") or "item")
@@ -466,12 +595,14 @@ class Console:
         return _redirect("/item", item=item_id, **notice)
 
     async def rerun(self, request: Request) -> Response:
-        """Re-run a stage of an item (and what is downstream, unless ``cascade`` is 0)."""
-        form = await request.form()
+        return await self._once(request, lambda form: self._rerun(request, form))
+
+    async def _rerun(self, request: Request, form: FormData) -> Response:
+        """Re-run a stage of an item (and what follows it, unless ``cascade`` is 0)."""
         item_id = str(form.get("item") or "")
         stage = str(form.get("stage") or "")
         cascade = str(form.get("cascade") or "1") != "0"
-        reason = str(form.get("reason") or "").strip() or None
+        reason = str(form.get("reason") or "").strip()[:500] or None
         by = self.reviewer(request)
         if not by:
             return _redirect("/item", item=item_id, notice="noname")
@@ -484,10 +615,12 @@ class Console:
         return _redirect("/item", item=item_id, **notice)
 
     async def cancel(self, request: Request) -> Response:
+        return await self._once(request, lambda form: self._cancel(request, form))
+
+    async def _cancel(self, request: Request, form: FormData) -> Response:
         """Cancel an item: its unfinished stages stop and never run (until re-run)."""
-        form = await request.form()
         item_id = str(form.get("item") or "")
-        reason = str(form.get("reason") or "").strip() or None
+        reason = str(form.get("reason") or "").strip()[:500] or None
         by = self.reviewer(request)
         if not by:
             return _redirect("/item", item=item_id, notice="noname")
@@ -503,12 +636,11 @@ class Console:
         return _redirect("/item", item=item_id, **notice)
 
     async def set_reviewer(self, request: Request) -> Response:
+        if self.access.users is not None:
+            return deny(403, "You are signed in: your name comes from your token.")
         form = await request.form()
         name = str(form.get("reviewer") or "").strip()[:80]
-        back = str(form.get("back") or "/")
-        if not back.startswith("/") or back.startswith("//"):
-            back = "/"
-        response = RedirectResponse(back, 303)
+        response = RedirectResponse(safe_next(str(form.get("back") or "/")), 303)
         if name:
             response.set_cookie(
                 REVIEWER_COOKIE, quote(name), samesite="strict", max_age=180 * 86400
@@ -517,18 +649,44 @@ class Console:
             response.delete_cookie(REVIEWER_COOKIE)
         return response
 
+    # --- signing in (--users) ----------------------------------------------------------
+    async def signin(self, request: Request) -> Response:
+        users = self.access.users
+        if users is None:
+            return RedirectResponse("/", 303)
+        if request.method == "GET":
+            target = safe_next(request.query_params.get("next"))
+            return self.page(request, "signin.html", {"next": target, "name": "", "error": None})
+        form = await request.form()
+        name = str(form.get("name") or "").strip()
+        token = str(form.get("token") or "").strip()
+        target = safe_next(str(form.get("next") or "/"))
+        try:
+            ok = bool(name and token) and await run_in_threadpool(users.verify, name, token)
+            fingerprint = users.fingerprint(name) if ok else None
+        except UsersFileError as exc:
+            return deny(503, f"The console cannot read its users file: {exc}")
+        if not ok or fingerprint is None:
+            context = {"next": target, "name": name, "error": "That name and token do not match."}
+            return self.page(request, "signin.html", context, 401)
+        # A new session id on signing in: a session id planted before cannot be reused.
+        request.session.clear()
+        request.session.update(sid=new_sid(), user=name, fp=fingerprint)
+        return RedirectResponse(target, 303)
 
-def _next_review(
-    before: Sequence[PendingReview], after: Sequence[PendingReview], item_id: str, stage: str
-) -> PendingReview | None:
-    """The review after the one just decided (in the queue as it was), still waiting."""
-    waiting = {(r.item_id, r.stage): r for r in after}
-    keys = [(r.item_id, r.stage) for r in before]
-    at = keys.index((item_id, stage)) if (item_id, stage) in keys else -1
-    for key in keys[at + 1 :] + keys[: max(at, 0)]:
-        if key in waiting:
-            return waiting[key]
-    return after[0] if after else None
+    async def signout(self, request: Request) -> Response:
+        request.session.clear()
+        request.session["sid"] = new_sid()
+        target = "/signin" if self.access.users is not None else "/"
+        return RedirectResponse(target, 303)
+
+
+def _by_subtask(attempts: list[AttemptRecord]) -> dict[str, list[AttemptRecord]]:
+    out: dict[str, list[AttemptRecord]] = {}
+    for a in attempts:
+        if a.subtask is not None:
+            out.setdefault(a.subtask, []).append(a)
+    return out
 
 
 def _redirect(path: str, **params: Any) -> Response:
@@ -547,7 +705,8 @@ NOTICES = {
     "cancel_failed": ("error", "Not cancelled: {detail}"),
     "conflict": ("warn", "Not saved: {detail} (someone may have decided it already)."),
     "bulk": ("ok", "Approved {count} review(s){skipped_text}."),
-    "nothing": ("warn", "Select at least one review to approve."),
+    "bulk_reject": ("warn", "Rejected {count} review(s){skipped_text}."),
+    "nothing": ("warn", "Select at least one review first."),
     "noname": ("error", "Enter your name (top right) before deciding."),
 }
 
@@ -577,35 +736,42 @@ def create_app(
     *,
     reviewer: str | None = None,
     token: str | None = None,
+    users: Users | None = None,
+    secret: str | None = None,
     loopback_only: bool = True,
     poll: float = 2.0,
-    csrf_secret: str | None = None,
+    page_size: int = PAGE_SIZE,
 ) -> Starlette:
-    """The console for ``wf`` over ``store``. ``loopback_only``: refuse other Host headers."""
-    settings = Settings(
-        reviewer=reviewer, token=token, csrf=csrf_secret or secrets.token_urlsafe(32), poll=poll
-    )
-    console = Console(wf, store, settings)
+    """The console for ``wf`` over ``store``.
+
+    ``secret`` signs sessions and CSRF tokens (pass the same one after a restart and open
+    pages keep working; None: a new one per process). ``users``: reviewers sign in with
+    their own tokens (then ``reviewer`` and ``token`` are not used). ``loopback_only``:
+    refuse other Host headers.
+    """
+    if users is not None and token is not None:
+        raise ValueError("give either users (per-reviewer tokens) or one shared token")
+    secret = secret or secrets.token_urlsafe(32)
+    access = Access(token=token, users=users)
+    csrf = Csrf(secret)
+    console = Console(wf, store, Settings(reviewer, poll, page_size), access, csrf)
     middleware = []
     if loopback_only:
         # A page on another site cannot reach us through DNS rebinding.
         hosts = ["127.0.0.1", "localhost", "[::1]", "::1"]
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
-    middleware.append(Middleware(_Guard, settings=settings))
-    routes = [
-        Route("/", console.overview),
-        Route("/live/overview", console.overview_live),
-        Route("/review", console.review_page),
-        Route("/item", console.item_page),
-        Route("/live/item", console.item_live),
-        Route("/decide", console.decide, methods=["POST"]),
-        Route("/bulk", console.bulk, methods=["POST"]),
-        Route("/retry", console.retry, methods=["POST"]),
-        Route("/rerun", console.rerun, methods=["POST"]),
-        Route("/cancel", console.cancel, methods=["POST"]),
-        Route("/reviewer", console.set_reviewer, methods=["POST"]),
-        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    middleware += [
+        # Lax, not Strict: a link in an email (the email sink) opens the review signed in;
+        # POSTs from other sites are refused by the CSRF check whatever the cookie says.
+        Middleware(
+            SessionMiddleware,
+            secret_key=secret,
+            session_cookie=SESSION_COOKIE,
+            max_age=SESSION_MAX_AGE,
+            same_site="lax",
+        ),
+        Middleware(Guard, access=access, csrf=csrf),
     ]
-    app = Starlette(routes=routes, middleware=middleware)
+    app = Starlette(routes=console.routes(), middleware=middleware)
     app.state.console = console
     return app

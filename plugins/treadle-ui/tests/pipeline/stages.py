@@ -1,6 +1,15 @@
 """Stages of the UI test pipeline."""
 
-from treadle_core import Complete, Failed, StageOutput
+from treadle_core import Complete, Failed, FanOut, StageOutput, SubTask
+
+
+def sources(item, ctx):
+    """Two lookups at once; with `flaky`, the archive's first attempt fails."""
+    if ctx.subtask is None:
+        return FanOut([SubTask("wire"), SubTask("archive")])
+    if item.data.get("flaky") and ctx.subtask == "archive" and ctx.attempt == 1:
+        raise ConnectionError(str(item.data["flaky"]))
+    return StageOutput(Complete(), artefact={"source": ctx.subtask, "id": item.id})
 
 
 def draft(item, ctx):

@@ -1,4 +1,5 @@
-// Treadle review console: live refresh, keyboard shortcuts, bulk selection, form checks.
+// Treadle review console: live refresh, keyboard shortcuts, bulk selection, form checks,
+// and one submission per form (a second click or key press never posts again).
 // Plain JavaScript, no build step, no dependencies. Every page works without it.
 (function () {
   "use strict";
@@ -75,11 +76,12 @@
 
   function updateSelection() {
     const count = targets().filter(function (c) { return c.checked; }).length;
-    const counter = document.getElementById("sel-count");
-    const button = document.getElementById("bulk-approve");
     const all = document.getElementById("select-all");
-    if (counter) counter.textContent = String(count);
-    if (button) button.disabled = count === 0;
+    document.querySelectorAll(".sel-count").forEach(function (el) { el.textContent = String(count); });
+    ["bulk-approve", "bulk-reject"].forEach(function (id) {
+      const button = document.getElementById(id);
+      if (button && !button.form.dataset.sent) button.disabled = count === 0;
+    });
     if (all) {
       const n = targets().length;
       all.checked = n > 0 && count === n;
@@ -132,6 +134,49 @@
     if (invalid) invalid.focus();
   }
 
+  // --- bulk form: one reason for every rejection ---------------------------------------
+  function bulkForm() {
+    const form = document.getElementById("bulk");
+    if (!form) return;
+    const reason = document.getElementById("bulk-reason");
+    form.addEventListener("submit", function (ev) {
+      const action = ev.submitter ? ev.submitter.value : "";
+      if (action === "reject" && reason && !reason.value.trim()) {
+        ev.preventDefault();
+        reason.setAttribute("aria-invalid", "true");
+        reason.placeholder = "Say why before rejecting (required)";
+        reason.focus();
+      }
+    });
+  }
+
+  // --- one submission per form: the server also drops a repeated key (idem) -------------
+  // Listens last (bubbling to the document), so a form's own check that refuses a
+  // submission (a missing reason) runs first and leaves the form free to send again.
+  document.addEventListener("submit", function (ev) {
+    const form = ev.target;
+    if (!(form instanceof HTMLFormElement) || form.method.toLowerCase() !== "post") return;
+    if (ev.defaultPrevented) return;
+    if (form.dataset.sent) { ev.preventDefault(); return; }
+    form.dataset.sent = "1";
+    form.setAttribute("aria-busy", "true");
+    // Disabled after this event: the clicked button's name/value still goes with the form.
+    setTimeout(function () {
+      form.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
+    }, 0);
+  });
+
+  // Back to a page from the history cache: its forms can be used again.
+  window.addEventListener("pageshow", function (ev) {
+    if (!ev.persisted) return;
+    document.querySelectorAll("form[data-sent]").forEach(function (form) {
+      delete form.dataset.sent;
+      form.removeAttribute("aria-busy");
+      form.querySelectorAll("button").forEach(function (b) { b.disabled = false; });
+    });
+    updateSelection();
+  });
+
   // --- keyboard shortcuts ---------------------------------------------------------------
   function queueLinks() {
     return Array.from(document.querySelectorAll(".queue .item-link"));
@@ -166,7 +211,10 @@
     if (help && help.open) return;
 
     if (page === "overview") {
-      if (ev.key === "j") { ev.preventDefault(); moveInQueue(1); }
+      if (ev.key === "/") {
+        const search = document.getElementById("q");
+        if (search) { ev.preventDefault(); search.focus(); search.select(); }
+      } else if (ev.key === "j") { ev.preventDefault(); moveInQueue(1); }
       else if (ev.key === "k") { ev.preventDefault(); moveInQueue(-1); }
       else if (ev.key === "x") {
         const row = document.activeElement && document.activeElement.closest("tr");
@@ -201,5 +249,6 @@
 
   liveRegions();
   decideForm();
+  bulkForm();
   updateSelection();
 })();
