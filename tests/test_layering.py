@@ -69,6 +69,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "engine.session": {"_commit", "clock", "events", "model", "store.base", "engine.plan"},
     "engine.item": {
+        "_commit",
         "errors",
         "events",
         "model",
@@ -81,7 +82,9 @@ ALLOWED: dict[str, set[str]] = {
         "engine.session",
         "engine.writes",
     },
+    "engine.wakeup": {"clock", "store.base"},
     "engine.worker": {
+        "engine.wakeup",
         "errors",
         "model",
         "store.base",
@@ -103,7 +106,18 @@ ALLOWED: dict[str, set[str]] = {
         "engine.worker",
         "engine.writes",
     },
-    "workflow": {"clock", "engine", "errors", "events", "model", "quality", "stage", "store.base"},
+    "workflow": {
+        "clock",
+        "engine",
+        "errors",
+        "events",
+        "model",
+        "quality",
+        "stage",
+        "store.base",
+        "validation",
+    },
+    "validation": {"errors"},
 }
 
 #: The outer layers may import anything public, but never these internals.

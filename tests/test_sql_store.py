@@ -430,7 +430,7 @@ def test_server_database_at_v1_is_migrated_in_place(server_url: str) -> None:
     for index in ("stage_states_review", "stage_states_summary", "stage_states_stale"):
         drop_index("stage_states", index)
     drop_index("items", "items_priority_due")
-    for table in ("commit_marks", "treadle_meta"):
+    for table in ("commit_marks", "stage_limits", "treadle_meta"):
         db.execute_sql(f"DROP TABLE {table}")
     for table, column in (
         ("stage_states", "next_attempt_at"),

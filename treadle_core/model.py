@@ -556,6 +556,17 @@ class PendingReview:
     attempt: int
 
 
+@dataclass(frozen=True)
+class LimitStatus:
+    """A limited stage now: its limits, its attempts RUNNING (across every worker), and
+    the items waiting for it."""
+
+    concurrency: int | None
+    rate: tuple[int, float] | None
+    running: int
+    waiting: int
+
+
 # --- context and status -------------------------------------------------------
 
 

@@ -36,10 +36,11 @@ from .validation import (
     MAX_ATTEMPTS,
     MAX_BACKOFF,
     MAX_CONCURRENCY,
-    MAX_DURATION,
     MAX_INT,
     check_id,
     check_retry_growth,
+    parse_duration,
+    parse_rate,
 )
 from .workflow import Workflow, WorkflowBuilder
 
@@ -51,16 +52,13 @@ DEFAULT_FILE = "treadle.toml"
 DEFAULT_STORE = "sqlite:///.treadle/state.db"
 DEFAULT_CONCURRENCY = 8
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
-_DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+$")
-_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
-
 PIPELINE_KEYS = ("concurrency", "max_artefact_bytes", "name", "store")
 STAGE_KEYS = (
     "description",
     "gate",
+    "max_concurrent",
     "needs",
+    "rate",
     "renamed_from",
     "retry",
     "review",
@@ -75,29 +73,6 @@ TOP_KEYS = ("pipeline", "plugins", "sinks", "stages")
 _base_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "treadle_pipeline_dir", default=None
 )
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from ``500ms``, ``2s``, ``5m``, ``1h``, ``1d``, ``1h30m`` or a bare number."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration (use 500ms, 2s, 5m, 1h)")
-    if isinstance(value, int | float):
-        if value < 0 or value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"{value!r} is not a duration (must be zero or more seconds)")
-        return _bounded(float(value), value)
-    if isinstance(value, str) and len(value) <= 100:
-        if _NUMBER.match(value):
-            return _bounded(float(value), value)
-        if _DURATION.match(value):
-            seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(value))
-            return _bounded(seconds, value)
-    raise ValueError(f"{_show(value)} is not a duration (use 500ms, 2s, 5m, 1h)")
-
-
-def _bounded(seconds: float, given: Any) -> float:
-    if not seconds <= MAX_DURATION:  # also catches inf from "1e999"
-        raise ValueError(f"{_show(given)} is too long (at most 3650d, ten years)")
-    return seconds
 
 
 def _show(value: Any) -> str:
@@ -612,7 +587,30 @@ class _Loader:
         if "review_timeout" in table:
             seconds, decision = self._review_timeout(table["review_timeout"], where)
             builder.review_timeout(name, seconds, decision)
+        self._limit(builder, name, table, where)
         return StageConfig(name, uses, description or getattr(stage, "description", "") or "")
+
+    def _limit(
+        self, builder: WorkflowBuilder, name: str, table: dict[str, Any], where: str
+    ) -> None:
+        """``max_concurrent = 2`` and ``rate = "1/s"``: flow control across every worker."""
+        concurrency, rate = table.get("max_concurrent"), table.get("rate")
+        if concurrency is None and rate is None:
+            return
+        if concurrency is not None:
+            self._type(concurrency, int, where, "max_concurrent")
+            if not 1 <= concurrency <= MAX_CONCURRENCY:
+                raise _Problem(
+                    f"{concurrency} is out of range (1 to {MAX_CONCURRENCY:,} attempts at once)",
+                    where,
+                    "max_concurrent",
+                )
+        if rate is not None:
+            try:
+                parse_rate(rate)
+            except ValueError as exc:
+                raise _Problem(str(exc), where, "rate") from None
+        builder.limit(name, concurrency=concurrency, rate=rate)
 
     def _lineage(self, table: dict[str, Any], where: str) -> dict[str, Any]:
         """``version`` and ``renamed_from`` of a stage (SPEC §10)."""

@@ -680,6 +680,61 @@ class StoreContract:
             store.lock_item("a", a)  # the old holder's late write is still refused
         assert store.expire_leases([]) == 0
 
+    @staticmethod
+    def _keeps_limits(store: StateStore) -> None:
+        if type(store).admit is StateStore.admit:
+            pytest.skip("optional: this store does not keep stage limits")
+
+    def _running(self, store: StateStore, *item_ids: str) -> None:
+        for item_id in item_ids:
+            self.add(store, item_id)
+            store.save_stage_state(item_id, "fetch", StageState(status=StageStatus.RUNNING))
+
+    def test_admit_counts_running_attempts_across_items(self, store: StateStore) -> None:
+        self._keeps_limits(store)
+        self._running(store, "a", "b")
+        self.add(store, "c", "d")
+        before = utcnow()
+        with store.transaction():
+            retry_at = store.admit("fetch", "c", concurrency=2, rate=None)
+        assert retry_at is not None and retry_at > before  # ask again later
+        with store.transaction():
+            assert store.admit("fetch", "d", concurrency=2, rate=None) is not None
+        assert store.limit_status() == {"fetch": (2, 2)}  # two running, c and d queued
+        with store.transaction():
+            assert store.admit("other", "c", concurrency=2, rate=None) is None
+        store.save_stage_state("a", "fetch", StageState(status=StageStatus.COMPLETE))
+        with store.transaction():
+            assert store.release_limit("fetch") == "c"  # first come, first woken
+        with store.transaction():
+            assert store.admit("fetch", "c", concurrency=2, rate=None) is None
+        assert store.limit_status()["fetch"] == (1, 1)  # d still waits
+        with store.transaction():
+            assert store.release_limit("fetch") == "d"
+            assert store.release_limit("fetch") is None
+
+    def test_admit_allows_a_rate_in_any_window(self, store: StateStore) -> None:
+        self._keeps_limits(store)
+        self.add(store, "a", "b", "c")
+        with store.transaction():
+            assert store.admit("fetch", "a", concurrency=None, rate=(2, 60.0)) is None
+        first = utcnow()
+        with store.transaction():
+            assert store.admit("fetch", "b", concurrency=None, rate=(2, 60.0)) is None
+        with store.transaction():
+            retry_at = store.admit("fetch", "c", concurrency=None, rate=(2, 60.0))
+        # Not before the first of the last two starts leaves the 60 s window.
+        assert retry_at is not None and _close_to(retry_at, first + timedelta(seconds=60))
+
+    def test_a_refused_admission_rolls_back_with_its_transaction(self, store: StateStore) -> None:
+        self._keeps_limits(store)
+        self.add(store, "a")
+        with pytest.raises(RuntimeError), store.transaction():
+            store.admit("fetch", "a", concurrency=None, rate=(1, 60.0))
+            raise RuntimeError("rolled back")
+        with store.transaction():
+            assert store.admit("fetch", "a", concurrency=None, rate=(1, 60.0)) is None
+
     def test_a_commit_mark_is_seen_only_once_committed(self, store: StateStore) -> None:
         """The writer marks each transaction; after a COMMIT whose reply was lost it asks
         whether the mark is there before applying anything again."""

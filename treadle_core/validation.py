@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +31,9 @@ __all__ = [
     "check_item",
     "check_json",
     "check_retry_growth",
+    "parse_duration",
     "parse_json",
+    "parse_rate",
     "show",
 ]
 
@@ -260,3 +263,56 @@ def check_retry_growth(
             f"the last retry would wait {delay * backoff ** (retries - 1):.3g} s (more than "
             "ten years); set max_delay to cap it"
         )
+
+
+# --- durations and rates -----------------------------------------------------------------
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+$")
+_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``500ms``, ``2s``, ``5m``, ``1h``, ``1d``, ``1h30m`` or a bare number."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration (use 500ms, 2s, 5m, 1h)")
+    if isinstance(value, int | float):
+        if value < 0 or value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{value!r} is not a duration (must be zero or more seconds)")
+        return _bounded(float(value), value)
+    if isinstance(value, str) and len(value) <= 100:
+        if _NUMBER.match(value):
+            return _bounded(float(value), value)
+        if _DURATION.match(value):
+            seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(value))
+            return _bounded(seconds, value)
+    raise ValueError(f"{show(value)} is not a duration (use 500ms, 2s, 5m, 1h)")
+
+
+def _bounded(seconds: float, given: Any) -> float:
+    if not seconds <= MAX_DURATION:  # also catches inf from "1e999"
+        raise ValueError(f"{show(given)} is too long (at most 3650d, ten years)")
+    return seconds
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(.+?)\s*$")
+#: Most starts a rate may allow per period (its start times are kept, one per start).
+MAX_RATE_COUNT = 10_000
+
+
+def parse_rate(value: Any) -> tuple[int, float]:
+    """``"20/s"``, ``"1/2s"``, ``"100/m"``, ``"5000/h"`` as (starts, seconds per period)."""
+    found = _RATE.match(value) if isinstance(value, str) and len(value) <= 100 else None
+    if found is not None:
+        count, period = int(found[1]), found[2]
+        try:
+            seconds = parse_duration(period if period[0].isdigit() else f"1{period}")
+        except ValueError:
+            seconds = 0.0
+        if 1 <= count <= MAX_RATE_COUNT and seconds > 0:
+            return count, seconds
+    raise ValueError(
+        f"{show(value)} is not a rate: write starts per period, like 1/s, 20/s, 100/m or "
+        f"5/2s (1 to {MAX_RATE_COUNT:,} starts)"
+    )

@@ -19,6 +19,7 @@ from .engine import (
     Progress,
     ReviewTimeout,
     RunReport,
+    StageLimit,
     StageSpec,
     plan_from,
     same,
@@ -38,6 +39,7 @@ from .events import EventBus, Subscription
 from .model import (
     REVIEW_DECISION_TYPES,
     Approve,
+    LimitStatus,
     PendingReview,
     PipelineStatus,
     Reject,
@@ -49,6 +51,7 @@ from .model import (
 from .quality import QualityGate, RetryBudget, ReviewPolicy
 from .stage import Stage, as_stage
 from .store.base import DEFAULT_MAX_ARTEFACT_BYTES, StateStore
+from .validation import MAX_CONCURRENCY, parse_rate
 
 __all__ = ["ReviewTimeout", "StageSpec", "Workflow", "WorkflowBuilder"]
 
@@ -70,6 +73,7 @@ class WorkflowBuilder:
         self._budgets: dict[str, RetryBudget] = {}
         self._policies: dict[str, ReviewPolicy] = {}
         self._timeouts: dict[str, ReviewTimeout] = {}
+        self._limits: dict[str, StageLimit] = {}
         self._versions: dict[str, str] = {}
         self._renamed_from: dict[str, tuple[str, ...]] = {}
         self._max_artefact_bytes = DEFAULT_MAX_ARTEFACT_BYTES
@@ -150,6 +154,37 @@ class WorkflowBuilder:
         self._max_recoveries = int(limit)
         return self
 
+    def limit(
+        self,
+        stage: str,
+        concurrency: int | None = None,
+        rate: str | tuple[int, float] | None = None,
+    ) -> WorkflowBuilder:
+        """At most ``concurrency`` attempts of ``stage`` at once and at most ``rate`` starts
+        per period (``"1/s"``, ``"20/s"``, ``"100/m"``, or (starts, seconds)), across every
+        worker sharing the store. Waiting for a limit holds no execution slot."""
+        if concurrency is not None and (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= MAX_CONCURRENCY
+        ):
+            raise ValueError(
+                f"limit for {stage!r}: concurrency must be an integer from 1 to "
+                f"{MAX_CONCURRENCY:,}, not {concurrency!r}"
+            )
+        parsed = None
+        if isinstance(rate, tuple):
+            parsed = parse_rate(f"{rate[0]}/{rate[1]}s")
+        elif rate is not None:
+            try:
+                parsed = parse_rate(rate)
+            except ValueError as exc:
+                raise ValueError(f"limit for {stage!r}: {exc}") from None
+        if concurrency is None and parsed is None:
+            raise ValueError(f"limit for {stage!r}: give concurrency, rate, or both")
+        self._limits[stage] = StageLimit(concurrency, parsed)
+        return self
+
     def clock(self, clock: Clock) -> WorkflowBuilder:
         """The clock the engine asks for "now" (a `ManualClock` in tests)."""
         self._clock = clock
@@ -170,6 +205,7 @@ class WorkflowBuilder:
                 budget=self._budgets.get(name, RetryBudget()),
                 policy=self._policies.get(name, ReviewPolicy.NEVER),
                 review_timeout=self._timeouts.get(name),
+                limit=self._limits.get(name),
                 version=self._versions.get(name, DEFAULT_VERSION),
                 renamed_from=self._renamed_from.get(name, ()),
             )
@@ -214,6 +250,7 @@ class WorkflowBuilder:
             ("retry budget", self._budgets),
             ("review policy", self._policies),
             ("review timeout", self._timeouts),
+            ("limit", self._limits),
         ):
             for name in mapping:
                 if name not in self._stages:
@@ -585,6 +622,16 @@ class Workflow:
             # Reviews of stages this workflow no longer has took some of the room.
             found = [r for r in store.pending_reviews(None) if r.stage in self.specs][:limit]
         return found
+
+    def limits(self, store: StateStore) -> dict[str, LimitStatus]:
+        """Each limited stage: its limits, attempts RUNNING and items waiting for it (one
+        query, across every worker sharing the store)."""
+        counts = store.limit_status()
+        return {
+            name: LimitStatus(spec.limit.concurrency, spec.limit.rate, *counts.get(name, (0, 0)))
+            for name, spec in self.plan.specs.items()
+            if spec.limit is not None
+        }
 
     def subscribe(self, maxsize: int = 1024) -> Subscription:
         """An async iterator over this workflow's events (bounded; lagging yields `Lagged`)."""

@@ -13,6 +13,9 @@ W3  500 items x 3 stages that each await 20 ms, concurrency 50 (ideal 0.6 s):
 w1pg      W1 on PostgreSQL run by 1, 2 and 4 `treadle worker` processes: transitions/s
           and speed-up vs 1 worker, beside the raw-psycopg2 limit (1 connection, and
           4 processes) measured in the same run. Skipped without a server.
+rate-pg   200 items through a stage limited to 20/s by two workers on PostgreSQL: the
+          achieved rate and the most starts in any 1 s window (tests/benchmarks/flow.py).
+wakeup-pg An idle worker with --poll 30 on PostgreSQL: add-to-start latency, p50 and p99.
 store     A SQLite store of 1,000,000 items x 5 stages (--items N, --quick): summary,
           `treadle status`, claim / next_due_at latency, pending reviews, and peak
           worker RSS at N vs N/10 items; each beside a same-run baseline.
@@ -34,6 +37,7 @@ import time
 from pathlib import Path
 
 import bigstore
+import flow
 import reconcile
 import scaleout
 from _common import build, noop, sleepy
@@ -146,6 +150,8 @@ BENCHES = {
     "w1n": lambda n: w1(synchronous="normal"),
     "w3": lambda n: w3(),
     "w1pg": lambda n: scaleout.w1_pg(),
+    "rate-pg": lambda n: flow.rate_pg(),
+    "wakeup-pg": lambda n: flow.wakeup_pg(),
     "store": bigstore.store_sqlite,
     "store-pg": bigstore.store_postgres,
     "reconcile": reconcile.reconcile_sqlite,

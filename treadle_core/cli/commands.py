@@ -30,9 +30,16 @@ from ..events import (
     StageFailed,
     StageSkipped,
 )
-from ..model import Item, ItemState, StageStatus, utcnow
-from ..pipeline import parse_duration
-from ..validation import MAX_CONCURRENCY, MAX_INT, MAX_LIMIT, check_duration, check_id, parse_json
+from ..model import Item, ItemState, LimitStatus, StageStatus, check_priority, utcnow
+from ..validation import (
+    MAX_CONCURRENCY,
+    MAX_INT,
+    MAX_LIMIT,
+    check_duration,
+    check_id,
+    parse_duration,
+    parse_json,
+)
 from ..workflow import Workflow
 from .context import (
     EXIT_USAGE,
@@ -167,7 +174,7 @@ def graph(state: CliContext, fmt: str) -> None:
 # --- add ---------------------------------------------------------------------------------
 
 
-def _parse_items(lines: Iterable[bytes | str], source: str) -> list[Item]:
+def _parse_items(lines: Iterable[bytes | str], source: str, priority: int = 0) -> list[Item]:
     """Every item of a JSONL source, all checked before any is stored."""
     items: list[Item] = []
     seen: set[str] = set()
@@ -180,11 +187,18 @@ def _parse_items(lines: Iterable[bytes | str], source: str) -> list[Item]:
         obj = parse_json(line, f"{source}:{number}")
         if not isinstance(obj, dict):
             raise CliError(f'{source}:{number}: expected a JSON object with an "id"', EXIT_USAGE)
-        items.append(_item_from(obj, f"{source}:{number}", seen))
+        items.append(_item_from(obj, f"{source}:{number}", seen, priority))
     return items
 
 
-def _item_from(obj: dict[str, Any], where: str, seen: set[str]) -> Item:
+def _priority(value: Any, where: str) -> int:
+    try:
+        return check_priority(value, where)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def _item_from(obj: dict[str, Any], where: str, seen: set[str], priority: int = 0) -> Item:
     item_id = obj.get("id")
     if isinstance(item_id, int) and not isinstance(item_id, bool):
         item_id = str(item_id)
@@ -197,9 +211,11 @@ def _item_from(obj: dict[str, Any], where: str, seen: set[str]) -> Item:
     if item_id in seen:
         raise CliError(f"{where}: item {item_id!r} appears twice", EXIT_USAGE)
     seen.add(item_id)
+    if "priority" in obj:
+        priority = _priority(obj["priority"], f'{where}: "priority"')
     if "data" in obj:
         data = obj["data"]
-        extra = sorted(set(obj) - {"id", "data"})
+        extra = sorted(set(obj) - {"id", "data", "priority"})
         if extra:
             raise CliError(
                 f'{where}: keys {", ".join(extra)} beside "data" (put them inside "data")',
@@ -208,8 +224,8 @@ def _item_from(obj: dict[str, Any], where: str, seen: set[str]) -> Item:
         if not isinstance(data, dict):
             raise CliError(f'{where}: "data" must be a JSON object', EXIT_USAGE)
     else:
-        data = {k: v for k, v in obj.items() if k != "id"}
-    return Item(item_id, data)
+        data = {k: v for k, v in obj.items() if k not in ("id", "priority")}
+    return Item(item_id, data, priority)
 
 
 @click.command()
@@ -222,6 +238,13 @@ def _item_from(obj: dict[str, Any], where: str, seen: set[str]) -> Item:
     is_flag=True,
     help="Replace the data of items already in the store (their complete stages go stale).",
 )
+@click.option(
+    "--priority",
+    type=int,
+    default=0,
+    show_default=True,
+    help='Claimed first when higher (0 to 1,000,000); a JSONL line\'s "priority" wins.',
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def add(
@@ -231,16 +254,19 @@ def add(
     data_text: str | None,
     pattern: str | None,
     update: bool,
+    priority: int,
     as_json: bool,
 ) -> None:
     """Add work items: a JSONL file (or - for stdin), --id/--data, or --glob PATTERN.
 
-    Each JSONL line is an object with "id" and "data" (or its other keys are the data).
+    Each JSONL line is an object with "id" and "data" (or its other keys are the data),
+    and may carry "priority".
     Items already in the store are left as they are, or with --update get the new data
     (journalled; their complete stages become stale: 'treadle rerun --stage S --stale').
     Every item is checked before any is stored (UTF-8 JSON, ids of 1-255 characters); a
     --glob matching no file is exit 2.
     """
+    priority = _priority(priority, "--priority")
     chosen = [x for x in (source, item_id, pattern) if x is not None]
     if len(chosen) != 1:
         raise CliError("give exactly one of: a JSONL file (or -), --id, --glob", EXIT_USAGE)
@@ -254,22 +280,22 @@ def add(
             data = parse_json(data_text, "--data")
             if not isinstance(data, dict):
                 raise CliError("--data must be a JSON object", EXIT_USAGE)
-        items = [Item(item_id, data)]
+        items = [Item(item_id, data, priority)]
     elif pattern is not None:
         paths = sorted(p for p in globlib.glob(pattern, recursive=True) if Path(p).is_file())
         if not paths:
             raise CliError(f"--glob {pattern!r} matches no file; nothing added", EXIT_USAGE)
         for path in paths:
             check_id(path, f"--glob: file name {path!r} as an item id:")
-        items = [Item(p, {"path": p}) for p in paths]
+        items = [Item(p, {"path": p}, priority) for p in paths]
     else:
         assert source is not None
         if source == "-":
-            items = _parse_items(getattr(sys.stdin, "buffer", sys.stdin), "<stdin>")
+            items = _parse_items(getattr(sys.stdin, "buffer", sys.stdin), "<stdin>", priority)
         else:
             try:
                 with open(source, "rb") as fh:
-                    items = _parse_items(fh, source)
+                    items = _parse_items(fh, source, priority)
             except OSError as exc:
                 raise CliError(f"{source}: cannot read: {exc.strerror}", EXIT_USAGE) from None
     store = state.store()
@@ -520,6 +546,39 @@ class _Interrupt:
 # --- status ------------------------------------------------------------------------------
 
 
+def _rate_text(rate: tuple[int, float] | None) -> str:
+    if rate is None:
+        return ""
+    count, seconds = rate
+    return f"{count}/s" if seconds == 1 else f"{count}/{seconds:g}s"
+
+
+def _limit_json(lim: LimitStatus) -> dict[str, Any]:
+    return {
+        "max_concurrent": lim.concurrency,
+        "rate": _rate_text(lim.rate) or None,
+        "running": lim.running,
+        "waiting": lim.waiting,
+    }
+
+
+def _limits_table(limits: dict[str, LimitStatus]) -> Table:
+    """Limited stages: their limits, attempts running across every worker, items waiting."""
+    table = Table(title="limits", title_justify="left")
+    for col in ("STAGE", "MAX CONCURRENT", "RATE", "RUNNING", "WAITING"):
+        table.add_column(col, justify="left" if col in ("STAGE", "RATE") else "right")
+    for name, lim in limits.items():
+        throttled = " (throttled)" if lim.waiting else ""
+        table.add_row(
+            name + throttled,
+            "" if lim.concurrency is None else str(lim.concurrency),
+            _rate_text(lim.rate),
+            str(lim.running),
+            str(lim.waiting or ""),
+        )
+    return table
+
+
 def status_json(st: Any) -> dict[str, Any]:
     """``PipelineStatus.to_dict()`` with every time as ISO 8601 UTC."""
     out = st.to_dict()
@@ -544,11 +603,17 @@ def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
     store = state.store(create=False)
     if item_id is None:
         view = ops.overview(wf, store)
+        limits = wf.limits(store)
         if as_json:
-            emit_json(view.to_dict())
+            shown = view.to_dict()
+            if limits:
+                shown["limits"] = {name: _limit_json(lim) for name, lim in limits.items()}
+            emit_json(shown)
             return
         out = console()
         out.print(_overview_table(wf, view))
+        if limits:
+            out.print(_limits_table(limits))
         parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(view.items.items()))
         out.print(plural(view.total, "item") + (f": {parts}" if parts else ""))
         stale = sum(view.stale.values())

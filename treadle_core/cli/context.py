@@ -333,8 +333,7 @@ def sqlite_path(url: str) -> Path | None:
 
 def seconds_option(value: str, option: str, *, positive: bool = True) -> float:
     """A duration option (``500ms``, ``2s``, ``5m``...) as seconds, or one clear line."""
-    from ..pipeline import parse_duration
-    from ..validation import check_duration
+    from ..validation import check_duration, parse_duration
 
     try:
         seconds = parse_duration(value)

@@ -18,14 +18,14 @@ from collections.abc import Sequence
 
 from .._commit import Committer, Reader
 from ..clock import Clock
-from ..errors import TreadleError
+from ..errors import StoreError, TreadleError
 from ..events import EventBus
 from ..model import ReviewDecision, WorkItem
 from ..store.base import StateStore
 from . import reconcile as _reconcile
 from . import writes
 from .definition import Change, Definition, describe, plan_from, same
-from .plan import DEFAULT_VERSION, Plan, ReviewTimeout, StageSpec
+from .plan import DEFAULT_VERSION, Plan, ReviewTimeout, StageLimit, StageSpec
 from .reconcile import DefinitionChange, Progress
 from .session import Session, default_worker_id
 from .worker import ClaimLoop, RunReport, advance_one, check_items
@@ -46,6 +46,15 @@ class Engine:
         #: Sessions at work, so ``cancel`` can stop an item one of them holds.
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
 
+    def _check_store(self, store: StateStore) -> None:
+        limited = [name for name, spec in self.plan.specs.items() if spec.limit is not None]
+        if limited and type(store).admit is StateStore.admit:
+            raise StoreError(
+                f"stage {limited[0]!r} has a limit, which {type(store).__name__} cannot keep "
+                "across workers; use a SQLite, PostgreSQL or MySQL store (or the memory "
+                "store in one process)"
+            )
+
     def _session(
         self,
         store: StateStore,
@@ -59,6 +68,7 @@ class Engine:
                 f"pipeline {self.plan.name!r} was loaded from the store's recorded definition, "
                 "which has no stage code; run it from its treadle.toml or --app"
             )
+        self._check_store(store)
         session = Session(
             self.plan,
             self.bus,
@@ -212,6 +222,7 @@ __all__ = [
     "Progress",
     "ReviewTimeout",
     "RunReport",
+    "StageLimit",
     "StageSpec",
     "default_worker_id",
     "plan_from",

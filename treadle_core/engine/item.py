@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+from .._commit import Write
 from ..errors import LeaseLostError, ReviewError, StoreError
 from ..events import Event, StageFailed
 from ..model import (
@@ -31,6 +32,8 @@ from .ready import expired_reviews, is_ready, upstream
 from .session import Session
 
 log = logging.getLogger("treadle.engine")
+
+T = TypeVar("T")
 
 #: Who decides a review whose deadline passed.
 TIMEOUT_REVIEWER = "timeout"
@@ -59,6 +62,8 @@ class ItemRun:
         state: StageState | None,
         events: list[Event],
         records: Sequence[AttemptRecord] = (),
+        *,
+        release: bool = False,
     ) -> asyncio.Future[writes.WriteResult]:
         """Queue a transition now (writes apply in queue order); await the result to know
         it committed."""
@@ -66,16 +71,31 @@ class ItemRun:
         if stage is not None and state is not None:
             view[stage] = state
         write = writes.transition(
-            self.plan, self.clock, self.item_id, self.lease, stage, state, events, records, view
+            self.plan,
+            self.clock,
+            self.item_id,
+            self.lease,
+            stage,
+            state,
+            events,
+            records,
+            view,
+            release=release,
+            woken=self.session.woken.add if release else None,
         )
+        return self._enqueue(write, lambda result: result)
+
+    def _enqueue(
+        self, write: Write[T], result_of: Callable[[T], writes.WriteResult]
+    ) -> asyncio.Future[T]:
         self._submitted += 1
         seq = self._submitted
         committed = self.session.committer.enqueue(write)
 
-        def on_commit(fut: asyncio.Future[writes.WriteResult]) -> None:
+        def on_commit(fut: asyncio.Future[T]) -> None:
             if fut.cancelled() or fut.exception() is not None:
                 return
-            states, done = fut.result()
+            states, done = result_of(fut.result())
             if seq > self._applied:  # writes resolve in order; keep the newest view anyway
                 self.states, self._applied = states, seq
             self.session.bus.publish(done)
@@ -89,10 +109,41 @@ class ItemRun:
         state: StageState | None,
         events: list[Event],
         records: Sequence[AttemptRecord] = (),
+        *,
+        release: bool = False,
     ) -> None:
         # Not shielded: a cancelled caller gives up waiting; the write still commits in
         # order, and whoever cancelled it puts the stage back afterwards (`abandon`).
-        await self.start_write(stage, state, events, records)
+        await self.start_write(stage, state, events, records, release=release)
+
+    async def start(
+        self,
+        spec: StageSpec,
+        running: StageState,
+        before: StageState,
+        events: list[Event],
+        *,
+        subtask: str | None = None,
+    ) -> bool:
+        """Write RUNNING; for a limited stage only if its limit admits it (else it waits,
+        as ``before`` with its next attempt put off). Whether it may run now."""
+        if spec.limit is None or (subtask is not None and spec.limit.rate is None):
+            await self.write(spec.name, running, events)
+            return True
+        write = writes.start(
+            self.plan,
+            self.clock,
+            self.item_id,
+            self.lease,
+            spec.name,
+            running,
+            before,
+            events,
+            dict(self.states),
+            subtask=subtask,
+        )
+        _, admitted = await self._enqueue(write, lambda result: result[0])
+        return admitted
 
     async def abandon(self, name: str, prev: StageState) -> None:
         """Put a stage back as it was before an attempt that will never finish here."""
@@ -102,6 +153,8 @@ class ItemRun:
             await self.write(name, prev, [])
         except LeaseLostError:
             pass
+        except StoreError as exc:  # the store itself fails: the run says so, once
+            log.debug("could not put item %r stage %r back: %s", self.item_id, name, exc)
         except Exception:
             log.exception("could not put item %r stage %r back", self.item_id, name)
 
@@ -136,14 +189,15 @@ class ItemRun:
         for name, st in list(self.states.items()):
             if name not in self.plan or st.status != StageStatus.RUNNING:
                 continue
+            spec = self.plan.specs[name]
             d = actions.recover(
-                self.plan.specs[name],
+                spec,
                 st,
                 self.clock.now(),
                 item_id=self.item_id,
                 max_recoveries=self.plan.max_recoveries,
             )
-            await self.write(name, d.state, d.events, d.records)
+            await self.write(name, d.state, d.events, d.records, release=spec.limit is not None)
 
     async def _apply_review_timeouts(self) -> None:
         for name, deadline in expired_reviews(self.plan, self.states, self.clock.now()):
@@ -209,7 +263,11 @@ class ItemRun:
             state, events = fanout.resume_fanout(spec, prev, self.clock.now(), item_id=self.item_id)
             await self.write(name, state, events)
             await self._run_fanout(spec, state)
-            return
+        else:
+            await self._one_attempt(spec, prev)
+
+    async def _one_attempt(self, spec: StageSpec, prev: StageState) -> None:
+        name = spec.name
         # A sync attempt that timed out may still run in its thread: never overlap it.
         await spec.stage.settle(self.item_id, None)
         previous = await self._previous(name, None) if prev.attempt > 0 else []
@@ -240,7 +298,7 @@ class ItemRun:
                 # Its thread runs on: record the timeout now, but keep the slot (and the
                 # item's lease) until the thread returned, so concurrency counts it and
                 # no next attempt, here or in another worker, overlaps it.
-                await self.write(name, d.state, d.events, d.records)
+                await self.write(name, d.state, d.events, d.records, release=limited)
                 written = True
                 await spec.stage.settle(self.item_id, None)
             return d
@@ -250,13 +308,18 @@ class ItemRun:
         # slot is taken (commit latency never idles a slot); a stage already suspected
         # of a crash writes it once it holds the slot, so being found RUNNING again
         # means it was executing, and only that counts towards max_recoveries.
+        limited = spec.limit is not None
+        # A limited stage is admitted once it holds its slot, so it starts right after
+        # (its rate is what the service it calls sees).
         try:
-            if prev.suspect or prev.run_alone:
+            if prev.suspect or prev.run_alone or spec.limit is not None:
                 async with slot:
-                    await self.write(name, running, events)
+                    if not await self.start(spec, running, prev, events):
+                        return  # waiting for its limit: no slot, no lease held meanwhile
                     d = await attempt()
             else:
-                await self.write(name, running, events)
+                if not await self.start(spec, running, prev, events):
+                    return
                 async with slot:
                     d = await attempt()
         except BaseException:
@@ -264,7 +327,7 @@ class ItemRun:
                 await self.abandon(name, prev)
             raise
         if not written:
-            await self.write(name, d.state, d.events, d.records)
+            await self.write(name, d.state, d.events, d.records, release=limited)
         if d.state.status == StageStatus.RUNNING and d.state.subtasks:
             await self._run_fanout(spec, d.state)
 
@@ -348,7 +411,9 @@ class ItemRun:
                 subtask=sub_id,
             )
             holder["state"] = running
-            await self.write(name, running, events)
+            if not await self.start(spec, running, before, events, subtask=sub_id):
+                holder["state"] = self.states.get(name, before)  # waiting for its rate
+                return
             running_sub = running.subtask(sub_id)
             assert running_sub is not None
             ctx = StageContext(

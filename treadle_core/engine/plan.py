@@ -29,6 +29,16 @@ class ReviewTimeout:
     on_timeout: ReviewDecision
 
 
+@dataclass(frozen=True)
+class StageLimit:
+    """Flow control for one stage, across every worker sharing the store: at most
+    ``concurrency`` of its attempts RUNNING at once, and at most ``rate`` = (starts,
+    seconds) starts in any window of that many seconds."""
+
+    concurrency: int | None = None
+    rate: tuple[int, float] | None = None
+
+
 @dataclass
 class StageSpec:
     """Everything the workflow knows about one stage."""
@@ -39,6 +49,7 @@ class StageSpec:
     budget: RetryBudget = field(default_factory=RetryBudget)
     policy: ReviewPolicy = ReviewPolicy.NEVER
     review_timeout: ReviewTimeout | None = None
+    limit: StageLimit | None = None
     #: The stage's version: a COMPLETE state recorded under another one is stale.
     version: str = DEFAULT_VERSION
     #: Names this stage had before (newest first): their states, attempts and reviews

@@ -175,6 +175,8 @@ def step(plan: Plan, target: Definition, clock: Clock) -> Callable[[StateStore],
         now = clock.now()
         ids, cursor = store.item_page(progress.get("cursor"), BATCH)
         counts = apply_batch(store, plan, change, ids, now)
+        if counts["work"]:
+            store.notify_work()  # idle workers (LISTEN/NOTIFY) start on the new work
         total = {k: int(progress["counts"].get(k, 0)) + counts[k] for k in _COUNTS}
         progress["counts"], progress["cursor"] = total, cursor
         done = None

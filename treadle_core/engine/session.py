@@ -173,6 +173,8 @@ class Session:
         self.broken: dict[str, int] = {}
         #: A worker (``serve``) rather than a run until idle.
         self.forever = False
+        #: Items this session woke from waiting for a stage's limit (due now).
+        self.woken: set[str] = set()
         self.stop: asyncio.Event | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 

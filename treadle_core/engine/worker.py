@@ -16,6 +16,7 @@ from ..model import Item, ItemState, Lease, WorkItem
 from . import writes
 from .item import ItemRun
 from .session import WAITING, Claimed, Session, process_gone
+from .wakeup import WakeUps
 
 log = logging.getLogger("treadle.engine")
 
@@ -170,10 +171,14 @@ class ClaimLoop:
                 await session.committer.submit(writes.register(list(self.objects.values())))
             )
         await self._take_over()
+        # A worker listens for work appearing (PostgreSQL NOTIFY); a run until idle
+        # only waits for its own items.
+        self.wakeups = WakeUps(session.store, session.clock, session.stop, listen=self.forever)
         try:
             while await self._turn():
                 pass
         finally:
+            self.wakeups.close()
             if tasks:
                 for task in tasks.values():
                     task.cancel()
@@ -214,14 +219,12 @@ class ClaimLoop:
                 return False
             if await self._take_over():
                 return True
-            await self._sleep_until(wake)
+            await self.wakeups.wait(max((wake - session.clock.now()).total_seconds(), 0.0), ())
             return True
         timeout = None
         if wake is not None and room > 0:
             timeout = max((wake - session.clock.now()).total_seconds(), 0.001)
-        done, _ = await asyncio.wait(
-            list(tasks.values()), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        done = await self.wakeups.wait(timeout, list(tasks.values()), work=room > 0)
         for task in done:
             await self._finished(task)
         return True
@@ -295,6 +298,10 @@ class ClaimLoop:
             self.next_due = claim.next_due
             return claim.items
         now = session.clock.now()
+        while session.woken:  # a limited stage ended here: its first waiter is due now
+            woken = session.woken.pop()
+            if woken in local:
+                local[woken] = (ItemState.READY, now)
         due_now = [
             (-getattr(self.objects.get(i), "priority", 0), due, i)
             for i, (_, due) in local.items()
@@ -325,19 +332,3 @@ class ClaimLoop:
             if due is not None and state in WAITING and i not in self.session.tasks
         ]
         return min(times, default=None)
-
-    async def _sleep_until(self, when: datetime) -> None:
-        session = self.session
-        delay = max((when - session.clock.now()).total_seconds(), 0.0)
-        if session.stop is None:
-            await session.clock.sleep(delay)
-            return
-        sleeper = asyncio.ensure_future(session.clock.sleep(delay))
-        stopper = asyncio.ensure_future(session.stop.wait())
-        try:
-            await asyncio.wait([sleeper, stopper], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in (sleeper, stopper):
-                fut.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(sleeper, stopper, return_exceptions=True)

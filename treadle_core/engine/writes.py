@@ -8,6 +8,7 @@ recomputes the item's aggregate state and journals the events, all in one commit
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -99,10 +100,19 @@ def transition(
     events: Sequence[Event],
     records: Sequence[AttemptRecord],
     view: Mapping[str, StageState],
+    *,
+    release: bool = False,
+    woken: Callable[[str], None] | None = None,
 ) -> StageWrite:
-    """One step of a stage under the item's lease: its new state, attempt records, events."""
+    """One step of a stage under the item's lease: its new state, attempt records, events.
+    With ``release``, an attempt of the limited stage ended: the first item waiting for
+    its limit is woken (made due now) in the same transaction, and told to ``woken``."""
 
     def apply(store: StateStore) -> WriteResult:
+        if release and stage is not None:
+            waiter = _wake_waiter(store, plan, clock, stage, item_id)
+            if waiter is not None and woken is not None:
+                woken(waiter)
         rec = store.lock_item(item_id, lease)
         # A copy: a batch that rolls back runs this again from the same view.
         mine, journal = dict(view), events
@@ -118,6 +128,77 @@ def transition(
         return finish(store, plan, rec, journal, clock.now(), mine)
 
     return Write(apply, _read_back(item_id, events))
+
+
+def start(
+    plan: Plan,
+    clock: Clock,
+    item_id: str,
+    lease: Lease,
+    stage: str,
+    running: StageState,
+    waiting: StageState,
+    events: Sequence[Event],
+    view: Mapping[str, StageState],
+    *,
+    subtask: str | None = None,
+) -> Write[tuple[WriteResult, bool]]:
+    """The RUNNING write of a limited stage (or subtask): admitted by the stage's limit
+    (`StateStore.admit`) it stores ``running``; refused it stores ``waiting`` with its
+    next attempt not before the limit says, and the item waits without a slot or lease.
+    Returns the write's result and whether it was admitted."""
+    limit = plan.specs[stage].limit
+    assert limit is not None
+    concurrency = None if subtask is not None else limit.concurrency
+
+    def apply(store: StateStore) -> tuple[WriteResult, bool]:
+        # The limit row first, then the item: every write takes its locks in that order.
+        retry_at = store.admit(stage, item_id, concurrency=concurrency, rate=limit.rate)
+        rec = store.lock_item(item_id, lease)
+        now = clock.now()
+        if retry_at is None:
+            store.save_stage_state(item_id, stage, running)
+            return finish(store, plan, rec, events, now, {**view, stage: running}), True
+        throttled = _not_before(waiting, subtask, retry_at)
+        store.save_stage_state(item_id, stage, throttled)
+        return finish(store, plan, rec, [], now, {**view, stage: throttled}), False
+
+    def replay(store: StateStore) -> tuple[WriteResult, bool]:
+        current = store.get_stage_state(item_id, stage)
+        admitted = current is not None and current.status == StageStatus.RUNNING
+        return (store.get_all_stage_states(item_id), list(events) if admitted else []), admitted
+
+    return Write(apply, replay)
+
+
+def _not_before(state: StageState, subtask: str | None, when: datetime) -> StageState:
+    """``state`` (or its ``subtask``) waiting for a limit until ``when``."""
+    if subtask is None:
+        return state.replace(next_attempt_at=when)
+    return state.replace(
+        subtasks=[
+            dataclasses.replace(t, next_attempt_at=when) if t.id == subtask else t
+            for t in state.subtasks
+        ]
+    )
+
+
+def _wake_waiter(
+    store: StateStore, plan: Plan, clock: Clock, stage: str, item_id: str
+) -> str | None:
+    """The first item waiting for ``stage``'s limit becomes due now (it was waiting with
+    its next attempt set a while ahead, in case this wake-up never came); its id."""
+    waiter = store.release_limit(stage)
+    if waiter is None or waiter == item_id:
+        return None
+    st = store.get_stage_state(waiter, stage)
+    if st is None or st.status != StageStatus.PENDING or st.next_attempt_at is None:
+        return None
+    rec = store.lock_item(waiter)
+    store.save_stage_state(waiter, stage, st.replace(next_attempt_at=None))
+    finish(store, plan, rec, [], clock.now())
+    store.notify_work()
+    return waiter
 
 
 def _versioned(plan: Plan, stage: str, state: StageState) -> StageState:
@@ -206,6 +287,7 @@ def review(
         store.save_stage_state(item_id, stage, new)
         store.record_review(item_id, stage, record)
         applied[:] = events
+        store.notify_work()  # dependents may run now: wake idle workers
         return finish(store, plan, rec, events, now)
 
     applied: list[Event] = []  # the events of the attempt that committed
@@ -225,6 +307,7 @@ def retry(plan: Plan, clock: Clock, item_id: str, stage: str) -> StageWrite:
         new, events = actions.reset_failed(st, now, item_id=item_id, stage=stage)
         store.save_stage_state(item_id, stage, new)
         applied[:] = events
+        store.notify_work()
         return finish(store, plan, rec, events, now)
 
     applied: list[Event] = []  # the events of the attempt that committed
@@ -300,6 +383,7 @@ def rerun(
         for name, st in new.items():
             store.save_stage_state(item_id, name, st)
         applied[:] = events
+        store.notify_work()
         return finish(store, plan, rec, events, now)
 
     applied: list[Event] = []  # the events of the attempt that committed

@@ -40,6 +40,35 @@ DEFAULT_MAX_ARTEFACT_BYTES = 1024 * 1024
 #: How long a store must remember commit marks: far longer than any retry of a write.
 MARK_MEMORY = 3600.0
 
+#: A queued item asks again after this many seconds, should its wake-up be lost.
+LIMIT_RECHECK = 30.0
+#: Rate limits wait this fraction of their period longer than the window (jitter).
+RATE_MARGIN = 0.02
+
+
+def admission(
+    starts: list[float],
+    running: int,
+    now: float,
+    *,
+    concurrency: int | None,
+    rate: tuple[int, float] | None,
+) -> tuple[list[float], float | None]:
+    """The limit rule every store applies, on its own record of one stage: the start
+    times to keep, and None (admitted: ``now`` is among them) or when to ask again."""
+    kept = [t for t in starts if rate is not None and t > now - rate[1] * (1 + RATE_MARGIN)]
+    if concurrency is not None and running >= concurrency:
+        return kept, now + LIMIT_RECHECK
+    if rate is not None:
+        count, period = rate
+        if len(kept) >= count:
+            # A little past the window: what runs between admission and the call itself
+            # (a commit) must not let two starts land within one period.
+            return kept, kept[-count] + period * (1 + RATE_MARGIN)
+    if rate is None:
+        return [], None
+    return [*kept, now][-rate[0] :], None
+
 
 def commit_mark(at: float | None = None) -> str:
     """A new commit mark: 16 hex digits of the time in nanoseconds, then 16 random ones,
@@ -92,6 +121,22 @@ def fence(rec: ItemRecord | None, item_id: str, lease: Lease | None) -> ItemReco
             f"was lost (current token {rec.lease_token}, owner {rec.lease_owner!r})"
         )
     return rec
+
+
+class WorkListener(abc.ABC):
+    """A store's wake-up channel: readable (``fileno``) when `notify_work` was called."""
+
+    @abc.abstractmethod
+    def fileno(self) -> int:
+        """A file descriptor the event loop can watch for reading."""
+
+    @abc.abstractmethod
+    def drain(self) -> int:
+        """Take the notifications that arrived; how many (raises when the connection is
+        gone: listen again)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
 
 class StateStore(abc.ABC):
@@ -238,6 +283,47 @@ class StateStore(abc.ABC):
         during COMMIT the writer cannot tell whether it landed; it asks this before
         trying again, so a transaction is never applied twice. Marks may be forgotten
         an hour after they were made (`MARK_MEMORY`)."""
+
+    # --- stage limits (flow control across every worker sharing the store) ---------
+    def admit(
+        self,
+        stage: str,
+        item_id: str,
+        *,
+        concurrency: int | None,
+        rate: tuple[int, float] | None,
+    ) -> datetime | None:
+        """Inside a transaction: may ``item_id`` start an attempt of ``stage`` now?
+
+        Locks the stage's limit row, so admissions of one stage take turns across every
+        process. ``concurrency``: fewer than that many of the stage's states are RUNNING.
+        ``rate`` = (starts, seconds): fewer than ``starts`` starts in the last ``seconds``.
+        Admitted: the start is recorded, the item leaves the stage's queue, and None is
+        returned. Not admitted: the item joins the stage's queue (first come, first
+        woken by `release_limit`) and the time to ask again is returned. Stores without
+        limits leave this unimplemented; a workflow with limits refuses to run on them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not keep stage limits")
+
+    def release_limit(self, stage: str) -> str | None:
+        """Inside a transaction: an attempt of a limited ``stage`` ended; the first item in
+        its queue leaves it, and its id is returned (the engine makes it due now)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep stage limits")
+
+    def limit_status(self) -> dict[str, tuple[int, int]]:
+        """Each limited stage: (attempts RUNNING, items queued for it)."""
+        return {}
+
+    # --- wake-ups -------------------------------------------------------------------
+    def notify_work(self) -> None:  # noqa: B027 - optional for stores
+        """Inside a transaction: tell idle workers, once it commits, that work appeared (an
+        item added, a review decided, a retry). Stores that cannot leave it: workers then
+        find the work when they next poll."""
+
+    def listen(self) -> WorkListener | None:
+        """A listener idle workers wait on for `notify_work` (None: this store cannot;
+        workers poll)."""
+        return None
 
     def live_leases(self, limit: int = 100) -> list[Lease]:
         """Leases not yet expired, soonest to end first (at most ``limit``): who holds

@@ -25,9 +25,10 @@ from ..model import (
     ReviewRecord,
     StageState,
     StageStatus,
+    from_ts,
     utcnow,
 )
-from .base import MARK_MEMORY, StateStore, commit_mark, dumps, fence
+from .base import MARK_MEMORY, StateStore, admission, commit_mark, dumps, fence
 
 
 class MemoryStateStore(StateStore):
@@ -44,6 +45,8 @@ class MemoryStateStore(StateStore):
         self._events: list[StoredEvent] = []
         self._next_event_id = 1
         self._marks: set[str] = set()
+        #: stage -> [start times kept, item ids queued]
+        self._limits: dict[str, tuple[list[float], list[str]]] = {}
         self._meta: dict[str, str] = {}
         self._undo: list[Callable[[], None]] | None = None
         self._depth = 0
@@ -340,6 +343,54 @@ class MemoryStateStore(StateStore):
     def committed(self, mark: str) -> bool:
         with self._lock:
             return mark in self._marks
+
+    def admit(
+        self,
+        stage: str,
+        item_id: str,
+        *,
+        concurrency: int | None,
+        rate: tuple[int, float] | None,
+    ) -> datetime | None:
+        with self._lock:
+            starts, waiting = self._limits.get(stage, ([], []))
+            running = sum(
+                1
+                for states in self._states.values()
+                if states.get(stage, "").startswith('{"status":"running"')
+            )
+            now = time.time()
+            kept, retry = admission(starts, running, now, concurrency=concurrency, rate=rate)
+            if retry is None:
+                queue = [i for i in waiting if i != item_id]
+            else:
+                queue = waiting if item_id in waiting else [*waiting, item_id]
+            self._remember(self._limits, stage)
+            self._limits[stage] = (kept, queue)
+            return None if retry is None else from_ts(retry)
+
+    def release_limit(self, stage: str) -> str | None:
+        with self._lock:
+            starts, waiting = self._limits.get(stage, ([], []))
+            if not waiting:
+                return None
+            self._remember(self._limits, stage)
+            self._limits[stage] = (starts, waiting[1:])
+            return waiting[0]
+
+    def limit_status(self) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            return {
+                stage: (
+                    sum(
+                        1
+                        for states in self._states.values()
+                        if states.get(stage, "").startswith('{"status":"running"')
+                    ),
+                    len(waiting),
+                )
+                for stage, (_, waiting) in self._limits.items()
+            }
 
     def live_leases(self, limit: int = 100) -> list[Lease]:
         now = utcnow()

@@ -47,7 +47,15 @@ from ..model import (
     to_ts,
     utcnow,
 )
-from .base import MARK_MEMORY, StateStore, commit_mark, dumps, fence
+from .base import (
+    MARK_MEMORY,
+    StateStore,
+    WorkListener,
+    admission,
+    commit_mark,
+    dumps,
+    fence,
+)
 
 DEFAULT_URL = "sqlite:///.treadle/state.db"
 
@@ -242,7 +250,19 @@ def m004_item_priority(db: peewee.Database) -> None:
     _ddl(db, "CREATE INDEX items_priority_due ON items (priority DESC, due_at)")
 
 
-def m005_definition_and_staleness(db: peewee.Database) -> None:
+def m005_stage_limits(db: peewee.Database) -> None:
+    """Per-stage flow control: the recent start times and the queue of waiting items."""
+    _ddl(
+        db,
+        "CREATE TABLE IF NOT EXISTS stage_limits ("
+        " stage VARCHAR(255) NOT NULL PRIMARY KEY,"
+        " starts {text} NOT NULL,"
+        " waiting {text} NOT NULL"
+        "){table}",
+    )
+
+
+def m006_definition_and_staleness(db: peewee.Database) -> None:
     """The recorded pipeline definition; a ``stale`` column on stage states."""
     _ddl(
         db,
@@ -265,7 +285,8 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     m002_stage_state_queries,
     m003_commit_marks,
     m004_item_priority,
-    m005_definition_and_staleness,
+    m005_stage_limits,
+    m006_definition_and_staleness,
 ]
 
 
@@ -490,6 +511,8 @@ class SqlStateStore(StateStore):
         self._created_lock = threading.Lock()
         self._last_created = 0.0
         self._marks_made = 0
+        #: Per thread: a NOTIFY is due when the current transaction commits.
+        self._wake = threading.local()
         self._prepare_sql()
         try:
             self._connect()
@@ -679,6 +702,7 @@ class SqlStateStore(StateStore):
         )
         self._sql_record_attempt = q("INSERT INTO attempts (item_id, stage, data) VALUES (?, ?, ?)")
         self._sql_mark = q("INSERT INTO commit_marks (id) VALUES (?)")
+        self._sql_notify = q("SELECT pg_notify(?, '')")
         self._sql_record_review = q("INSERT INTO reviews (item_id, stage, data) VALUES (?, ?, ?)")
         self._sql_event_row = q("(?, ?, ?, ?, ?)")
         self._sql_renew = q(
@@ -787,41 +811,51 @@ class SqlStateStore(StateStore):
     @contextmanager
     def transaction(self) -> Iterator[None]:
         with self._guard:
-            db = self._db
-            outermost = db.is_closed() or not db.in_transaction()
+            outermost = self._db.is_closed() or not self._db.in_transaction()
             # peewee's transaction() joins an enclosing one (no savepoints): the
             # outermost block commits or rolls back everything, as in MemoryStateStore.
             try:
-                if db.is_closed():
-                    self._open_thread_connection()
-                with ExitStack() as stack:
-                    try:
-                        stack.enter_context(self._begin())
-                    except (peewee.OperationalError, peewee.InterfaceError):
-                        if db.in_transaction() or not self._reconnect_if_dead():
-                            raise
-                        stack.enter_context(self._begin())  # nothing was sent yet: again
+                with self._begun(outermost):
                     yield
-            except peewee.DataError as exc:  # PostgreSQL/MySQL refusing a value (an id)
-                raise StoreError(
-                    f"store {_redact(self.url)!r} refused a value: {_first(exc)}"
-                ) from exc
             except (peewee.OperationalError, peewee.InterfaceError, peewee.DatabaseError) as exc:
-                if self.dialect == "sqlite":
-                    # A full disk, a corrupt or read-only file: one line naming the file
-                    # (SQLite rolls back by itself, so peewee's ROLLBACK error hides why).
-                    failure = _sqlite_failure(exc)
-                    if failure is not None:
-                        raise StoreError(f"store {self.url!r}: {failure}") from exc
+                failure = self._failure(exc, outermost)
+                if failure is exc:
                     raise
-                if not outermost or not isinstance(
-                    exc, peewee.OperationalError | peewee.InterfaceError
-                ):
+                raise failure from exc
+
+    @contextmanager
+    def _begun(self, outermost: bool) -> Iterator[None]:
+        db = self._db
+        if db.is_closed():
+            self._open_thread_connection()
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self._begin())
+            except (peewee.OperationalError, peewee.InterfaceError):
+                if db.in_transaction() or not self._reconnect_if_dead():
                     raise
-                # The server went away or aborted the transaction (restart, deadlock):
-                # nothing of it was applied unless the connection died during COMMIT.
-                self._drop_connection()
-                raise StoreUnavailableError(self._unavailable(exc)) from exc
+                stack.enter_context(self._begin())  # nothing was sent yet: again
+            if outermost:
+                self._wake.pending = False
+            yield
+            if outermost and self._wake.pending:  # NOTIFY once, as it commits
+                self._run(self._sql_notify, (WORK_CHANNEL,))
+
+    def _failure(self, exc: BaseException, outermost: bool) -> BaseException:
+        """What a database error inside a transaction means, as the error to raise."""
+        if isinstance(exc, peewee.DataError):  # PostgreSQL/MySQL refusing a value (an id)
+            return StoreError(f"store {_redact(self.url)!r} refused a value: {_first(exc)}")
+        if self.dialect == "sqlite":
+            # A full disk, a corrupt or read-only file: one line naming the file (SQLite
+            # rolls back by itself, so peewee's ROLLBACK error hides why).
+            failure = _sqlite_failure(exc)
+            return exc if failure is None else StoreError(f"store {self.url!r}: {failure}")
+        if not outermost or not isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
+            return exc
+        # The server went away or aborted the transaction (restart, deadlock): nothing of
+        # it was applied unless the connection died during COMMIT.
+        self._drop_connection()
+        return StoreUnavailableError(self._unavailable(exc))
 
     def _begin(self) -> AbstractContextManager[Any]:
         if self.dialect == "sqlite":
@@ -844,6 +878,7 @@ class SqlStateStore(StateStore):
                 self._sql_save_item,
                 (item_id, dumps(data), ItemState.READY.value, now, created, created),
             )
+        self.notify_work()  # a new item is work: wake idle workers
 
     def set_priority(self, item_id: str, priority: int) -> None:
         with self._guard:
@@ -1162,6 +1197,99 @@ class SqlStateStore(StateStore):
             row = self._run(self._q("SELECT 1 FROM commit_marks WHERE id = ?"), (mark,)).fetchone()
         return row is not None
 
+    # --- stage limits ----------------------------------------------------------------
+    def _limit_row(self, stage: str) -> tuple[list[float], list[str]]:
+        """Inside a transaction: the stage's limit row, locked (made on first use)."""
+        insert = (
+            "INSERT IGNORE INTO stage_limits (stage, starts, waiting) VALUES (?, '[]', '[]')"
+            if self.dialect == "mysql"
+            else "INSERT INTO stage_limits (stage, starts, waiting) VALUES (?, '[]', '[]')"
+            " ON CONFLICT (stage) DO NOTHING"
+        )
+        self._run(self._q(insert), (stage,))
+        row = self._run(
+            self._q(f"SELECT starts, waiting FROM stage_limits WHERE stage = ?{self._for_update}"),
+            (stage,),
+        ).fetchone()
+        return json.loads(row[0]), json.loads(row[1])
+
+    def _save_limit_row(self, stage: str, starts: list[float], waiting: list[str]) -> None:
+        self._run(
+            self._q("UPDATE stage_limits SET starts = ?, waiting = ? WHERE stage = ?"),
+            (dumps(starts), dumps(waiting), stage),
+        )
+
+    def admit(
+        self,
+        stage: str,
+        item_id: str,
+        *,
+        concurrency: int | None,
+        rate: tuple[int, float] | None,
+    ) -> datetime | None:
+        with self._guard, self.transaction():
+            starts, waiting = self._limit_row(stage)
+            running = 0
+            if concurrency is not None:
+                running = self._run(
+                    self._q("SELECT COUNT(*) FROM stage_states WHERE stage = ? AND status = ?"),
+                    (stage, StageStatus.RUNNING.value),
+                ).fetchone()[0]
+            kept, retry = admission(starts, running, _now(), concurrency=concurrency, rate=rate)
+            if retry is None:
+                waiting = [i for i in waiting if i != item_id]
+            elif item_id not in waiting:
+                waiting.append(item_id)
+            self._save_limit_row(stage, kept, waiting)
+        return None if retry is None else from_ts(retry)
+
+    def release_limit(self, stage: str) -> str | None:
+        with self._guard, self.transaction():
+            starts, waiting = self._limit_row(stage)
+            if not waiting:
+                return None
+            self._save_limit_row(stage, starts, waiting[1:])
+            return waiting[0]
+
+    def limit_status(self) -> dict[str, tuple[int, int]]:
+        with self._guard:
+            rows = self._run("SELECT stage, waiting FROM stage_limits").fetchall()
+            if not rows:
+                return {}
+            running = dict(
+                self._run(
+                    self._q(
+                        "SELECT stage, COUNT(*) FROM stage_states WHERE status = ?"
+                        f" AND stage IN ({self._marks(len(rows))}) GROUP BY stage"
+                    ),
+                    (StageStatus.RUNNING.value, *(stage for stage, _ in rows)),
+                ).fetchall()
+            )
+        return {stage: (int(running.get(stage, 0)), len(json.loads(w))) for stage, w in rows}
+
+    # --- wake-ups (PostgreSQL LISTEN/NOTIFY) ----------------------------------------------
+    def notify_work(self) -> None:
+        if self.dialect != "postgres":
+            return
+        if self._db.in_transaction():
+            self._wake.pending = True  # NOTIFY once, as the transaction commits
+        else:
+            with self._guard:
+                self._run(self._sql_notify, (WORK_CHANNEL,))
+
+    def listen(self) -> WorkListener | None:
+        driver = getattr(peewee, "psycopg2", None)
+        if self.dialect != "postgres" or driver is None:
+            return None
+        try:
+            return _PgListener(driver.connect(dbname=self._db.database, **self._db.connect_params))
+        except peewee.DatabaseError:
+            return None  # the server is away: poll, and listen again later
+        except Exception as exc:  # the driver's own errors, same meaning
+            if type(exc).__module__.startswith("psycopg2"):
+                return None
+            raise
+
     def live_leases(self, limit: int = 100) -> list[Lease]:
         sql = self._q(
             "SELECT id, lease_owner, lease_token, lease_expires_at FROM items"
@@ -1424,6 +1552,32 @@ def _sqlite_failure(exc: BaseException | None) -> str | None:
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return None
+
+
+#: The channel `notify_work` and listeners use (notifications are per database).
+WORK_CHANNEL = "treadle_work"
+
+
+class _PgListener(WorkListener):
+    """A connection of its own that LISTENs for `notify_work` (autocommit)."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"LISTEN {WORK_CHANNEL}")
+
+    def fileno(self) -> int:
+        return int(self.conn.fileno())
+
+    def drain(self) -> int:
+        self.conn.poll()
+        n = len(self.conn.notifies)
+        self.conn.notifies.clear()
+        return n
+
+    def close(self) -> None:
+        _close_quietly(self.conn)
 
 
 def _close_quietly(conn: Any) -> None:
