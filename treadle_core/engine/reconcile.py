@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -106,10 +106,12 @@ class _Started:
 
 @dataclass
 class _Step:
+    """One batch: how many items it visited; ``over`` once the change is complete (with
+    what it did, when known)."""
+
     items: int = 0
     done: DefinitionChange | None = None
     over: bool = False
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 def _record(store: StateStore) -> dict[str, Any] | None:
