@@ -55,6 +55,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.plan",
         "engine.ready",
     },
+    "engine.review": {"errors", "events", "model", "engine.plan"},
     "engine.writes": {
         "_commit",
         "clock",
@@ -66,6 +67,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.decide",
         "engine.plan",
         "engine.ready",
+        "engine.review",
     },
     "engine.session": {"_commit", "clock", "events", "model", "store.base", "engine.plan"},
     "engine.item": {
@@ -99,9 +101,11 @@ ALLOWED: dict[str, set[str]] = {
         "events",
         "model",
         "store.base",
+        "engine.attempt",
         "engine.definition",
         "engine.plan",
         "engine.reconcile",
+        "engine.review",
         "engine.session",
         "engine.worker",
         "engine.writes",
@@ -118,6 +122,9 @@ ALLOWED: dict[str, set[str]] = {
         "validation",
     },
     "validation": {"errors"},
+    # Metrics see the engine only through the public surface: the bus's events, the
+    # workflow's summary and reviews, the store's counts.
+    "metrics": {"events", "model", "store.base", "workflow"},
 }
 
 #: The outer layers may import anything public, but never these internals.
@@ -132,7 +139,14 @@ FORBIDDEN: dict[str, set[str]] = {
 }
 
 #: Pure modules: values in, values out. No awaiting, no threads, no store.
-PURE = {"engine.ready", "engine.decide", "engine.fanout", "engine.actions", "engine.definition"}
+PURE = {
+    "engine.ready",
+    "engine.decide",
+    "engine.fanout",
+    "engine.actions",
+    "engine.definition",
+    "engine.review",
+}
 
 
 def _modules() -> Iterator[tuple[str, ast.Module]]:

@@ -433,6 +433,60 @@ async def test_an_approval_with_edits_carries_its_edits(store: StateStore) -> No
     assert st.status == StageStatus.COMPLETE and st.artefact == {"text": "edited"}  # type: ignore[union-attr]
 
 
+async def test_a_choice_carries_over_with_its_branches(store: StateStore) -> None:
+    from treadle_core import Approve
+
+    def ask(item: Any, ctx: Any) -> StageOutput:
+        return StageOutput(NeedsReview("Which way?", choices=("print", "web")), artefact={"x": 1})
+
+    wf = (
+        Workflow.builder("docs")
+        .stage("a", stage("a"))
+        .stage("pick", ask, needs=["a"])
+        .stage("print", stage("print"), needs=["pick"])
+        .stage("web", stage("web"), needs=["pick"])
+        .branch("pick", {"print": ["print"], "web": ["web"]})
+        .build()
+    )
+    await filled(store, 1, wf=wf)
+    await wf.resolve_review("i0", "pick", Approve(choice="web"), store, reviewer="ann")
+    await wf.run(store)
+    await wf.rerun("i0", "a", store)
+    RAN.clear()
+    await wf.run(store)
+    status = wf.status("i0", store)
+    assert status.is_complete and sorted(RAN) == [("i0", "a"), ("i0", "web")]
+    assert status.stages["print"].status == StageStatus.SKIPPED
+    again = store.get_reviews("i0", "pick")[-1]
+    assert (again.reviewer, again.choice) == ("carried-over", "web")
+
+
+async def test_only_a_settled_review_carries_over(store: StateStore) -> None:
+    wf = (
+        Workflow.builder("docs")
+        .stage("a", stage("a"))
+        .stage(
+            "ok",
+            lambda item, ctx: StageOutput(NeedsReview("fine?"), artefact={"x": 1}),
+            needs=["a"],
+        )
+        .approvers("ok", required=2)
+        .build()
+    )
+    await filled(store, 1, wf=wf)
+    await wf.approve_review("i0", "ok", store, reviewer="ann")  # one vote of two
+    await wf.rerun("i0", "a", store)
+    await wf.run(store)
+    assert [r.item_id for r in wf.pending_reviews(store)] == ["i0"]  # asked again
+    await wf.approve_review("i0", "ok", store, reviewer="ann")
+    await wf.approve_review("i0", "ok", store, reviewer="bob")  # settled
+    await wf.rerun("i0", "a", store)
+    await wf.run(store)
+    assert wf.pending_reviews(store) == [] and wf.status("i0", store).is_complete
+    carried = store.get_reviews("i0", "ok")[-1]
+    assert carried.reviewer == "carried-over" and carried.carried_from["reviewer"] == "bob"
+
+
 # --- cancelling ----------------------------------------------------------------------------------
 
 

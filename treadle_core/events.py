@@ -98,6 +98,27 @@ class ReviewRequired(Event):
 class ReviewResolved(Event):
     decision: str
     reviewer: str | None = None
+    #: The choice the reviewer picked, when choices were offered.
+    choice: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewVoted(Event):
+    """One approval of a review that needs several; the stage still waits."""
+
+    reviewer: str
+    approvals: int
+    required: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangesRequested(Event):
+    """A reviewer sent the work back: ``stage`` runs again with this feedback."""
+
+    reviewer: str | None = None
+    feedback: str = ""
+    #: The stage whose review asked for it (``stage`` itself, or a review stage after it).
+    reviewed_at: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -370,6 +391,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     StageFailed,
     ReviewRequired,
     ReviewResolved,
+    ReviewVoted,
+    ChangesRequested,
     StageSkipped,
     StageRetried,
     RetryScheduled,

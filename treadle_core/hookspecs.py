@@ -30,6 +30,11 @@ class Duration(float):
     """Option type: a duration (``500ms``, ``2s``, ``5m``, ``1h``, ``1d``), given as seconds."""
 
 
+class JsonSchema(dict[str, Any]):
+    """Option type: a JSON Schema, given inline (a table) or as the path of a JSON file
+    (relative to the pipeline file); checked to be a valid schema, given as a dict."""
+
+
 @dataclass(frozen=True)
 class Option:
     """One option a stage, gate or sink type accepts in a pipeline file.

@@ -75,10 +75,22 @@ class Complete:
 
 @dataclass(frozen=True)
 class NeedsReview:
-    """Pause for a person."""
+    """Pause for a person: a question (``prompt``), what to look at (``context``), and
+    optionally ``choices`` (the person picks one) or a ``form`` (a JSON Schema their
+    answer must satisfy)."""
 
     prompt: str = ""
     context: dict[str, Any] = field(default_factory=dict)
+    choices: tuple[str, ...] = ()
+    form: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        choices = tuple(self.choices)
+        if not all(isinstance(c, str) and c for c in choices) or len(set(choices)) != len(choices):
+            raise ValueError(f"NeedsReview choices must be distinct non-empty strings: {choices!r}")
+        object.__setattr__(self, "choices", choices)
+        if self.form is not None:
+            check_form(self.form, "NeedsReview form")
 
 
 @dataclass(frozen=True)
@@ -281,32 +293,64 @@ def verdict_name(verdict: Verdict | None) -> str | None:
 
 @dataclass(frozen=True)
 class Approve:
-    """The output stands; dependents may run."""
+    """The output stands; dependents may run. With choices offered, ``choice`` is one of
+    them; with a form, ``values`` are the answers (checked against its schema)."""
+
+    choice: str | None = None
+    values: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class Reject:
-    """The stage fails with this reason."""
+    """The stage fails with this reason (a later retry sees it as feedback)."""
 
     reason: str = "rejected"
 
 
 @dataclass(frozen=True)
 class ApproveWithEdits:
-    """The output stands as edited; dependents see the edited artefact."""
+    """The output stands as edited; dependents see the edited artefact. The stage's
+    quality gate checks the edit first, unless ``force`` (the audit record says so)."""
 
     artefact: Any
     note: str | None = None
+    force: bool = False
 
 
-ReviewDecision = Approve | Reject | ApproveWithEdits
-REVIEW_DECISION_TYPES = (Approve, Reject, ApproveWithEdits)
+@dataclass(frozen=True)
+class RequestChanges:
+    """Send the work back: the stage that produced what is under review runs again, with
+    ``feedback`` as its ``ctx.feedback.summary``."""
+
+    feedback: str
+
+
+ReviewDecision = Approve | Reject | ApproveWithEdits | RequestChanges
+REVIEW_DECISION_TYPES = (Approve, Reject, ApproveWithEdits, RequestChanges)
 
 
 def decision_name(decision: ReviewDecision) -> str:
-    return {Approve: "approve", Reject: "reject", ApproveWithEdits: "approve_with_edits"}[
-        type(decision)
-    ]
+    return {
+        Approve: "approve",
+        Reject: "reject",
+        ApproveWithEdits: "approve_with_edits",
+        RequestChanges: "request_changes",
+    }[type(decision)]
+
+
+def check_form(form: Any, where: str) -> dict[str, Any]:
+    """``form`` if it is a JSON Schema (an object schema the reviewer's answers must
+    satisfy), else ValueError naming ``where`` and what is wrong."""
+    import jsonschema  # only when a form is used
+
+    if not isinstance(form, dict):
+        raise ValueError(f"{where}: a form is a JSON Schema object, not {type(form).__name__}")
+    try:
+        jsonschema.validators.validator_for(form).check_schema(form)
+    except jsonschema.SchemaError as exc:
+        path = "/".join(str(p) for p in exc.path) or "(top)"
+        raise ValueError(f"{where}: not a valid JSON Schema at {path}: {exc.message}") from None
+    return form
 
 
 # --- state --------------------------------------------------------------------
@@ -332,6 +376,17 @@ class StageState:
     #: Review prompt and context while AWAITING_REVIEW.
     review_prompt: str | None = None
     review_context: dict[str, Any] = field(default_factory=dict)
+    #: The choices offered (one to pick) and the form (a JSON Schema) of that review.
+    review_choices: list[str] = field(default_factory=list)
+    review_form: dict[str, Any] | None = None
+    #: Approvals so far in this review (``{"reviewer", "choice", "values"}``), when it
+    #: needs more than one.
+    votes: list[dict[str, Any]] = field(default_factory=list)
+    #: The approving decision the stage completed with (a `ReviewRecord` as a dict):
+    #: what dependents see in ``ctx.reviews``.
+    approval: dict[str, Any] | None = None
+    #: A person's feedback for the next attempt (a rejection's reason, changes asked).
+    feedback: QualityFeedback | None = None
     #: The attempt number from which the retry budget counts (renewed by retry_stage).
     budget_start: int = 0
     #: How many times this stage was found RUNNING after its process died.
@@ -376,6 +431,11 @@ class StageState:
             "review_deadline": to_ts(self.review_deadline),
             "review_prompt": self.review_prompt,
             "review_context": self.review_context,
+            "review_choices": self.review_choices,
+            "review_form": self.review_form,
+            "votes": self.votes,
+            "approval": self.approval,
+            "feedback": None if self.feedback is None else self.feedback.to_dict(),
             "budget_start": self.budget_start,
             "recoveries": self.recoveries,
             "suspect": self.suspect,
@@ -400,6 +460,13 @@ class StageState:
             review_deadline=from_ts(d.get("review_deadline")),
             review_prompt=d.get("review_prompt"),
             review_context=dict(d.get("review_context") or {}),
+            review_choices=list(d.get("review_choices") or []),
+            review_form=d.get("review_form"),
+            votes=list(d.get("votes") or []),
+            approval=d.get("approval"),
+            feedback=None
+            if d.get("feedback") is None
+            else QualityFeedback.from_dict(d["feedback"]),
             budget_start=d.get("budget_start", 0),
             recoveries=d.get("recoveries", 0),
             suspect=d.get("suspect", False),
@@ -462,13 +529,20 @@ class AttemptRecord:
 class ReviewRecord:
     """The audit record of one review decision."""
 
-    decision: str  # "approve" | "reject" | "approve_with_edits"
+    decision: str  # "approve" | "reject" | "approve_with_edits" | "request_changes"
     reviewer: str | None
     comment: str | None
     at: datetime
     reason: str | None = None
     edited_artefact: Any = None
     note: str | None = None
+    #: The choice picked and the form's answers (an approval).
+    choice: str | None = None
+    values: dict[str, Any] | None = None
+    #: An edit approved without its quality gate's check.
+    forced: bool = False
+    #: What the reviewer asked to change (``request_changes``).
+    feedback: str | None = None
     #: A digest of what was decided on: the prompt, context and artefact under review.
     subject: str | None = None
     #: For a decision applied again to the same question: the original's reviewer and time.
@@ -483,6 +557,10 @@ class ReviewRecord:
             "reason": self.reason,
             "edited_artefact": self.edited_artefact,
             "note": self.note,
+            "choice": self.choice,
+            "values": self.values,
+            "forced": self.forced,
+            "feedback": self.feedback,
             "subject": self.subject,
             "carried_from": self.carried_from,
         }
@@ -499,6 +577,10 @@ class ReviewRecord:
             reason=d.get("reason"),
             edited_artefact=d.get("edited_artefact"),
             note=d.get("note"),
+            choice=d.get("choice"),
+            values=d.get("values"),
+            forced=bool(d.get("forced", False)),
+            feedback=d.get("feedback"),
             subject=d.get("subject"),
             carried_from=d.get("carried_from"),
         )
@@ -545,7 +627,8 @@ class Lease:
 
 @dataclass(frozen=True)
 class PendingReview:
-    """One stage waiting for a person."""
+    """One stage waiting for a person: the question, what may be answered (choices, a
+    form), and the approvals so far."""
 
     item_id: str
     stage: str
@@ -554,6 +637,25 @@ class PendingReview:
     context: dict[str, Any]
     deadline: datetime | None
     attempt: int
+    choices: tuple[str, ...] = ()
+    form: dict[str, Any] | None = None
+    votes: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, item_id: str, stage: str, st: StageState) -> PendingReview:
+        """The review a stage AWAITING_REVIEW holds (how every store builds it)."""
+        return cls(
+            item_id,
+            stage,
+            st.updated_at,
+            st.review_prompt,
+            dict(st.review_context),
+            st.review_deadline,
+            st.attempt,
+            tuple(st.review_choices),
+            st.review_form,
+            tuple(st.votes),
+        )
 
 
 @dataclass(frozen=True)
@@ -594,6 +696,10 @@ class StageContext:
     upstream: Mapping[str, Any] = field(default_factory=dict)
     state: StageState = field(default_factory=StageState)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Every earlier attempt of this stage (or subtask): outcome, verdict, feedback, error.
+    previous_attempts: Sequence[AttemptRecord] = ()
+    #: For each upstream stage a person approved: that approval (choice, values, who).
+    reviews: Mapping[str, ReviewRecord] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import contextvars
 import difflib
 import importlib
 import inspect
+import json
 import re
 import sys
 import tomllib
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, PipelineFileError, PluginError, WorkflowError
-from .hookspecs import Duration, Option, SinkType
+from .hookspecs import Duration, JsonSchema, Option, SinkType
+from .model import check_form
 from .quality import (
     Approve,
     ExhaustedAction,
@@ -54,12 +56,15 @@ DEFAULT_CONCURRENCY = 8
 
 PIPELINE_KEYS = ("concurrency", "max_artefact_bytes", "name", "store")
 STAGE_KEYS = (
+    "approvers",
+    "branch",
     "description",
     "gate",
     "max_concurrent",
     "needs",
     "rate",
     "renamed_from",
+    "required_approvals",
     "retry",
     "review",
     "review_timeout",
@@ -122,6 +127,7 @@ _TYPE_NAMES = {
     list: "a list",
     dict: "a table",
     Duration: "a duration",
+    JsonSchema: "a JSON Schema (a table, or the path of a JSON file)",
     Path: "a path (string)",
 }
 
@@ -140,6 +146,8 @@ def _coerce(value: Any, expected: type, key: str, base_dir: Path) -> Any:
             return parse_duration(value)
         except ValueError as exc:
             raise _Problem(str(exc), key=key) from None
+    if expected is JsonSchema:
+        return _json_schema(value, key, base_dir)
     if expected is Path:
         if not isinstance(value, str) or not value:
             raise _Problem(f"expected a path (string), got {_show(value)}", key=key)
@@ -164,6 +172,28 @@ def _coerce(value: Any, expected: type, key: str, base_dir: Path) -> Any:
         name = _TYPE_NAMES.get(expected, expected.__name__)
         raise _Problem(f"expected {name}, got {_show(value)} ({_kind(value)})", key=key)
     return value
+
+
+def _json_schema(value: Any, key: str, base_dir: Path) -> dict[str, Any]:
+    """An inline schema, or the JSON file a path names, checked to be a JSON Schema."""
+    where = "the schema"
+    if isinstance(value, str) and value:
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        where = str(path)
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise _Problem(f"cannot read {path}: {exc.strerror or exc}", key=key) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _Problem(f"{path} is not JSON: {exc}", key=key) from None
+    elif not isinstance(value, dict):
+        name = _TYPE_NAMES[JsonSchema]
+        raise _Problem(f"expected {name}, got {_show(value)} ({_kind(value)})", key=key)
+    try:
+        return JsonSchema(check_form(value, where))
+    except ValueError as exc:
+        raise _Problem(str(exc), key=key) from None
 
 
 def _options(
@@ -588,6 +618,7 @@ class _Loader:
             seconds, decision = self._review_timeout(table["review_timeout"], where)
             builder.review_timeout(name, seconds, decision)
         self._limit(builder, name, table, where)
+        self._people(builder, name, table, where)
         return StageConfig(name, uses, description or getattr(stage, "description", "") or "")
 
     def _limit(
@@ -611,6 +642,50 @@ class _Loader:
             except ValueError as exc:
                 raise _Problem(str(exc), where, "rate") from None
         builder.limit(name, concurrency=concurrency, rate=rate)
+
+    def _people(
+        self, builder: WorkflowBuilder, name: str, table: dict[str, Any], where: str
+    ) -> None:
+        """``approvers = ["ana", "ben"]``, ``required_approvals = 2`` and ``branch = {choice =
+        ["stage", ...]}``: who decides this stage's reviews, and what a choice runs."""
+        names, required = table.get("approvers"), table.get("required_approvals")
+        if names is not None:
+            if isinstance(names, str):
+                names = [names]
+            if (
+                not isinstance(names, list)
+                or not names
+                or not all(isinstance(n, str) and n.strip() for n in names)
+            ):
+                raise _Problem(
+                    f"expected a list of reviewer names, got {_show(names)}", where, "approvers"
+                )
+        if required is not None:
+            self._positive_int(required, where, "required_approvals", MAX_CONCURRENCY)
+        if names is not None or required is not None:
+            try:
+                builder.approvers(name, names, required or 1)
+            except ValueError as exc:
+                key = "required_approvals" if required is not None else "approvers"
+                raise _Problem(str(exc).split(": ", 1)[-1], where, key) from None
+        if "branch" in table:
+            branches: dict[str, list[str]] = {}
+            for choice, dependents in self._table(table["branch"], where, "branch").items():
+                if isinstance(dependents, str):
+                    dependents = [dependents]
+                if not isinstance(dependents, list) or not all(
+                    isinstance(d, str) for d in dependents
+                ):
+                    raise _Problem(
+                        f"expected a list of stage names, got {_show(dependents)}",
+                        where,
+                        f"branch.{choice}",
+                    )
+                branches[choice] = dependents
+            try:
+                builder.branch(name, branches)
+            except ValueError as exc:
+                raise _Problem(str(exc).split(": ", 1)[-1], where, "branch") from None
 
     def _lineage(self, table: dict[str, Any], where: str) -> dict[str, Any]:
         """``version`` and ``renamed_from`` of a stage (SPEC §10)."""

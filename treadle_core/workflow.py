@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -74,6 +74,8 @@ class WorkflowBuilder:
         self._policies: dict[str, ReviewPolicy] = {}
         self._timeouts: dict[str, ReviewTimeout] = {}
         self._limits: dict[str, StageLimit] = {}
+        self._branches: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._approvers: dict[str, tuple[frozenset[str] | None, int]] = {}
         self._versions: dict[str, str] = {}
         self._renamed_from: dict[str, tuple[str, ...]] = {}
         self._max_artefact_bytes = DEFAULT_MAX_ARTEFACT_BYTES
@@ -185,6 +187,40 @@ class WorkflowBuilder:
         self._limits[stage] = StageLimit(concurrency, parsed)
         return self
 
+    def branch(self, stage: str, choices: Mapping[str, Sequence[str]]) -> WorkflowBuilder:
+        """A person picks the way: when ``stage``'s review is approved with a choice, the
+        dependents listed under the other choices are SKIPPED ("not chosen")."""
+        if not isinstance(choices, Mapping) or not choices:
+            raise ValueError(f"branch for {stage!r}: give {{choice: [dependents]}}")
+        branches: dict[str, tuple[str, ...]] = {}
+        for choice, dependents in choices.items():
+            if not isinstance(choice, str) or not choice:
+                raise ValueError(f"branch for {stage!r}: a choice is a non-empty string")
+            names = (dependents,) if isinstance(dependents, str) else tuple(dependents)
+            if not all(isinstance(n, str) for n in names):
+                raise ValueError(f"branch for {stage!r}: {choice!r} lists stage names")
+            branches[choice] = names
+        self._branches[stage] = branches
+        return self
+
+    def approvers(
+        self, stage: str, names: Sequence[str] | None = None, required: int = 1
+    ) -> WorkflowBuilder:
+        """Only ``names`` (None: anyone) may decide ``stage``'s reviews; it completes after
+        ``required`` approvals from distinct reviewers, and one rejection fails it."""
+        people = None if names is None else frozenset(names)
+        if people is not None and (not people or not all(isinstance(n, str) and n for n in people)):
+            raise ValueError(f"approvers for {stage!r}: give non-empty reviewer names")
+        if isinstance(required, bool) or not isinstance(required, int) or required < 1:
+            raise ValueError(f"approvers for {stage!r}: required must be 1 or more")
+        if people is not None and required > len(people):
+            raise ValueError(
+                f"approvers for {stage!r}: {required} approvals required from "
+                f"{len(people)} approver{'s' if len(people) != 1 else ''}"
+            )
+        self._approvers[stage] = (people, required)
+        return self
+
     def clock(self, clock: Clock) -> WorkflowBuilder:
         """The clock the engine asks for "now" (a `ManualClock` in tests)."""
         self._clock = clock
@@ -206,6 +242,9 @@ class WorkflowBuilder:
                 policy=self._policies.get(name, ReviewPolicy.NEVER),
                 review_timeout=self._timeouts.get(name),
                 limit=self._limits.get(name),
+                branches=self._branches.get(name, {}),
+                approvers=self._approvers.get(name, (None, 1))[0],
+                required=self._approvers.get(name, (None, 1))[1],
                 version=self._versions.get(name, DEFAULT_VERSION),
                 renamed_from=self._renamed_from.get(name, ()),
             )
@@ -251,11 +290,25 @@ class WorkflowBuilder:
             ("review policy", self._policies),
             ("review timeout", self._timeouts),
             ("limit", self._limits),
+            ("branch", self._branches),
+            ("approvers", self._approvers),
         ):
             for name in mapping:
                 if name not in self._stages:
                     raise UnknownTargetError(
                         f"{what} for {name!r}, which is not a stage{_closest(name, known)}"
+                    )
+        for name, branches in self._branches.items():
+            self._check_branch(name, branches)
+
+    def _check_branch(self, name: str, branches: Mapping[str, Sequence[str]]) -> None:
+        direct = sorted({s for s, dep in self._deps if dep == name})
+        for choice, dependents in branches.items():
+            for dependent in dependents:
+                if dependent not in direct:
+                    raise UnknownTargetError(
+                        f"branch for {name!r}: choice {choice!r} lists {dependent!r}, which "
+                        f"does not depend on {name!r}{_closest(dependent, direct)}"
                     )
 
     def _check_renames(self) -> None:
@@ -611,16 +664,33 @@ class Workflow:
         return out
 
     def pending_reviews(
-        self, store: StateStore, stage: str | None = None, *, limit: int | None = None
+        self,
+        store: StateStore,
+        stage: str | None = None,
+        *,
+        limit: int | None = None,
+        reviewer: str | None = None,
     ) -> list[PendingReview]:
-        """Stages waiting for a person, oldest first (at most ``limit`` of them)."""
+        """Stages waiting for a person, oldest first (at most ``limit`` of them); with
+        ``reviewer``, only those that person may still vote on (an approver of the stage,
+        or anyone when it names none, who has not approved it yet)."""
         if stage is not None:
             self._check(stage)
-            return store.pending_reviews(stage, limit)
-        found = [r for r in store.pending_reviews(None, limit) if r.stage in self.specs]
-        if limit is not None and len(found) < limit:
-            # Reviews of stages this workflow no longer has took some of the room.
-            found = [r for r in store.pending_reviews(None) if r.stage in self.specs][:limit]
+
+        def wanted(r: PendingReview) -> bool:
+            spec = self.specs.get(r.stage)
+            if spec is None:
+                return False  # a stage this workflow no longer has
+            if reviewer is None:
+                return True
+            allowed = spec.approvers is None or reviewer in spec.approvers
+            return allowed and all(v.get("reviewer") != reviewer for v in r.votes)
+
+        raw = store.pending_reviews(stage, limit)
+        found = [r for r in raw if wanted(r)]
+        if limit is not None and len(found) < limit == len(raw):
+            # Reviews this caller may not see took some of the room.
+            found = [r for r in store.pending_reviews(stage) if wanted(r)][:limit]
         return found
 
     def limits(self, store: StateStore) -> dict[str, LimitStatus]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..hookspecs import Option, StageType, hookimpl
+from ..hookspecs import JsonSchema, Option, StageType, hookimpl
 from ..model import NeedsReview, StageContext, StageOutput, WorkItem
 from ..stage import Stage
 from ..templating import check, render
@@ -16,10 +16,19 @@ class ReviewStage(Stage):
 
     description = "Always asks a person to approve, reject or edit"
 
-    def __init__(self, prompt: str = "Review {item.id}", stage: str | None = None):
+    def __init__(
+        self,
+        prompt: str = "Review {item.id}",
+        stage: str | None = None,
+        choices: Sequence[str] = (),
+        form: dict[str, Any] | None = None,
+    ):
         check(prompt)
         self.prompt = prompt
         self.stage = stage
+        # Checked now, so a bad pipeline file fails when it loads, not at the first item.
+        self.choices = NeedsReview(choices=tuple(choices), form=form).choices
+        self.form = form
 
     async def execute(self, item: WorkItem, ctx: StageContext) -> StageOutput:
         upstream = dict(ctx.upstream)
@@ -36,7 +45,8 @@ class ReviewStage(Stage):
         data = getattr(item, "data", None)
         if isinstance(data, dict):
             context["data"] = data
-        return StageOutput(NeedsReview(render(self.prompt, item), context), artefact=artefact)
+        question = NeedsReview(render(self.prompt, item), context, self.choices, self.form)
+        return StageOutput(question, artefact=artefact)
 
 
 def python_stage(object: str, options: dict[str, Any] | None = None) -> Any:
@@ -59,6 +69,11 @@ def register_stage_types(register: Callable[[StageType], None]) -> None:
                 ),
                 "stage": Option(
                     str, description="Upstream stage whose artefact is reviewed (default: nearest)"
+                ),
+                "choices": Option(list, description="Answers of which the reviewer picks one"),
+                "form": Option(
+                    JsonSchema,
+                    description="JSON Schema of the reviewer's answers (inline, or a JSON file)",
                 ),
             },
         )

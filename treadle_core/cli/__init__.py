@@ -13,7 +13,7 @@ import click
 import pluggy
 
 from .. import __version__
-from .context import CliContext, CliError, TreadleGroup, accept_global_options
+from .context import LOG_LEVELS, CliContext, CliError, TreadleGroup, accept_global_options
 
 __all__ = ["CliContext", "CliError", "create_cli", "main"]
 
@@ -53,10 +53,28 @@ def create_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
         help="A Workflow built in Python (or a function returning one) instead of "
         "treadle.toml (env TREADLE_APP).",
     )
+    @click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        help="Log more on stderr: -v info (a line per finished stage of a worker), -vv debug.",
+    )
+    @click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        envvar="TREADLE_LOG_LEVEL",
+        help="Level of Treadle's log on stderr (default: warning; overrides -v, which "
+        "overrides env TREADLE_LOG_LEVEL).",
+    )
     @click.version_option(__version__, prog_name="treadle")
     @click.pass_context
     def cli(
-        ctx: click.Context, store_url: str | None, pipeline_path: str | None, app_ref: str | None
+        ctx: click.Context,
+        store_url: str | None,
+        pipeline_path: str | None,
+        app_ref: str | None,
+        verbose: int,
+        log_level: str | None,
     ) -> None:
         """Treadle: persistent, resumable, human-in-the-loop pipelines.
 
@@ -67,7 +85,15 @@ def create_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
         """
         state = CliContext(manager, pipeline_path, store_url, app_ref)
         ctx.obj = state
+        # Closed last (callbacks run in reverse): the store's closing may still log.
+        ctx.call_on_close(state.close_logging)
         ctx.call_on_close(state.close)
+        from_env = ctx.get_parameter_source("log_level") == click.core.ParameterSource.ENVIRONMENT
+        state.set_logging(
+            verbose=verbose,
+            level=None if from_env else log_level,
+            env_level=log_level if from_env else None,
+        )
 
     manager.add_commands(cli)
     for command in cli.commands.values():

@@ -51,10 +51,10 @@ from .context import (
     emit_json,
     emit_json_line,
     iso_times,
+    login_name,
     pass_state,
     plural,
     reconcile,
-    reviewer_default,
     run_async,
     seconds_option,
     warn_plugin_errors,
@@ -299,7 +299,7 @@ def add(
             except OSError as exc:
                 raise CliError(f"{source}: cannot read: {exc.strerror}", EXIT_USAGE) from None
     store = state.store()
-    report = ops.add_items(store, items, update=update, by=reviewer_default())
+    report = ops.add_items(store, items, update=update, by=login_name())
     if as_json:
         out = report.to_dict()
         if not update:  # nothing is updated without --update

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import getpass
 import json
+import logging
 import math
 import os
 import re
@@ -169,15 +171,38 @@ def _late_app(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         obj.app_ref = value
 
 
-_LATE_OPTIONS = (
-    (("--store",), "store_url", _late_store),
-    (("-p", "--pipeline"), "pipeline_path", _late_pipeline),
-    (("--app",), "app_ref", _late_app),
+def _late_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    obj = ctx.find_object(CliContext)
+    if value and obj is not None:
+        obj.set_logging(verbose=value)
+
+
+def _late_log_level(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    obj = ctx.find_object(CliContext)
+    if value is not None and obj is not None:
+        obj.set_logging(level=value)
+
+
+#: Log levels for ``--log-level``, quietest last.
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+_LATE_OPTIONS: tuple[tuple[tuple[str, ...], str, Any, dict[str, Any]], ...] = (
+    (("--store",), "store_url", _late_store, {"metavar": "X"}),
+    (("-p", "--pipeline"), "pipeline_path", _late_pipeline, {"metavar": "X"}),
+    (("--app",), "app_ref", _late_app, {"metavar": "X"}),
+    (("-v", "--verbose"), "verbose", _late_verbose, {"count": True}),
+    (
+        ("--log-level",),
+        "log_level",
+        _late_log_level,
+        {"type": click.Choice(LOG_LEVELS, case_sensitive=False)},
+    ),
 )
 
 
 def accept_global_options(command: click.Command) -> None:
-    """Let ``command`` (and every subcommand) take ``--store`` and ``-p`` too.
+    """Let ``command`` (and every subcommand) take ``--store``, ``-p``, ``-v`` and
+    ``--log-level`` too.
 
     Hidden options whose callbacks set the `CliContext` that the group made; an
     option name the command already uses for itself is left to the command.
@@ -186,14 +211,80 @@ def accept_global_options(command: click.Command) -> None:
         for sub in command.commands.values():
             accept_global_options(sub)
     taken = {opt for param in command.params for opt in param.opts + param.secondary_opts}
-    for opts, name, callback in _LATE_OPTIONS:
+    for opts, name, callback, extra in _LATE_OPTIONS:
         free = [o for o in opts if o not in taken]
         if free and not any(p.name == name for p in command.params):
             command.params.append(
                 click.Option(
-                    free, name, hidden=True, expose_value=False, callback=callback, metavar="X"
+                    free, name, hidden=True, expose_value=False, callback=callback, **extra
                 )
             )
+
+
+# --- logging -----------------------------------------------------------------------------
+
+#: One line per record on stderr: ``2025-01-31 09:30:00 WARNING treadle.engine: ...``.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (click's test runner and
+    rich's live progress bar swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def log_level(verbose: int, level: str | None, env_level: str | None = None) -> int | None:
+    """The level of Treadle's loggers: ``--log-level``, else -v INFO, -vv DEBUG, else
+    ``$TREADLE_LOG_LEVEL``; None: the default (warnings and errors)."""
+    if level:
+        return int(getattr(logging, level.upper()))
+    if verbose >= 2:
+        return logging.DEBUG
+    if verbose == 1:
+        return logging.INFO
+    if env_level:
+        return int(getattr(logging, env_level.upper()))
+    return None
+
+
+class _Logging:
+    """The stderr handler of one ``treadle`` invocation, and the level it set."""
+
+    def __init__(self) -> None:
+        self.verbose = 0
+        self.level: str | None = None
+        self.env_level: str | None = None
+        self.handler: StderrHandler | None = None
+        self.saved_level = logging.NOTSET
+
+    def apply(self) -> None:
+        root, treadle = logging.getLogger(), logging.getLogger("treadle")
+        if self.handler is None:
+            # One of ours left by an earlier invocation in this process: replace it, so
+            # each record is printed once.
+            for old in [h for h in root.handlers if isinstance(h, StderrHandler)]:
+                root.removeHandler(old)
+            self.handler = StderrHandler()
+            root.addHandler(self.handler)
+            self.saved_level = treadle.level
+        chosen = log_level(self.verbose, self.level, self.env_level)
+        # Other libraries stay at the root's level (warnings); Treadle's own loggers
+        # (engine, commit, worker, sinks) follow -v / --log-level.
+        treadle.setLevel(chosen if chosen is not None else self.saved_level)
+
+    def close(self) -> None:
+        if self.handler is not None:
+            logging.getLogger().removeHandler(self.handler)
+            logging.getLogger("treadle").setLevel(self.saved_level)
+            self.handler = None
 
 
 class CliContext:
@@ -217,6 +308,24 @@ class CliContext:
         self._pipeline: Pipeline | None = None
         self._workflow: Workflow | None = None
         self._store: StateStore | None = None
+        self._logging = _Logging()
+
+    # --- logging -------------------------------------------------------------
+    def set_logging(
+        self, *, verbose: int = 0, level: str | None = None, env_level: str | None = None
+    ) -> None:
+        """``-v`` (counted, before and after the command), ``--log-level`` (wins) and
+        ``$TREADLE_LOG_LEVEL`` (what -v and --log-level override)."""
+        self._logging.verbose += verbose
+        if level:
+            self._logging.level = level
+        if env_level:
+            self._logging.env_level = env_level
+        self._logging.apply()
+
+    def close_logging(self) -> None:
+        """Take this invocation's stderr handler away again (the last thing it does)."""
+        self._logging.close()
 
     def set_pipeline_path(self, pipeline_path: str | None) -> None:
         """``-p PATH``: a pipeline file, or a directory holding ``treadle.toml``."""
@@ -496,8 +605,34 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
-def reviewer_default() -> str | None:
-    return os.environ.get("USER") or os.environ.get("USERNAME") or None
+def reviewer_name(given: str | None) -> str:
+    """Who decides: ``--reviewer``, then ``$TREADLE_REVIEWER``, then the login name; a
+    usage error when there is none (every human decision names its reviewer)."""
+    name = given if given is not None else os.environ.get("TREADLE_REVIEWER")
+    if name is None:
+        try:
+            name = getpass.getuser()
+        except (OSError, KeyError, ImportError):
+            name = None
+    if name is None or not name.strip():
+        raise CliError(
+            "who is deciding? give --reviewer NAME or set $TREADLE_REVIEWER "
+            "(no login name was found); nothing saved",
+            EXIT_USAGE,
+        )
+    return name.strip()
+
+
+def login_name() -> str | None:
+    """Who is at the keyboard, best effort (``$TREADLE_REVIEWER``, then the login name),
+    for records where a name helps but none is required."""
+    name = os.environ.get("TREADLE_REVIEWER")
+    if name is None:
+        try:
+            name = getpass.getuser()
+        except (OSError, KeyError, ImportError):
+            return None
+    return name.strip() or None
 
 
 #: A changed pipeline shows a progress bar while it is reconciled on stores with at

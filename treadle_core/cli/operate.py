@@ -20,7 +20,7 @@ from .context import (
     console,
     emit_json,
     pass_state,
-    reviewer_default,
+    reviewer_name,
     run_async,
 )
 
@@ -44,7 +44,9 @@ _SELECTIONS = ", ".join(["all", "stale", *(s.value for s in StageStatus)])
 )
 @click.option("--no-cascade", is_flag=True, help="Only the stage; what is downstream goes stale.")
 @click.option("--reason", help="Why (journalled with each reset).")
-@click.option("--by", default=reviewer_default, help="Who asks (default: $USER).")
+@click.option(
+    "--by", metavar="NAME", help="Who asks (default: $TREADLE_REVIEWER, then the login name)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def rerun(
@@ -67,6 +69,7 @@ def rerun(
     worker or 'treadle run' then runs them. A running stage is refused.
     """
     selection = _selection(item_id, stage, bulk_stage, all_, stale, status_)
+    by = reviewer_name(by)
     wf = state.workflow()
     store = state.store(create=False)
     if selection is None:
@@ -157,7 +160,9 @@ def _selection(
 @click.command()
 @click.argument("item_ids", metavar="ITEM...", nargs=-1, required=True)
 @click.option("--reason", help="Why (journalled with the cancellation).")
-@click.option("--by", default=reviewer_default, help="Who cancels (default: $USER).")
+@click.option(
+    "--by", metavar="NAME", help="Who cancels (default: $TREADLE_REVIEWER, then the login name)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def cancel(
@@ -166,6 +171,7 @@ def cancel(
     """Cancel items: their unfinished stages become cancelled and are never run again
     (until 'treadle rerun' revives one). A stage running in a worker is stopped at the
     worker's next lease renewal; its result, if any, is dropped."""
+    by = reviewer_name(by)
     wf = state.workflow()
     store = state.store(create=False)
 

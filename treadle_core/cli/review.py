@@ -1,4 +1,4 @@
-"""``treadle review``: list, show, approve, reject, edit."""
+"""``treadle review``: list, show, approve, reject, changes, edit."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from rich.table import Table
 
 from .. import ops
 from ..errors import InputError, ReviewError, UnknownItemError
-from ..model import PendingReview, StageStatus
-from ..quality import ApproveWithEdits
+from ..model import Approve, ApproveWithEdits, PendingReview, Reject, RequestChanges, StageStatus
 from ..validation import MAX_LIMIT, parse_json
 from .context import (
     EXIT_USAGE,
@@ -26,7 +25,7 @@ from .context import (
     iso_times,
     pass_state,
     plural,
-    reviewer_default,
+    reviewer_name,
     run_async,
 )
 
@@ -44,6 +43,9 @@ def _pending_dict(r: PendingReview) -> dict[str, Any]:
         "attempt": r.attempt,
         "prompt": r.prompt,
         "context": r.context,
+        "choices": list(r.choices),
+        "form": r.form,
+        "votes": [iso_times(dict(v)) for v in r.votes],
     }
 
 
@@ -56,7 +58,7 @@ def _waiting_total(state: CliContext, stage: str | None) -> int:
 
 @click.group()
 def review() -> None:
-    """Stages waiting for a person: list, show, approve, reject, edit."""
+    """Stages waiting for a person: list, show, approve, reject, changes, edit."""
 
 
 @review.command("list")
@@ -68,17 +70,30 @@ def review() -> None:
     show_default=True,
     help="Show at most N.",
 )
+@click.option(
+    "--for",
+    "for_",
+    metavar="NAME",
+    help="Only the reviews NAME may still vote on (an approver who has not voted).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
-def list_reviews(state: CliContext, stage: str | None, limit: int, as_json: bool) -> None:
+def list_reviews(
+    state: CliContext, stage: str | None, limit: int, for_: str | None, as_json: bool
+) -> None:
     """What waits for review, oldest first.
 
     --json prints {"reviews": [...], "shown": N, "total": M, "truncated": bool}.
     """
     wf = state.workflow()
-    pending = wf.pending_reviews(state.store(create=False), stage, limit=limit)
+    pending = wf.pending_reviews(state.store(create=False), stage, limit=limit, reviewer=for_)
     # Counting costs a grouped query: only when the page may have cut the list.
-    total = len(pending) if len(pending) < limit else _waiting_total(state, stage)
+    if len(pending) < limit:
+        total = len(pending)
+    elif for_ is not None:
+        total = len(wf.pending_reviews(state.store(create=False), stage, reviewer=for_))
+    else:
+        total = _waiting_total(state, stage)
     total = max(total, len(pending))
     if as_json:
         emit_json(
@@ -97,7 +112,7 @@ def list_reviews(state: CliContext, stage: str | None, limit: int, as_json: bool
     if total > len(pending):
         title = f"showing {len(pending)} of {total} awaiting review (oldest first; --limit N)"
     table = Table(title=title, title_justify="left")
-    for col in ("ITEM", "STAGE", "ATTEMPT", "WAITING SINCE", "DEADLINE", "PROMPT"):
+    for col in ("ITEM", "STAGE", "ATTEMPT", "WAITING SINCE", "DEADLINE", "PROMPT", "ASKS"):
         table.add_column(col)
     for r in pending:
         table.add_row(
@@ -107,8 +122,21 @@ def list_reviews(state: CliContext, stage: str | None, limit: int, as_json: bool
             _fmt(r.since),
             _fmt(r.deadline),
             escape(r.prompt or ""),
+            escape(_asks(r.choices, r.form, r.votes)),
         )
     console().print(table)
+
+
+def _asks(choices: Any, form: Any, votes: Any) -> str:
+    """What a review asks for, in a few words: its choices, a form, the votes so far."""
+    parts = []
+    if choices:
+        parts.append(" | ".join(choices))
+    if form is not None:
+        parts.append("a form")
+    if votes:
+        parts.append(f"{plural(len(votes), 'approval')} so far")
+    return "; ".join(parts)
 
 
 def _check_target(state: CliContext, item_id: str, stage: str) -> None:
@@ -158,11 +186,26 @@ def show(state: CliContext, item_id: str, stage: str | None, as_json: bool) -> N
         stage = _waiting_stage(state, item_id)
     detail = ops.review_detail(state.workflow(), state.store(create=False), item_id, stage)
     st, attempts, reviews, status = detail.state, detail.attempts, detail.reviews, detail.status
+    spec = state.workflow().specs[stage]
     if as_json:
-        shown = detail.to_dict()
-        shown["attempts"] = [iso_times(a.to_dict()) for a in attempts]
-        shown["reviews"] = [iso_times(r.to_dict()) for r in reviews]
-        emit_json(shown)
+        emit_json(
+            {
+                "item_id": item_id,
+                "stage": stage,
+                "status": str(status),
+                "stale": st.stale,
+                "prompt": st.review_prompt,
+                "context": st.review_context,
+                "choices": st.review_choices,
+                "form": st.review_form,
+                "votes": [iso_times(dict(v)) for v in st.votes],
+                "approvers": sorted(spec.approvers) if spec.approvers is not None else None,
+                "required_approvals": spec.required,
+                "artefact": st.artefact,
+                "attempts": [iso_times(a.to_dict()) for a in attempts],
+                "reviews": [iso_times(r.to_dict()) for r in reviews],
+            }
+        )
         return
     out = console()
     out.print(f"[bold]{escape(item_id)} / {stage}[/bold]: {status.value.replace('_', ' ')}")
@@ -171,6 +214,8 @@ def show(state: CliContext, item_id: str, stage: str | None, as_json: bool) -> N
     if st.review_context:
         out.print("[bold]Context:[/bold]")
         out.print(escape(json.dumps(st.review_context, indent=2, default=str)))
+    if st is not None and status == StageStatus.AWAITING_REVIEW:
+        _show_question(st, spec)
     for a in attempts:
         label = f"Attempt {a.attempt}" + (f" (subtask {a.subtask})" if a.subtask else "")
         verdict = f", verdict {a.verdict}" if a.verdict else ""
@@ -198,12 +243,41 @@ def show(state: CliContext, item_id: str, stage: str | None, as_json: bool) -> N
     if not attempts:
         out.print("no attempts recorded")
     for r in reviews:
-        who = r.reviewer or "?"
-        extra = r.reason or r.comment or r.note or ""
+        who = r.reviewer or "(unnamed)"
+        extra = [f"choice {r.choice!r}"] if r.choice is not None else []
+        if r.values is not None:
+            extra.append(f"values {json.dumps(r.values, default=str, ensure_ascii=False)}")
+        if r.forced:
+            extra.append("edit forced past the quality gate")
+        extra += [t for t in (r.reason, r.feedback, r.note, r.comment) if t]
         if r.carried_from:
             original = r.carried_from.get("reviewer") or "?"
-            extra = f"(the decision of {original} on the same question) {extra}"
-        out.print(f"\nreview: {r.decision} by {escape(who)} at {_fmt(r.at)} {escape(extra)}")
+            extra.append(f"the decision of {original} on the same question, carried over")
+        out.print(
+            f"\nreview: {r.decision} by {escape(who)} at {_fmt(r.at)}  {escape('; '.join(extra))}"
+        )
+
+
+def _show_question(st: Any, spec: Any) -> None:
+    """What the waiting review asks: choices, the form's fields, who may vote, votes so far."""
+    out = console()
+    if st.review_choices:
+        out.print("[bold]Choices:[/bold] " + escape(", ".join(st.review_choices)) + "  (--choice)")
+    if st.review_form is not None:
+        out.print("[bold]Form[/bold] (--values JSON):")
+        required = set(st.review_form.get("required", []))
+        for name, field in (st.review_form.get("properties") or {}).items():
+            kind = field.get("type", "") if isinstance(field, dict) else ""
+            enum = field.get("enum") if isinstance(field, dict) else None
+            kind = " | ".join(map(str, enum)) if enum else kind
+            mark = " (required)" if name in required else ""
+            out.print(f"  {escape(name)}: {escape(str(kind))}{mark}")
+    if spec.approvers is not None or spec.required > 1:
+        who = ", ".join(sorted(spec.approvers)) if spec.approvers is not None else "anyone"
+        out.print(f"[bold]Approvers:[/bold] {escape(who)}; {spec.required} required")
+    for v in st.votes:
+        choice = f" ({v.get('choice')})" if v.get("choice") is not None else ""
+        out.print(f"  approved by {escape(str(v.get('reviewer')))}{escape(choice)}")
 
 
 def _targets(
@@ -279,7 +353,10 @@ _common = [
     click.argument("stage", metavar="[STAGE]", required=False),
     click.option("--all", "all_", is_flag=True, help="Every stage --stage S awaiting review."),
     click.option("--stage", "stage_opt", metavar="S", help="With --all: the stage."),
-    click.option("--reviewer", default=reviewer_default, help="Who decides (default: $USER)."),
+    click.option(
+        "--reviewer",
+        help="Who decides (default: $TREADLE_REVIEWER, then the login name).",
+    ),
     click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
 ]
 
@@ -292,6 +369,13 @@ def _with_common(fn: Any) -> Any:
 
 @review.command()
 @_with_common
+@click.option("--choice", help="The answer picked, when the review offers choices.")
+@click.option(
+    "--values",
+    "values_text",
+    metavar="JSON",
+    help="The form's answers as a JSON object (@FILE reads them from a file).",
+)
 @click.option("--comment", help="A note kept with the decision.")
 @pass_state
 def approve(
@@ -302,13 +386,21 @@ def approve(
     stage_opt: str | None,
     reviewer: str | None,
     as_json: bool,
+    choice: str | None,
+    values_text: str | None,
     comment: str | None,
 ) -> None:
-    """Approve ITEM STAGE (or --all --stage S): the output stands, dependents may run."""
+    """Approve ITEM STAGE (or --all --stage S): the output stands, dependents may run.
+
+    A review with choices needs --choice; one with a form needs --values.
+    """
+    who = reviewer_name(reviewer)
+    values = None if values_text is None else _values(values_text)
     targets = _targets(state, item_id, stage, all_, stage_opt)
+    decision = Approve(choice, values)
 
     async def decide(wf: Any, i: str, s: str, store: Any) -> None:
-        await wf.approve_review(i, s, store, reviewer=reviewer, comment=comment)
+        await wf.resolve_review(i, s, decision, store, reviewer=who, comment=comment)
 
     done, skipped = _decide(state, targets, all_, decide)
     _report(done, skipped, "approved", as_json, "approve")
@@ -330,14 +422,72 @@ def reject(
     reason: str,
     comment: str | None,
 ) -> None:
-    """Reject ITEM STAGE (or --all --stage S): the stage fails with the reason."""
+    """Reject ITEM STAGE (or --all --stage S): the stage fails with the reason (which a
+    later retry sees as its feedback)."""
+    who = reviewer_name(reviewer)
+    if not reason.strip():
+        raise CliError(
+            "--reason is empty: say why (it is the audit record); nothing saved", EXIT_USAGE
+        )
     targets = _targets(state, item_id, stage, all_, stage_opt)
 
     async def decide(wf: Any, i: str, s: str, store: Any) -> None:
-        await wf.reject_review(i, s, reason, store, reviewer=reviewer, comment=comment)
+        await wf.resolve_review(i, s, Reject(reason), store, reviewer=who, comment=comment)
 
     done, skipped = _decide(state, targets, all_, decide)
     _report(done, skipped, "rejected", as_json, "reject")
+
+
+@review.command()
+@_with_common
+@click.option("--feedback", required=True, help="What to change (the next attempt sees it).")
+@click.option("--comment", help="A note kept with the decision.")
+@pass_state
+def changes(
+    state: CliContext,
+    item_id: str | None,
+    stage: str | None,
+    all_: bool,
+    stage_opt: str | None,
+    reviewer: str | None,
+    as_json: bool,
+    feedback: str,
+    comment: str | None,
+) -> None:
+    """Request changes on ITEM STAGE (or --all --stage S): the stage that produced the work
+    runs again with the feedback as ctx.feedback (for a review stage, the stage it reviews)."""
+    who = reviewer_name(reviewer)
+    if not feedback.strip():
+        raise CliError("--feedback is empty: say what to change; nothing saved", EXIT_USAGE)
+    targets = _targets(state, item_id, stage, all_, stage_opt)
+    decision = RequestChanges(feedback)
+
+    async def decide(wf: Any, i: str, s: str, store: Any) -> None:
+        await wf.resolve_review(i, s, decision, store, reviewer=who, comment=comment)
+
+    done, skipped = _decide(state, targets, all_, decide)
+    _report(done, skipped, "changes requested for", as_json, "request_changes")
+
+
+def _values(text: str) -> dict[str, Any]:
+    """``--values``: a JSON object, or ``@FILE`` holding one."""
+    source = "--values"
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            with open(source, "rb") as fh:
+                raw: str | bytes = fh.read()
+        except OSError as exc:
+            raise CliError(f"{source}: cannot read: {exc.strerror}", EXIT_USAGE) from None
+    else:
+        raw = text
+    try:
+        values = parse_json(raw, source)
+    except InputError as exc:
+        raise CliError(f"{exc}; nothing saved", EXIT_USAGE) from None
+    if not isinstance(values, dict):
+        raise CliError(f"{source}: expected a JSON object of answers; nothing saved", EXIT_USAGE)
+    return values
 
 
 @review.command()
@@ -350,7 +500,12 @@ def reject(
     help="The edited artefact as JSON (- for stdin); default: open $EDITOR.",
 )
 @click.option("--note", help="What was changed (kept with the decision).")
-@click.option("--reviewer", default=reviewer_default, help="Who decides (default: $USER).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Approve the edit even if the stage's quality gate rejects it (audited).",
+)
+@click.option("--reviewer", help="Who decides (default: $TREADLE_REVIEWER, then the login name).")
 @click.option("--comment", help="A note kept with the decision.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
@@ -360,11 +515,14 @@ def edit(
     stage: str,
     path: str | None,
     note: str | None,
+    force: bool,
     reviewer: str | None,
     comment: str | None,
     as_json: bool,
 ) -> None:
-    """Approve ITEM STAGE with an edited artefact (from --file, or in $EDITOR)."""
+    """Approve ITEM STAGE with an edited artefact (from --file, or in $EDITOR). The stage's
+    quality gate checks the edit first; --force skips that, and the audit record says so."""
+    who = reviewer_name(reviewer)
     _check_target(state, item_id, stage)
     store = state.store()
     st = store.get_stage_state(item_id, stage)
@@ -396,7 +554,7 @@ def edit(
 
     async def decide(wf: Any, i: str, s: str, store: Any) -> None:
         await wf.resolve_review(
-            i, s, ApproveWithEdits(artefact, note), store, reviewer=reviewer, comment=comment
+            i, s, ApproveWithEdits(artefact, note, force), store, reviewer=who, comment=comment
         )
 
     done, skipped = _decide(state, [(item_id, stage)], False, decide)

@@ -15,18 +15,28 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 from .._commit import Committer, Reader
 from ..clock import Clock
-from ..errors import StoreError, TreadleError
+from ..errors import ReviewError, StoreError, TreadleError
 from ..events import EventBus
-from ..model import ReviewDecision, WorkItem
-from ..store.base import StateStore
+from ..model import (
+    ApproveWithEdits,
+    Item,
+    ReviewDecision,
+    StageState,
+    StageStatus,
+    WorkItem,
+)
+from ..store.base import StateStore, normalise_artefact
 from . import reconcile as _reconcile
 from . import writes
+from .attempt import check_edit
 from .definition import Change, Definition, describe, plan_from, same
 from .plan import DEFAULT_VERSION, Plan, ReviewTimeout, StageLimit, StageSpec
 from .reconcile import DefinitionChange, Progress
+from .review import reviewed_stage
 from .session import Session, default_worker_id
 from .worker import ClaimLoop, RunReport, advance_one, check_items
 
@@ -141,11 +151,44 @@ class Engine:
         reviewer: str | None,
         comment: str | None,
     ) -> None:
-        """Apply a review decision to a stage AWAITING_REVIEW (one commit)."""
+        """Apply a review decision to a stage AWAITING_REVIEW (one commit). An edit is
+        first checked by the quality gate of the stage whose work it edits (unless
+        ``force``); a rejection raises `ReviewError` with the gate's feedback."""
+        if isinstance(decision, ApproveWithEdits) and not decision.force:
+            await self._check_edit(item_id, stage, decision.artefact, store)
         write = writes.review(
             self.plan, self.clock, item_id, stage, decision, reviewer=reviewer, comment=comment
         )
         await self._write(store, write)
+
+    async def _check_edit(self, item_id: str, stage: str, artefact: Any, store: StateStore) -> None:
+        def read() -> tuple[dict[str, Any] | None, StageState | None]:
+            return store.get_work_item_data(item_id), store.get_stage_state(item_id, stage)
+
+        data, st = await asyncio.to_thread(read)
+        spec = self.plan.specs[stage]
+        if (
+            st is None
+            or st.status != StageStatus.AWAITING_REVIEW
+            or st.review_choices
+            or st.review_form is not None
+            or spec.required > 1
+        ):
+            return  # no edit is taken here: the write says what is wrong
+        judged = reviewed_stage(self.plan, stage, st)
+        if spec.gate is None:
+            spec = self.plan.specs[judged]
+        where = f"item {item_id!r} stage {stage!r}"
+        edited = normalise_artefact(
+            artefact, where=f"{where} edited artefact", max_bytes=self.plan.max_artefact_bytes
+        )
+        attempts = await asyncio.to_thread(store.get_attempts, item_id, spec.name)
+        why = await check_edit(Item(item_id, data or {}), spec, edited, st.attempt, attempts)
+        if why is not None:
+            raise ReviewError(
+                f"{where}: the edit fails the quality gate of stage {spec.name!r}: {why} "
+                "(nothing saved; force the approval to skip the gate)"
+            )
 
     async def retry_stage(self, item_id: str, stage: str, store: StateStore) -> None:
         """Put a FAILED stage back to PENDING (one commit)."""

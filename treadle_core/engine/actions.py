@@ -1,6 +1,7 @@
 """Pure decisions about a stage made outside an attempt: recovering it after its process
-died, a review decision, ``retry_stage``, ``rerun``, ``cancel``, and a review decision
-carried over to the same question asked again. Like `decide`, values in and values out."""
+died, ``retry_stage``, ``rerun``, ``cancel``, and which person's approval carries over to
+the same question asked again (a review decision itself is in `review`). Like `decide`,
+values in and values out."""
 
 from __future__ import annotations
 
@@ -15,24 +16,12 @@ from typing import Any
 import networkx as nx
 
 from ..errors import CancelError, RerunError
-from ..events import (
-    Event,
-    ItemCancelled,
-    ReviewResolved,
-    StageCompleted,
-    StageFailed,
-    StageReset,
-    StageRetried,
-)
+from ..events import Event, ItemCancelled, StageFailed, StageReset, StageRetried
 from ..model import (
-    ApproveWithEdits,
     AttemptRecord,
-    Reject,
-    ReviewDecision,
     ReviewRecord,
     StageState,
     StageStatus,
-    decision_name,
     to_ts,
 )
 from .decide import Decision
@@ -133,45 +122,6 @@ def _retried(
     return StageRetried(item_id=item_id, stage=stage, attempt=state.attempt, error=error, at=now)
 
 
-def resolve(
-    state: StageState,
-    decision: ReviewDecision,
-    now: datetime,
-    *,
-    item_id: str,
-    stage: str,
-    reviewer: str | None,
-    comment: str | None,
-    edited: Any = None,
-) -> tuple[StageState, list[Event], ReviewRecord]:
-    """A review decision applied to a stage AWAITING_REVIEW (``edited``: the checked edit)."""
-    name = decision_name(decision)
-    events: list[Event] = [
-        ReviewResolved(item_id=item_id, stage=stage, decision=name, reviewer=reviewer, at=now)
-    ]
-    common: dict[str, Any] = dict(
-        completed_at=now, updated_at=now, review_deadline=None, next_attempt_at=None
-    )
-    if isinstance(decision, Reject):
-        new = state.replace(status=StageStatus.FAILED, error=decision.reason, **common)
-        events.append(StageFailed(item_id=item_id, stage=stage, error=decision.reason, at=now))
-    else:
-        artefact = edited if isinstance(decision, ApproveWithEdits) else state.artefact
-        new = state.replace(status=StageStatus.COMPLETE, artefact=artefact, error=None, **common)
-        events.append(StageCompleted(item_id=item_id, stage=stage, at=now))
-    record = ReviewRecord(
-        decision=name,
-        reviewer=reviewer,
-        comment=comment,
-        at=now,
-        reason=decision.reason if isinstance(decision, Reject) else None,
-        edited_artefact=edited,
-        note=decision.note if isinstance(decision, ApproveWithEdits) else None,
-        subject=review_subject(state),
-    )
-    return new, events, record
-
-
 def reset_failed(
     state: StageState, now: datetime, *, item_id: str, stage: str
 ) -> tuple[StageState, list[Event]]:
@@ -207,12 +157,14 @@ def reset_failed(
 
 
 def review_subject(state: StageState) -> str:
-    """A digest of the question a stage AWAITING_REVIEW asks: its prompt, context and the
-    artefact under review, as canonical JSON."""
+    """A digest of the question a stage AWAITING_REVIEW asks: its prompt, context, choices,
+    form and the artefact under review, as canonical JSON."""
     text = json.dumps(
         {
             "prompt": state.review_prompt or "",
             "context": state.review_context or {},
+            "choices": list(state.review_choices),
+            "form": state.review_form,
             "artefact": state.artefact,
         },
         sort_keys=True,
@@ -223,53 +175,22 @@ def review_subject(state: StageState) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def carry_over(
-    state: StageState,
-    reviews: Sequence[ReviewRecord],
-    now: datetime,
-    *,
-    item_id: str,
-    stage: str,
-) -> tuple[StageState, list[Event], ReviewRecord] | None:
-    """A stage about to wait for a person whose question a person already approved (the
-    latest decision by a person on that same question): the approval applied again, or
-    None. A changed prompt, context or artefact always goes back to a person."""
+def approval_to_carry(state: StageState, reviews: Sequence[ReviewRecord]) -> ReviewRecord | None:
+    """The approval to apply again to a stage about to ask a person ``state``'s question:
+    the latest decision a person made that settled this same question (prompt, context,
+    choices, form and artefact), when it was an approval; else None. Only decisions that
+    settled a review carry a subject (a vote among several does not), and a decision the
+    timeout or an earlier carry-over made is no person's."""
     subject = review_subject(state)
     asked = [r for r in reviews if r.subject == subject and r.reviewer not in MACHINE_REVIEWERS]
     if not asked or asked[-1].decision not in ("approve", "approve_with_edits"):
         return None
-    original = asked[-1]
-    edited = original.decision == "approve_with_edits"
-    new = state.replace(
-        status=StageStatus.COMPLETE,
-        artefact=original.edited_artefact if edited else state.artefact,
-        error=None,
-        completed_at=now,
-        updated_at=now,
-        review_deadline=None,
-        next_attempt_at=None,
-    )
-    record = ReviewRecord(
-        decision=original.decision,
-        reviewer=CARRIED_OVER,
-        comment=None,
-        at=now,
-        edited_artefact=original.edited_artefact,
-        note=original.note,
-        subject=subject,
-        carried_from={
-            "reviewer": original.reviewer,
-            "at": to_ts(original.at),
-            "decision": original.decision,
-        },
-    )
-    events: list[Event] = [
-        ReviewResolved(
-            item_id=item_id, stage=stage, decision=original.decision, reviewer=CARRIED_OVER, at=now
-        ),
-        StageCompleted(item_id=item_id, stage=stage, at=now),
-    ]
-    return new, events, record
+    return asked[-1]
+
+
+def carried_from(original: ReviewRecord) -> dict[str, Any]:
+    """The pointer a carried-over decision keeps to the person's decision it repeats."""
+    return {"reviewer": original.reviewer, "at": to_ts(original.at), "decision": original.decision}
 
 
 # --- re-running and cancelling ------------------------------------------------------------
@@ -308,6 +229,11 @@ def reset(state: StageState, now: datetime) -> StageState:
         review_deadline=None,
         review_prompt=None,
         review_context={},
+        review_choices=[],
+        review_form=None,
+        votes=[],
+        approval=None,
+        feedback=None,
         stale=False,
         suspect=False,
         run_alone=False,

@@ -117,6 +117,25 @@ async def _gate(
     return verdict
 
 
+async def check_edit(
+    item: WorkItem,
+    spec: StageSpec,
+    artefact: Any,
+    attempt: int,
+    previous: Sequence[AttemptRecord],
+) -> str | None:
+    """Why ``spec``'s quality gate refuses a reviewer's edited artefact, or None (no gate,
+    or it does not reject it: uncertain is the person's call)."""
+    if spec.gate is None:
+        return None
+    qctx = QualityContext(item.id, spec.name, attempt, attempt, list(previous))
+    try:
+        verdict = await spec.gate.evaluate(item, spec.name, StageOutput(Complete(), artefact), qctx)
+    except Exception as exc:
+        return f"the gate could not check it: {type(exc).__name__}: {exc}"
+    return verdict.feedback.summary if isinstance(verdict, Rejected) else None
+
+
 async def run_attempt(
     item: WorkItem,
     spec: StageSpec,

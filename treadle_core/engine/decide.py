@@ -95,6 +95,9 @@ class Judgement:
     feedback: QualityFeedback | None = None
     prompt: str = ""
     context: dict[str, Any] = field(default_factory=dict)
+    #: What the person may answer (``NeedsReview`` choices and form).
+    choices: tuple[str, ...] = ()
+    form: dict[str, Any] | None = None
     #: True / False: a gate accepted / rejected the output (journalled); None: no verdict.
     passed: bool | None = None
     #: The delay the stage asked for (``Retry(delay=)``), instead of the budget's.
@@ -141,8 +144,10 @@ def judge(
     match outcome:
         case Complete():
             return _judge_complete(spec, result, subtask, retry)
-        case NeedsReview(prompt, context) if subtask is None:
-            return Judgement(Next.REVIEW, label, prompt=prompt, context=dict(context))
+        case NeedsReview(prompt, context, choices, form) if subtask is None:
+            return Judgement(
+                Next.REVIEW, label, prompt=prompt, context=dict(context), choices=choices, form=form
+            )
         case FanOut() if subtask is None:
             return Judgement(Next.FAN_OUT, label)
         case NeedsReview() | FanOut():
@@ -202,9 +207,10 @@ def decide(
     name, attempt = spec.name, running.attempt
     j = judge(spec, result, attempt, running.budget_start)
     events = _quality_events(j, item_id, name, attempt, None, now)
-    # An attempt that ended (rather than taking its process down) clears "run alone".
+    # An attempt that ended (rather than taking its process down) clears "run alone",
+    # and has seen the feedback a person left for it.
     base = running.replace(
-        metadata=result.metadata, completed_at=now, updated_at=now, run_alone=False
+        metadata=result.metadata, completed_at=now, updated_at=now, run_alone=False, feedback=None
     )
     if result.output is not None:
         base = base.replace(artefact=result.artefact)
@@ -220,7 +226,7 @@ def decide(
                 FanOutStarted(item_id=item_id, stage=name, subtasks=[t.id for t in fresh], at=now)
             )
         case Next.REVIEW:
-            new = awaiting(spec, base, j.prompt, j.context, now)
+            new = awaiting(spec, base, j.prompt, j.context, now, j.choices, j.form)
             events.append(review_required(item_id, name, j.prompt, j.context, now))
         case Next.COMPLETE:
             new = base.replace(status=StageStatus.COMPLETE, error=None)
@@ -389,9 +395,17 @@ def review_required(
 
 
 def awaiting(
-    spec: StageSpec, base: StageState, prompt: str, context: dict[str, Any], now: datetime
+    spec: StageSpec,
+    base: StageState,
+    prompt: str,
+    context: dict[str, Any],
+    now: datetime,
+    choices: tuple[str, ...] = (),
+    form: dict[str, Any] | None = None,
 ) -> StageState:
-    """``base`` waiting for a person, with the review's deadline when the stage has one."""
+    """``base`` waiting for a person, with the review's deadline when the stage has one.
+    A stage that branches by a person's choice offers its branches' choices when the
+    review itself names none (an escalation, a review policy)."""
     deadline = None
     if spec.review_timeout is not None:
         deadline = now + timedelta(seconds=spec.review_timeout.seconds)
@@ -400,6 +414,10 @@ def awaiting(
         review_prompt=prompt,
         review_context=context,
         review_deadline=deadline,
+        review_choices=list(choices or spec.branches),
+        review_form=form,
+        votes=[],
+        approval=None,
     )
 
 
@@ -439,6 +457,7 @@ def begin(
             next_attempt_at=None,
             updated_at=now,
             subtasks=[],
+            approval=None,
         )
         events = [StageStarted(item_id=item_id, stage=name, attempt=attempt, at=now)]
     if attempt - budget_start > 1:

@@ -28,7 +28,7 @@ from ..model import (
 from . import actions, decide, fanout, writes
 from .attempt import AttemptResult, run_attempt
 from .plan import StageSpec
-from .ready import expired_reviews, is_ready, upstream
+from .ready import approvals, expired_reviews, is_ready, upstream
 from .session import Session
 
 log = logging.getLogger("treadle.engine")
@@ -271,7 +271,8 @@ class ItemRun:
         # A sync attempt that timed out may still run in its thread: never overlap it.
         await spec.stage.settle(self.item_id, None)
         previous = await self._previous(name, None) if prev.attempt > 0 else []
-        feedback = _last_feedback(previous)
+        # A person's feedback (changes asked, a rejection's reason) until an attempt saw it.
+        feedback = prev.feedback or _last_feedback(previous)
         slots = self.session.slots
         slot = slots.alone() if prev.run_alone else slots.one
         running, events = decide.begin(
@@ -286,6 +287,8 @@ class ItemRun:
             upstream=upstream(self.plan, self.states, name),
             state=running,
             metadata=dict(prev.metadata),
+            previous_attempts=tuple(previous),
+            reviews=approvals(self.plan, self.states, name),
         )
         written = False
 
@@ -425,6 +428,8 @@ class ItemRun:
                 upstream=upstream(self.plan, self.states, name),
                 state=running,
                 metadata=dict(running_sub.metadata),
+                previous_attempts=tuple(previous),
+                reviews=approvals(self.plan, self.states, name),
             )
             try:
                 result = await self._attempt(spec, ctx, running_sub.budget_start, previous)

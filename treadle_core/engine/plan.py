@@ -50,6 +50,11 @@ class StageSpec:
     policy: ReviewPolicy = ReviewPolicy.NEVER
     review_timeout: ReviewTimeout | None = None
     limit: StageLimit | None = None
+    #: choice -> the dependents that run only when a person approves with that choice.
+    branches: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Who may decide its reviews (None: anyone), and how many approvals complete one.
+    approvers: frozenset[str] | None = None
+    required: int = 1
     #: The stage's version: a COMPLETE state recorded under another one is stale.
     version: str = DEFAULT_VERSION
     #: Names this stage had before (newest first): their states, attempts and reviews

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from ..model import ItemState, StageState, StageStatus
+from ..model import ItemState, ReviewRecord, StageState, StageStatus
 from .plan import Plan
 
 States = Mapping[str, StageState]
@@ -37,6 +37,17 @@ def upstream(plan: Plan, states: States, name: str) -> dict[str, Any]:
         st = states.get(dep)
         if st is not None and st.status == StageStatus.COMPLETE:
             out[dep] = st.artefact
+    return out
+
+
+def approvals(plan: Plan, states: States, name: str) -> dict[str, ReviewRecord]:
+    """For each COMPLETE upstream stage a person approved: the approval it completed with
+    (what ``ctx.reviews`` holds)."""
+    out: dict[str, ReviewRecord] = {}
+    for dep in plan.ancestors[name]:
+        st = states.get(dep)
+        if st is not None and st.status == StageStatus.COMPLETE and st.approval is not None:
+            out[dep] = ReviewRecord.from_dict(st.approval)
     return out
 
 

@@ -19,12 +19,14 @@ from ..errors import RetryError, ReviewError
 from ..events import Event, ReviewRequired, WorkflowCompleted
 from ..model import (
     REVIEW_DECISION_TYPES,
+    Approve,
     ApproveWithEdits,
     AttemptRecord,
     ItemRecord,
     ItemState,
     Lease,
     ReviewDecision,
+    ReviewRecord,
     StageState,
     StageStatus,
     WorkItem,
@@ -33,6 +35,7 @@ from ..store.base import StateStore, normalise_artefact
 from . import actions
 from .plan import Plan
 from .ready import aggregate
+from .review import resolve
 
 #: What a write returns: the item's stage states after it, and the events it journalled.
 WriteResult = tuple[dict[str, StageState], list[Event]]
@@ -118,10 +121,13 @@ def transition(
         mine, journal = dict(view), events
         if stage is not None and state is not None:
             new = _versioned(plan, stage, state)
-            if new.status is StageStatus.AWAITING_REVIEW and _asks(events):
-                new, journal = _carry_over(store, clock, item_id, stage, new, events)
-            store.save_stage_state(item_id, stage, new)
             mine[stage] = new
+            changed = {stage: new}
+            if new.status is StageStatus.AWAITING_REVIEW and _asks(events):
+                changed, journal = _carry_over(store, plan, clock, item_id, stage, mine, events)
+            for name, st in changed.items():
+                store.save_stage_state(item_id, name, st)
+            mine.update(changed)
         if stage is not None:
             for record in records:
                 store.record_attempt(item_id, stage, record)
@@ -214,25 +220,56 @@ def _asks(events: Sequence[Event]) -> bool:
     return any(isinstance(e, ReviewRequired) for e in events)
 
 
+def _settled(record: ReviewRecord, asked: StageState, after: StageState) -> ReviewRecord:
+    """A decision that settled the review (not one vote among several) keeps the digest of
+    the question it settled: the same question asked again gets the same answer."""
+    if after.status == StageStatus.AWAITING_REVIEW:
+        return record
+    return dataclasses.replace(record, subject=actions.review_subject(asked))
+
+
 def _carry_over(
     store: StateStore,
+    plan: Plan,
     clock: Clock,
     item_id: str,
     stage: str,
-    state: StageState,
+    states: Mapping[str, StageState],
     events: Sequence[Event],
-) -> tuple[StageState, Sequence[Event]]:
-    """A stage about to ask a person what a person already approved: the approval applied
-    again (recorded with reviewer "carried-over"), instead of asking."""
-    carried = actions.carry_over(
-        state, store.get_reviews(item_id, stage), clock.now(), item_id=item_id, stage=stage
+) -> tuple[dict[str, StageState], Sequence[Event]]:
+    """A stage about to ask a person what a person already approved: that approval (its
+    choice, values or edit) applied again at once, recorded with reviewer "carried-over"
+    and a pointer to the original, instead of asking. Returns the stages to store and
+    the events to journal."""
+    asking = states[stage]
+    original = actions.approval_to_carry(asking, store.get_reviews(item_id, stage))
+    if original is None:
+        return {stage: asking}, events
+    decision: ReviewDecision
+    if original.decision == "approve_with_edits":
+        decision = ApproveWithEdits(original.edited_artefact, original.note)
+    else:
+        decision = Approve(choice=original.choice, values=original.values)
+    r = resolve(
+        plan,
+        dict(states),
+        stage,
+        decision,
+        clock.now(),
+        item_id=item_id,
+        reviewer=actions.CARRIED_OVER,
+        comment=None,
+        edited=original.edited_artefact if isinstance(decision, ApproveWithEdits) else None,
+        automatic=True,
     )
-    if carried is None:
-        return state, events
-    new, resolved, review_record = carried
-    store.record_review(item_id, stage, review_record)
+    record = dataclasses.replace(
+        r.record,
+        subject=actions.review_subject(asking),
+        carried_from=actions.carried_from(original),
+    )
+    store.record_review(item_id, stage, record)
     kept = [e for e in events if not isinstance(e, ReviewRequired)]
-    return new, [*kept, *resolved]
+    return r.states, [*kept, *r.events]
 
 
 def review(
@@ -250,12 +287,13 @@ def review(
     """A review decision (a person's, or the timeout's when ``deadline`` is given).
 
     A refused decision raises here (a decision that is not one) or inside the write
-    (``ReviewError``: the stage is not awaiting review, or its review was re-opened).
+    (``ReviewError``: the stage is not awaiting review, its review was re-opened, or
+    `review.resolve` refused it), and nothing is saved.
     """
     if not isinstance(decision, REVIEW_DECISION_TYPES):
         raise TypeError(
-            f"a review decision is Approve(), Reject(reason) or ApproveWithEdits(artefact), "
-            f"not {type(decision).__name__}"
+            "a review decision is Approve(), Reject(reason), ApproveWithEdits(artefact) or "
+            f"RequestChanges(feedback), not {type(decision).__name__}"
         )
     edited: Any = None
     if isinstance(decision, ApproveWithEdits):
@@ -267,28 +305,33 @@ def review(
 
     def apply(store: StateStore) -> WriteResult:
         rec = store.lock_item(item_id, lease)
-        st = store.get_stage_state(item_id, stage)
+        states = store.get_all_stage_states(item_id)
+        st = states.get(stage)
         if st is None or st.status != StageStatus.AWAITING_REVIEW:
             status = "pending" if st is None else st.status.value
             raise ReviewError(f"item {item_id!r} stage {stage!r} is {status}, not awaiting review")
         if deadline is not None and st.review_deadline != deadline:
             raise ReviewError(f"item {item_id!r} stage {stage!r}: the review was re-opened")
         now = clock.now()
-        new, events, record = actions.resolve(
-            st,
+        r = resolve(
+            plan,
+            states,
+            stage,
             decision,
             now,
             item_id=item_id,
-            stage=stage,
             reviewer=reviewer,
             comment=comment,
             edited=edited,
+            automatic=deadline is not None,
         )
-        store.save_stage_state(item_id, stage, new)
-        store.record_review(item_id, stage, record)
-        applied[:] = events
-        store.notify_work()  # dependents may run now: wake idle workers
-        return finish(store, plan, rec, events, now)
+        for name, new in r.states.items():
+            store.save_stage_state(item_id, name, new)
+        store.record_review(item_id, stage, _settled(r.record, st, r.states.get(stage, st)))
+        applied[:] = r.events
+        if r.wakes:
+            store.notify_work()  # dependents (or the stage sent back) may run: wake workers
+        return finish(store, plan, rec, r.events, now, {**states, **r.states})
 
     applied: list[Event] = []  # the events of the attempt that committed
     return Write(apply, _read_back(item_id, applied))

@@ -205,15 +205,7 @@ class MemoryStateStore(StateStore):
                 if (stage is None or name == stage) and '"status":"awaiting_review"' in text
             ]
             found = [
-                PendingReview(
-                    item_id,
-                    name,
-                    st.updated_at,
-                    st.review_prompt,
-                    dict(st.review_context),
-                    st.review_deadline,
-                    st.attempt,
-                )
+                PendingReview.of(item_id, name, st)
                 for item_id, name, st in waiting
                 if st.status == StageStatus.AWAITING_REVIEW
             ]

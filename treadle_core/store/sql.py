@@ -1046,17 +1046,8 @@ class SqlStateStore(StateStore):
             with self._guard:
                 rows = self._run(self._q(sql), params).fetchall()
             for item_id, name, data in rows:
-                st = StageState.from_dict(json.loads(data))
                 found.append(
-                    PendingReview(
-                        item_id,
-                        name,
-                        st.updated_at,
-                        st.review_prompt,
-                        dict(st.review_context),
-                        st.review_deadline,
-                        st.attempt,
-                    )
+                    PendingReview.of(item_id, name, StageState.from_dict(json.loads(data)))
                 )
         return found
 

@@ -496,18 +496,7 @@ class RedisStateStore(StateStore):
         for (item_id, name), text in zip(pairs, texts, strict=True):
             if text is None:
                 continue
-            st = StageState.from_dict(json.loads(text))
-            found.append(
-                PendingReview(
-                    item_id,
-                    name,
-                    st.updated_at,
-                    st.review_prompt,
-                    dict(st.review_context),
-                    st.review_deadline,
-                    st.attempt,
-                )
-            )
+            found.append(PendingReview.of(item_id, name, StageState.from_dict(json.loads(text))))
         return found
 
     # --- attempts, reviews, journal -------------------------------------------------------

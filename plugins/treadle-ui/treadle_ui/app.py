@@ -48,6 +48,7 @@ from treadle_core import (
     Workflow,
     ops,
 )
+from treadle_core.metrics import WorkflowMetrics
 
 from . import __version__
 from .layout import layout
@@ -523,15 +524,7 @@ class Console:
                 continue
             st = self.store.get_stage_state(item_id, stage)
             if st is not None and st.status == StageStatus.AWAITING_REVIEW:
-                return PendingReview(
-                    item_id,
-                    stage,
-                    st.updated_at,
-                    st.review_prompt,
-                    dict(st.review_context),
-                    st.review_deadline,
-                    st.attempt,
-                )
+                return PendingReview.of(item_id, stage, st)
         return first_waiting(self.wf, self.store, query, skip=[decided])
 
     async def bulk(self, request: Request) -> Response:
@@ -772,6 +765,13 @@ def create_app(
         ),
         Middleware(Guard, access=access, csrf=csrf),
     ]
-    app = Starlette(routes=console.routes(), middleware=middleware)
+    metrics = WorkflowMetrics(wf, store)
+
+    async def prometheus(request: Request) -> Response:
+        body, kind = await run_in_threadpool(metrics.render, request.headers.get("accept"))
+        return Response(body, media_type=kind)
+
+    routes = [*console.routes(), Route("/metrics", prometheus)]
+    app = Starlette(routes=routes, middleware=middleware)
     app.state.console = console
     return app
