@@ -99,6 +99,8 @@ def test_ai_documents(tmp_path: Path) -> None:
     shown = treadle_json(cwd, "review", "show", "documents/meeting.txt", "summarise")
     assert shown["reviews"][0]["decision"] == "approve_with_edits"
     assert shown["reviews"][0]["note"] == "too short for the model; written by hand"
+    assert shown["reviews"][0]["forced"] is True  # the gate refused it first: nothing saved
+    assert len(shown["reviews"]) == 1
     assert "Your last answer was rejected" in shown["attempts"][1]["artefact"]["prompt"]
     assert treadle_json(cwd, "status")["items"] == {"complete": 3}
 
