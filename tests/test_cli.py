@@ -157,7 +157,8 @@ def test_a_missing_pipeline_file_is_one_line_and_exit_2(pm, tmp_path):
     result = TreadleCli(pm, tmp_path)("run")
     assert result.exit_code == 2
     assert result.stderr == (
-        "Error: treadle.toml: no such file (run 'treadle init' to create one, or pass -p PATH)\n"
+        "Error: treadle.toml: no such file (run 'treadle init' to create one, pass -p PATH, "
+        "or --app pkg.module:attr for a pipeline built in Python)\n"
     )
 
 
@@ -187,7 +188,9 @@ def test_add_reads_jsonl_with_data_or_other_keys(cli, tmp_path):
 def test_add_one_item_and_skip_existing_ones(cli, tmp_path):
     ok(cli("add", "--id", "x", "--data", '{"text": "hello there"}'))
     result = ok(cli("add", "--id", "x", "--data", '{"text": "changed"}'))
-    assert result.stdout == "added 0 items; 1 already in the store (left unchanged)\n"
+    assert result.stdout == (
+        "added 0 items; 1 already in the store (left unchanged; --update replaces their data)\n"
+    )
     with open_store(f"sqlite:///{tmp_path}/state.db") as store:
         assert store.get_work_item_data("x") == {"text": "hello there"}
 

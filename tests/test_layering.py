@@ -35,7 +35,26 @@ ALLOWED: dict[str, set[str]] = {
     "engine.attempt": {"errors", "model", "store.base", "engine.plan"},
     "engine.decide": {"events", "model", "quality", "engine.attempt", "engine.plan"},
     "engine.fanout": {"events", "model", "quality", "engine.decide", "engine.plan"},
-    "engine.actions": {"events", "model", "engine.decide", "engine.fanout", "engine.plan"},
+    "engine.actions": {
+        "errors",
+        "events",
+        "model",
+        "engine.decide",
+        "engine.fanout",
+        "engine.plan",
+    },
+    # A pipeline that lives for months: its recorded definition and the diff (pure), and
+    # reconciling a store with it in batches.
+    "engine.definition": {"errors", "model", "stage", "engine.plan"},
+    "engine.reconcile": {
+        "_commit",
+        "clock",
+        "model",
+        "store.base",
+        "engine.definition",
+        "engine.plan",
+        "engine.ready",
+    },
     "engine.review": {"errors", "events", "model", "engine.plan"},
     "engine.writes": {
         "_commit",
@@ -85,7 +104,9 @@ ALLOWED: dict[str, set[str]] = {
         "model",
         "store.base",
         "engine.attempt",
+        "engine.definition",
         "engine.plan",
+        "engine.reconcile",
         "engine.review",
         "engine.session",
         "engine.worker",
@@ -113,12 +134,21 @@ FORBIDDEN: dict[str, set[str]] = {
     # The CLI is a client of the library's public API, like any user's program.
     "cli": {"engine", "_commit", "store.sql", "store.memory"},
     "pipeline": {"engine", "_commit", "cli"},
+    # The operator API: a client of the public API that the CLI and the console share.
+    "ops": {"engine", "_commit", "store.sql", "store.memory", "cli"},
     "plugins": {"engine", "_commit", "cli"},
     "hookspecs": {"engine", "_commit", "cli"},
 }
 
 #: Pure modules: values in, values out. No awaiting, no threads, no store.
-PURE = {"engine.ready", "engine.decide", "engine.fanout", "engine.actions", "engine.review"}
+PURE = {
+    "engine.ready",
+    "engine.decide",
+    "engine.fanout",
+    "engine.actions",
+    "engine.definition",
+    "engine.review",
+}
 
 
 def _modules() -> Iterator[tuple[str, ast.Module]]:

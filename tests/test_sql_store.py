@@ -419,24 +419,25 @@ def test_server_database_at_v1_is_migrated_in_place(server_url: str) -> None:
     store = SqlStateStore(server_url)
     store.save_work_item_data("doc-1", {"path": "a.pdf"})
     store.save_stage_state("doc-1", "extract", StageState(StageStatus.RUNNING, attempt=1))
-    # Take the database back to version 1: drop what migration 2 added.
+    # Take the database back to version 1: drop what the later migrations added.
     db = store._db
-    for index in ("stage_states_review", "stage_states_summary"):
+
+    def drop_index(table: str, index: str) -> None:
         db.execute_sql(
-            f"DROP INDEX {index} ON stage_states"
-            if store.dialect == "mysql"
-            else f"DROP INDEX {index}"
+            f"DROP INDEX {index} ON {table}" if store.dialect == "mysql" else f"DROP INDEX {index}"
         )
-    db.execute_sql("ALTER TABLE stage_states DROP COLUMN next_attempt_at")
-    # ... and what the later ones added.
-    db.execute_sql(
-        "DROP INDEX items_priority_due ON items"
-        if store.dialect == "mysql"
-        else "DROP INDEX items_priority_due"
-    )
-    db.execute_sql("ALTER TABLE items DROP COLUMN priority")
-    db.execute_sql("DROP TABLE commit_marks")
-    db.execute_sql("DROP TABLE stage_limits")
+
+    for index in ("stage_states_review", "stage_states_summary", "stage_states_stale"):
+        drop_index("stage_states", index)
+    drop_index("items", "items_priority_due")
+    for table in ("commit_marks", "stage_limits", "treadle_meta"):
+        db.execute_sql(f"DROP TABLE {table}")
+    for table, column in (
+        ("stage_states", "next_attempt_at"),
+        ("stage_states", "stale"),
+        ("items", "priority"),
+    ):
+        db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.execute_sql("UPDATE treadle_schema SET version = 1")
     store.close()
     with SqlStateStore(server_url) as again:
@@ -710,3 +711,49 @@ def test_a_transaction_on_a_dropped_connection_is_unavailable_and_applies_nothin
         with store.transaction():  # and the next transaction begins on a new connection
             store.set_item_state("a", ItemState.COMPLETE, None)
         assert store.get_item("a").state == ItemState.COMPLETE
+
+
+def test_a_stage_state_round_trips_through_its_stored_form() -> None:
+    """Stores keep `StageState.to_stored` (fields at their default left out): every field,
+    set away from its default, comes back; and no field has a default that is truthy
+    (which leaving out a falsy value would lose)."""
+    import dataclasses
+    import json
+    from datetime import UTC, datetime
+
+    from treadle_core.model import QualityFeedback, SubTask
+
+    defaults = StageState()
+    for f in dataclasses.fields(StageState):
+        if f.name not in ("status",):
+            assert not getattr(defaults, f.name), f"{f.name} has a truthy default"
+    at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    odd = {
+        datetime: at,
+        int: 3,
+        bool: True,
+    }
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(StageState):
+        kind = str(f.type)
+        if f.name == "status":
+            changes[f.name] = StageStatus.AWAITING_REVIEW
+        elif f.name == "subtasks":
+            changes[f.name] = [SubTask("s1", metadata={"k": 1})]
+        elif f.name == "feedback":
+            changes[f.name] = QualityFeedback("fb", guidance={"g": 1})
+        elif "datetime" in kind:
+            changes[f.name] = odd[datetime]
+        elif kind.startswith("bool"):
+            changes[f.name] = odd[bool]
+        elif kind.startswith("int"):
+            changes[f.name] = odd[int]
+        elif kind.startswith("str"):
+            changes[f.name] = f"{f.name}!"
+        elif kind.startswith("list"):
+            changes[f.name] = [{"x": f.name}] if "dict" in kind else [f.name]
+        else:
+            changes[f.name] = {"x": f.name}
+    full = StageState(**changes)
+    assert StageState.from_dict(json.loads(json.dumps(full.to_stored()))) == full
+    assert StageState.from_dict(json.loads(json.dumps(defaults.to_stored()))) == defaults

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from . import ops
 from .clock import Clock, ManualClock, SystemClock
-from .engine import RunReport, default_worker_id
+from .engine import DefinitionChange, RunReport, default_worker_id
 from .errors import (
+    AppError,
     ArtefactError,
     ArtefactNotSerialisableError,
     ArtefactTooLargeError,
+    CancelError,
     CycleError,
+    DefinitionError,
     DuplicateStageError,
     InputError,
     InvalidTransitionError,
     LeaseLostError,
     PipelineFileError,
     PluginError,
+    RerunError,
     RetryError,
     ReviewError,
     SchemaVersionError,
@@ -34,6 +39,8 @@ from .events import (
     Escalated,
     Event,
     FanOutStarted,
+    ItemCancelled,
+    ItemUpdated,
     Lagged,
     QualityCheckFailed,
     QualityCheckPassed,
@@ -44,6 +51,7 @@ from .events import (
     ReviewVoted,
     StageCompleted,
     StageFailed,
+    StageReset,
     StageRetried,
     StageSkipped,
     StageStarted,
@@ -106,17 +114,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Accepted",
+    "AppError",
     "Approve",
     "ApproveWithEdits",
     "ArtefactError",
     "ArtefactNotSerialisableError",
     "ArtefactTooLargeError",
     "AttemptRecord",
+    "CancelError",
     "ChangesRequested",
     "Clock",
     "Complete",
     "CriterionResult",
     "CycleError",
+    "DefinitionChange",
+    "DefinitionError",
     "DuplicateStageError",
     "Escalated",
     "Event",
@@ -128,8 +140,10 @@ __all__ = [
     "InputError",
     "InvalidTransitionError",
     "Item",
+    "ItemCancelled",
     "ItemRecord",
     "ItemState",
+    "ItemUpdated",
     "Lagged",
     "Lease",
     "LeaseLostError",
@@ -150,6 +164,7 @@ __all__ = [
     "Reject",
     "Rejected",
     "RequestChanges",
+    "RerunError",
     "Retry",
     "RetryAttempt",
     "RetryBudget",
@@ -173,6 +188,7 @@ __all__ = [
     "StageFailed",
     "StageOutput",
     "StageOutputError",
+    "StageReset",
     "StageRetried",
     "StageSkipped",
     "StageStarted",
@@ -206,5 +222,6 @@ __all__ = [
     "default_worker_id",
     "hookimpl",
     "open_store",
+    "ops",
     "stage",
 ]

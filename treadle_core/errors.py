@@ -78,6 +78,18 @@ class RetryError(InvalidTransitionError):
     code = "retry_invalid"
 
 
+class RerunError(InvalidTransitionError):
+    """Re-running a stage that is running, or that has not run yet."""
+
+    code = "rerun_invalid"
+
+
+class CancelError(InvalidTransitionError):
+    """Cancelling an item that has nothing left to cancel."""
+
+    code = "cancel_invalid"
+
+
 class StageOutputError(TreadleError, TypeError):
     """A stage returned something that is not an outcome, a StageOutput or None."""
 
@@ -141,3 +153,17 @@ class InputError(TreadleError, ValueError):
     takes back intact, or a number out of range (see `treadle_core.validation`)."""
 
     code = "invalid_input"
+
+
+class DefinitionError(TreadleError):
+    """A workflow's definition cannot be reconciled with the one the store recorded: a
+    ``renamed_from`` naming a stage the store never had, or a store that holds another
+    pipeline."""
+
+    code = "definition_invalid"
+
+
+class AppError(TreadleError):
+    """``--app`` / ``TREADLE_APP`` does not name a `Workflow` (or a callable returning one)."""
+
+    code = "app_invalid"

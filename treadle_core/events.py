@@ -199,6 +199,33 @@ class WorkflowCompleted(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class StageReset(Event):
+    """``rerun`` put the stage back to PENDING (``by``: who asked, ``reason``: why)."""
+
+    reason: str | None = None
+    by: str | None = None
+    #: The stage's status before the reset.
+    previous: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ItemCancelled(Event):
+    """``cancel`` stopped the item: ``stages`` are the ones it cancelled."""
+
+    reason: str | None = None
+    by: str | None = None
+    stages: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ItemUpdated(Event):
+    """``add --update`` replaced the item's data (its COMPLETE stages are now stale)."""
+
+    by: str | None = None
+    stale: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
 class UnknownEvent(Event):
     """A journal entry of a type this version does not know (written by a newer one)."""
 
@@ -378,4 +405,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SubTaskCompleted,
     SubTaskFailed,
     WorkflowCompleted,
+    StageReset,
+    ItemCancelled,
+    ItemUpdated,
 )

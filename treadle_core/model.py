@@ -138,6 +138,8 @@ class StageStatus(enum.StrEnum):
     FAILED = "failed"
     AWAITING_REVIEW = "awaiting_review"
     SKIPPED = "skipped"
+    #: Stopped by ``Workflow.cancel``; ``rerun`` revives it.
+    CANCELLED = "cancelled"
 
     @property
     def is_done(self) -> bool:
@@ -400,6 +402,10 @@ class StageState:
     #: It reached the recovery limit: its next attempt runs with no other stage executing
     #: in its process, so a crash then is its own (and fails it).
     run_alone: bool = False
+    #: The stage's version when it last ran (None: before versions were recorded).
+    version: str | None = None
+    #: COMPLETE, but its version or an upstream stage changed since (``rerun`` redoes it).
+    stale: bool = False
 
     def replace(self, **changes: Any) -> StageState:
         """A copy with some fields changed (on the per-transition path, so kept cheap)."""
@@ -439,6 +445,8 @@ class StageState:
             "recoveries": self.recoveries,
             "suspect": self.suspect,
             "run_alone": self.run_alone,
+            "version": self.version,
+            "stale": self.stale,
         }
 
     def to_stored(self) -> dict[str, Any]:
@@ -489,25 +497,19 @@ class StageState:
             recoveries=d.get("recoveries", 0),
             suspect=d.get("suspect", False),
             run_alone=d.get("run_alone", False),
+            version=d.get("version"),
+            stale=bool(d.get("stale", False)),
         )
 
 
 _STAGE_STATE_FIELDS = frozenset(f.name for f in dataclasses.fields(StageState))
 _STORED_TIMES = ("started_at", "completed_at", "next_attempt_at", "updated_at", "review_deadline")
-#: Kept only when not empty / zero / False (their defaults).
-_STORED_VALUES = (
-    "error",
-    "metadata",
-    "review_prompt",
-    "review_context",
-    "review_choices",
-    "review_form",
-    "votes",
-    "approval",
-    "budget_start",
-    "recoveries",
-    "suspect",
-    "run_alone",
+#: Every other field, kept only when not empty / zero / False / None (its default); a
+#: field added later is stored without anyone remembering to list it here.
+_STORED_VALUES = tuple(
+    f.name
+    for f in dataclasses.fields(StageState)
+    if f.name not in {"status", "attempt", "subtasks", "artefact", "feedback", *_STORED_TIMES}
 )
 
 
@@ -575,6 +577,10 @@ class ReviewRecord:
     forced: bool = False
     #: What the reviewer asked to change (``request_changes``).
     feedback: str | None = None
+    #: A digest of what was decided on: the prompt, context and artefact under review.
+    subject: str | None = None
+    #: For a decision applied again to the same question: the original's reviewer and time.
+    carried_from: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -589,6 +595,8 @@ class ReviewRecord:
             "values": self.values,
             "forced": self.forced,
             "feedback": self.feedback,
+            "subject": self.subject,
+            "carried_from": self.carried_from,
         }
 
     @classmethod
@@ -607,6 +615,8 @@ class ReviewRecord:
             values=d.get("values"),
             forced=bool(d.get("forced", False)),
             feedback=d.get("feedback"),
+            subject=d.get("subject"),
+            carried_from=d.get("carried_from"),
         )
 
 
@@ -618,6 +628,8 @@ class ItemState(enum.StrEnum):
     RUNNING = "running"
     AWAITING_REVIEW = "awaiting_review"
     FAILED = "failed"
+    #: Cancelled: never claimed again (until ``rerun`` revives a stage of it).
+    CANCELLED = "cancelled"
     COMPLETE = "complete"
 
 
@@ -731,6 +743,8 @@ class PipelineStatus:
     item_id: str
     stages: dict[str, StageState]
     state: ItemState | None = None
+    #: States of stages the workflow no longer has (kept, ignored by progress).
+    removed: dict[str, StageState] = field(default_factory=dict)
 
     @property
     def progress(self) -> float:
@@ -752,6 +766,11 @@ class PipelineStatus:
     def review_stages(self) -> list[str]:
         return [n for n, s in self.stages.items() if s.status == StageStatus.AWAITING_REVIEW]
 
+    @property
+    def stale_stages(self) -> list[str]:
+        """COMPLETE stages whose version or upstream changed since they ran."""
+        return [n for n, s in self.stages.items() if s.stale]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "item_id": self.item_id,
@@ -760,22 +779,28 @@ class PipelineStatus:
             "is_complete": self.is_complete,
             "failed_stages": self.failed_stages,
             "review_stages": self.review_stages,
+            "stale_stages": self.stale_stages,
             "stages": {name: s.to_dict() for name, s in self.stages.items()},
+            "removed_stages": {name: s.to_dict() for name, s in self.removed.items()},
         }
 
     def __str__(self) -> str:
         lines = [f"{self.item_id}: {self.progress:.0f}% complete"]
-        width = max((len(n) for n in self.stages), default=0)
-        for name, s in self.stages.items():
+        width = max((len(n) for n in [*self.stages, *self.removed]), default=0)
+        rows = [(n, s, "") for n, s in self.stages.items()]
+        rows += [(n, s, "  (removed)") for n, s in self.removed.items()]
+        for name, s, mark in rows:
             line = f"  {name:<{width}}  {s.status.value:<15}"
             if s.attempt:
                 line += f" attempt {s.attempt}"
             if s.started_at and s.completed_at:
                 line += f" {(s.completed_at - s.started_at).total_seconds():.2f}s"
+            if s.stale:
+                line += "  stale"
             if s.error:
                 line += f"  error: {s.error.splitlines()[0] if s.error else ''}"
             if s.subtasks:
                 done = sum(1 for t in s.subtasks if t.status.is_done)
                 line += f"  subtasks {done}/{len(s.subtasks)}"
-            lines.append(line.rstrip())
+            lines.append((line + mark).rstrip())
         return "\n".join(lines)

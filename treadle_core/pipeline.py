@@ -63,11 +63,13 @@ STAGE_KEYS = (
     "max_concurrent",
     "needs",
     "rate",
+    "renamed_from",
     "required_approvals",
     "retry",
     "review",
     "review_timeout",
     "uses",
+    "version",
 )
 RETRY_KEYS = ("backoff", "delay", "jitter", "max_attempts", "max_delay", "on_exhausted", "timeout")
 TOP_KEYS = ("pipeline", "plugins", "sinks", "stages")
@@ -605,7 +607,7 @@ class _Loader:
                 raise _Problem("a stage cannot need itself", where, "needs")
             if dep not in all_stages:
                 raise _Problem(f"{dep!r} is not a stage{_closest(dep, all_stages)}", where, "needs")
-        builder.stage(name, stage, needs=needs)
+        builder.stage(name, stage, needs=needs, **self._lineage(table, where))
         if "retry" in table:
             builder.retry_budget(name, self._retry(table["retry"], where))
         if "gate" in table:
@@ -684,6 +686,32 @@ class _Loader:
                 builder.branch(name, branches)
             except ValueError as exc:
                 raise _Problem(str(exc).split(": ", 1)[-1], where, "branch") from None
+
+    def _lineage(self, table: dict[str, Any], where: str) -> dict[str, Any]:
+        """``version`` and ``renamed_from`` of a stage (SPEC §10)."""
+        out: dict[str, Any] = {}
+        if "version" in table:
+            version = table["version"]
+            if isinstance(version, bool) or not isinstance(version, str | int) or not str(version):
+                raise _Problem(
+                    f'expected a version string like "2", got {_show(version)}', where, "version"
+                )
+            out["version"] = str(version)
+        if "renamed_from" in table:
+            old = table["renamed_from"]
+            names = [old] if isinstance(old, str) else old
+            if (
+                not isinstance(names, list)
+                or not names
+                or not all(isinstance(n, str) and n for n in names)
+            ):
+                raise _Problem(
+                    f"expected the stage's old name (or a list of them), got {_show(old)}",
+                    where,
+                    "renamed_from",
+                )
+            out["renamed_from"] = names
+        return out
 
     def _make_stage(self, uses: str, options: dict[str, Any]) -> Any:
         if ":" in uses:

@@ -112,6 +112,8 @@ class StoreContract:
             review_context={"diff": "+a\n-b", "n": 2},
             budget_start=2,
             recoveries=1,
+            version="3",
+            stale=True,
         )
 
     # --- items --------------------------------------------------------------------------
@@ -890,6 +892,200 @@ class StoreContract:
         other.claim("w2", 1, 60, item_ids=["doc-1"])
         with store.transaction():
             store.lock_item("doc-1", stale)
+
+    # --- the recorded definition, and changing it ---------------------------------------
+    def test_definition_round_trips_and_is_replaced(self, store: StateStore) -> None:
+        assert store.get_definition() is None
+        first = {"name": "docs", "stages": [{"name": "a", "version": "1", "needs": []}]}
+        store.save_definition(first)
+        assert store.get_definition() == first
+        second = {"name": "docs", "stages": [], "note": "héllo", "n": 2.5}
+        store.save_definition(second)
+        assert store.get_definition() == second
+
+    def test_a_rolled_back_transaction_keeps_the_definition(self, store: StateStore) -> None:
+        store.save_definition({"v": 1})
+        with pytest.raises(RuntimeError), store.transaction():
+            store.save_definition({"v": 2})
+            assert store.get_definition() == {"v": 2}
+            raise RuntimeError("boom")
+        assert store.get_definition() == {"v": 1}
+
+    def test_definition_survives_reopen(self, store: StateStore, reopen: Reopen | None) -> None:
+        if reopen is None:
+            pytest.skip("the store is not durable (reopen is None)")
+        store.save_definition({"name": "docs"})
+        store.close()
+        assert reopen().get_definition() == {"name": "docs"}
+
+    def test_item_page_walks_every_item_once(self, store: StateStore) -> None:
+        ids = [f"doc-{n:04d}" for n in range(1203)]
+        with store.transaction():
+            self.add(store, *ids)
+        seen: list[str] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            page, cursor = store.item_page(cursor, 500)
+            seen += page
+            pages += 1
+            if pages == 1:
+                self.add(store, "zzz-added-meanwhile")
+            if cursor is None:
+                break
+        assert pages == 3
+        assert len(seen) == len(set(seen))
+        assert set(ids) <= set(seen)
+        assert store.item_page(None, 0)[0] == []
+
+    def test_get_items_and_stage_states_many(self, store: StateStore) -> None:
+        self.add(store, "a", "b", "c")
+        store.save_stage_state("a", "s1", StageState(StageStatus.COMPLETE, attempt=1))
+        store.save_stage_state("a", "s2", StageState(StageStatus.FAILED, attempt=2))
+        store.save_stage_state("c", "s1", StageState(StageStatus.RUNNING, attempt=1))
+        assert sorted(store.get_items(["a", "c", "nope"])) == ["a", "c"]
+        assert store.get_items(["b"])["b"].state == ItemState.READY
+        many = store.get_stage_states_many(["a", "b", "c", "nope"])
+        assert sorted(many) == ["a", "c"]
+        assert many["a"] == store.get_all_stage_states("a")
+        assert many["c"]["s1"].status == StageStatus.RUNNING
+        full = self.full_state()
+        store.save_stage_state("b", "s9", full)
+        (brief,) = store.get_stage_states_many(["b"], brief=True)["b"].values()
+        assert (brief.status, brief.next_attempt_at, brief.review_deadline) == (
+            full.status,
+            full.next_attempt_at,
+            full.review_deadline,
+        )
+
+    def test_set_item_states_changes_only_the_given_states(self, store: StateStore) -> None:
+        self.add(store, "done", "failed", "ready", "other")
+        store.set_item_state("done", ItemState.COMPLETE, None)
+        store.set_item_state("failed", ItemState.FAILED, None)
+        due = utcnow()
+        n = store.set_item_states(
+            ["done", "failed", "ready"], ItemState.READY, due, only=[ItemState.COMPLETE]
+        )
+        assert n == 1
+        done = store.get_item("done")
+        assert done is not None and done.state == ItemState.READY and _close_to(done.due_at, due)
+        assert store.get_item("failed").state == ItemState.FAILED  # type: ignore[union-attr]
+        assert store.set_item_states(["failed", "other"], ItemState.COMPLETE, None) == 2
+        assert store.count_items() == {ItemState.READY: 2, ItemState.COMPLETE: 2}
+        assert store.next_due_at([ItemState.COMPLETE]) is None
+
+    def test_rename_stage_moves_state_attempts_and_reviews(self, store: StateStore) -> None:
+        t = utcnow()
+        self.add(store, "a", "b")
+        state = StageState(StageStatus.AWAITING_REVIEW, attempt=2, updated_at=t)
+        for item_id in ("a", "b"):
+            store.save_stage_state(item_id, "old", state)
+            store.save_stage_state(item_id, "keep", StageState(StageStatus.COMPLETE, attempt=1))
+            store.record_attempt(item_id, "old", AttemptRecord(1, t, t, "retry"))
+            store.record_attempt(item_id, "old", AttemptRecord(2, t, t, "needs_review"))
+            store.record_review(item_id, "old", ReviewRecord("reject", "ann", None, t))
+            store.record_review(item_id, "keep", ReviewRecord("approve", "bob", None, t))
+        assert store.rename_stage(["a"], "old", "new") == 1
+        assert store.get_all_stage_states("a") == {
+            "new": state,
+            "keep": StageState(StageStatus.COMPLETE, attempt=1),
+        }
+        assert [r.attempt for r in store.get_attempts("a", "new")] == [1, 2]
+        assert store.get_attempts("a", "old") == []
+        assert [r.reviewer for r in store.get_reviews("a", "new")] == ["ann"]
+        assert [r.reviewer for r in store.get_reviews("a", "keep")] == ["bob"]
+        assert store.get_reviews("a", "old") == []
+        assert store.summary()["new"] == {"awaiting_review": 1}
+        assert store.summary()["old"] == {"awaiting_review": 1}
+        waiting = {(r.item_id, r.stage) for r in store.pending_reviews()}
+        assert waiting == {("a", "new"), ("b", "old")}
+        assert store.get_stage_state("b", "old") == state  # not in the batch
+
+    def test_rename_stage_leaves_an_item_that_has_the_new_stage(self, store: StateStore) -> None:
+        self.add(store, "a")
+        store.save_stage_state("a", "old", StageState(StageStatus.COMPLETE, attempt=1))
+        store.save_stage_state("a", "new", StageState(StageStatus.FAILED, attempt=4))
+        assert store.rename_stage(["a", "nope"], "old", "new") == 0
+        assert store.get_stage_state("a", "old") == StageState(StageStatus.COMPLETE, attempt=1)
+        assert store.get_stage_state("a", "new") == StageState(StageStatus.FAILED, attempt=4)
+
+    def test_a_rolled_back_rename_changes_nothing(self, store: StateStore) -> None:
+        self.add(store, "a")
+        store.save_stage_state("a", "old", StageState(StageStatus.COMPLETE, attempt=1))
+        with pytest.raises(RuntimeError), store.transaction():
+            store.rename_stage(["a"], "old", "new")
+            raise RuntimeError("boom")
+        assert store.get_stage_state("a", "old") == StageState(StageStatus.COMPLETE, attempt=1)
+        assert store.get_stage_state("a", "new") is None
+
+    def test_mark_stale_marks_only_complete_states(self, store: StateStore) -> None:
+        self.add(store, "a", "b", "c")
+        for item_id in ("a", "b", "c"):
+            store.save_stage_state(item_id, "s1", StageState(StageStatus.COMPLETE, attempt=1))
+            store.save_stage_state(item_id, "s2", StageState(StageStatus.FAILED, attempt=1))
+            store.save_stage_state(item_id, "s3", StageState(StageStatus.COMPLETE, attempt=1))
+        assert store.count_stale() == {}
+        assert store.mark_stale(["a", "b"], ["s1", "s2"]) == 2
+        assert store.mark_stale(["a", "b"], ["s1", "s2"]) == 0
+        assert store.get_stage_state("a", "s1") == StageState(
+            StageStatus.COMPLETE, attempt=1, stale=True
+        )
+        assert store.get_all_stage_states("b")["s1"].stale
+        assert not store.get_stage_state("a", "s2").stale  # type: ignore[union-attr]
+        assert not store.get_stage_state("c", "s1").stale  # type: ignore[union-attr]
+        assert store.count_stale() == {"s1": 2}
+        # A stage saved again (re-run, then completed) is fresh.
+        store.save_stage_state("a", "s1", StageState(StageStatus.COMPLETE, attempt=2))
+        assert store.count_stale() == {"s1": 1}
+        assert not store.get_stage_states_many(["a"])["a"]["s1"].stale
+
+    def test_list_stage_items_filters_by_status_and_staleness(self, store: StateStore) -> None:
+        ids = [f"doc-{n:04d}" for n in range(1100)]
+        with store.transaction():
+            self.add(store, *ids)
+            for n, item_id in enumerate(ids):
+                status = StageStatus.FAILED if n % 10 == 0 else StageStatus.COMPLETE
+                store.save_stage_state(item_id, "s1", StageState(status, attempt=1))
+        store.mark_stale(ids[1:4], ["s1"])
+        everything = list(store.list_stage_items("s1"))
+        assert sorted(everything) == ids and len(set(everything)) == len(ids)
+        failed = list(store.list_stage_items("s1", statuses=[StageStatus.FAILED]))
+        assert sorted(failed) == ids[::10]
+        assert sorted(store.list_stage_items("s1", stale=True)) == ids[1:4]
+        stale_complete = store.list_stage_items("s1", statuses=[StageStatus.COMPLETE], stale=True)
+        assert sorted(stale_complete) == ids[1:4]
+        assert len(list(store.list_stage_items("s1", stale=False))) == 1097
+        assert list(store.list_stage_items("nope")) == []
+        assert list(store.list_stage_items("s1", statuses=[])) == []
+
+    def test_list_stage_items_can_write_while_iterating(self, store: StateStore) -> None:
+        ids = [f"doc-{n:04d}" for n in range(700)]
+        with store.transaction():
+            self.add(store, *ids)
+            for item_id in ids:
+                store.save_stage_state(item_id, "s1", StageState(StageStatus.FAILED, attempt=1))
+        seen = []
+        for item_id in store.list_stage_items("s1", statuses=[StageStatus.FAILED]):
+            store.save_stage_state(item_id, "s1", StageState(StageStatus.PENDING, attempt=1))
+            seen.append(item_id)
+        assert sorted(seen) == ids
+
+    def test_revoke_lease_refuses_its_holder(self, store: StateStore) -> None:
+        self.add(store, "doc-1")
+        (lease,) = store.claim("w1", 1, 60)
+        with store.transaction():
+            store.lock_item("doc-1")
+            store.revoke_lease("doc-1")
+        rec = store.get_item("doc-1")
+        assert rec is not None and rec.lease_owner is None and rec.lease_expires_at is None
+        assert rec.lease_token == lease.token + 1
+        with pytest.raises(LeaseLostError), store.transaction():
+            store.lock_item("doc-1", lease)
+        assert store.renew([lease], 60) == []
+        (again,) = store.claim("w2", 1, 60, item_ids=["doc-1"])
+        assert again.token == lease.token + 2
+        with pytest.raises(UnknownItemError), store.transaction():
+            store.revoke_lease("nope")
 
 
 # The pytest fixtures plugin authors use (this module is a `pytest11` plugin, so they are

@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import networkx as nx
 
 from .clock import SYSTEM_CLOCK, Clock
-from .engine import Engine, Plan, ReviewTimeout, RunReport, StageLimit, StageSpec
+from .engine import (
+    DEFAULT_VERSION,
+    DefinitionChange,
+    Engine,
+    Plan,
+    Progress,
+    ReviewTimeout,
+    RunReport,
+    StageLimit,
+    StageSpec,
+    plan_from,
+    same,
+)
 from .errors import (
     CycleError,
     DuplicateStageError,
     SelfDependencyError,
+    StoreError,
     UnknownDependencyError,
     UnknownItemError,
     UnknownStageError,
@@ -31,6 +45,7 @@ from .model import (
     Reject,
     ReviewDecision,
     StageState,
+    StageStatus,
     WorkItem,
 )
 from .quality import QualityGate, RetryBudget, ReviewPolicy
@@ -61,6 +76,8 @@ class WorkflowBuilder:
         self._limits: dict[str, StageLimit] = {}
         self._branches: dict[str, dict[str, tuple[str, ...]]] = {}
         self._approvers: dict[str, tuple[frozenset[str] | None, int]] = {}
+        self._versions: dict[str, str] = {}
+        self._renamed_from: dict[str, tuple[str, ...]] = {}
         self._max_artefact_bytes = DEFAULT_MAX_ARTEFACT_BYTES
         self._max_recoveries = 3
         self._clock: Clock = SYSTEM_CLOCK
@@ -69,12 +86,34 @@ class WorkflowBuilder:
     def stage_names(self) -> list[str]:
         return list(self._stages)
 
-    def stage(self, name: str, stage: Any, *, needs: Sequence[str] = ()) -> WorkflowBuilder:
-        """Add a stage: a `Stage` instance or a function ``(item, ctx)``, sync or async."""
+    def stage(
+        self,
+        name: str,
+        stage: Any,
+        *,
+        needs: Sequence[str] = (),
+        version: str | int | None = None,
+        renamed_from: str | Sequence[str] | None = None,
+    ) -> WorkflowBuilder:
+        """Add a stage: a `Stage` instance or a function ``(item, ctx)``, sync or async.
+
+        ``version`` (default "1"): bump it when the stage's code changes what it produces;
+        its COMPLETE states then become stale. ``renamed_from``: the stage's old name (or
+        names, newest first), so a store's states, attempts and reviews carry over.
+        """
         if name in self._stages:
             self._errors.append(DuplicateStageError(f"stage {name!r} is defined twice"))
             return self
         self._stages[name] = as_stage(stage, name)
+        if version is not None:
+            if isinstance(version, bool) or not str(version).strip():
+                raise ValueError(f"stage {name!r}: version must be a non-empty string")
+            self._versions[name] = str(version).strip()
+        if renamed_from is not None:
+            old = (renamed_from,) if isinstance(renamed_from, str) else tuple(renamed_from)
+            if not old or not all(isinstance(n, str) and n for n in old):
+                raise ValueError(f"stage {name!r}: renamed_from takes a stage name (or names)")
+            self._renamed_from[name] = old
         for dep in needs:
             self.dependency(name, dep)
         return self
@@ -193,6 +232,7 @@ class WorkflowBuilder:
             raise self._errors[0]
         graph = self._graph()
         self._check_targets()
+        self._check_renames()
         specs = {
             name: StageSpec(
                 name=name,
@@ -205,6 +245,8 @@ class WorkflowBuilder:
                 branches=self._branches.get(name, {}),
                 approvers=self._approvers.get(name, (None, 1))[0],
                 required=self._approvers.get(name, (None, 1))[1],
+                version=self._versions.get(name, DEFAULT_VERSION),
+                renamed_from=self._renamed_from.get(name, ()),
             )
             for name, st in self._stages.items()
         }
@@ -269,16 +311,53 @@ class WorkflowBuilder:
                         f"does not depend on {name!r}{_closest(dependent, direct)}"
                     )
 
+    def _check_renames(self) -> None:
+        """``renamed_from`` names an old name: not a stage now, claimed by one stage only."""
+        claimed: dict[str, str] = {}
+        for name, old_names in self._renamed_from.items():
+            for old in old_names:
+                if old == name:
+                    raise WorkflowError(f"stage {name!r} is renamed_from itself")
+                if old in self._stages:
+                    raise WorkflowError(
+                        f"stage {name!r} is renamed_from {old!r}, which is still a stage; "
+                        f"remove {old!r}, or drop renamed_from"
+                    )
+                if old in claimed:
+                    raise WorkflowError(
+                        f"stages {claimed[old]!r} and {name!r} are both renamed_from {old!r}"
+                    )
+                claimed[old] = name
+
 
 class Workflow:
     """A validated DAG of stages, and the operations that move items through it."""
 
-    def __init__(self, plan: Plan, *, clock: Clock = SYSTEM_CLOCK):
+    def __init__(self, plan: Plan, *, clock: Clock = SYSTEM_CLOCK, runnable: bool = True):
         self.plan = plan
         self.name = plan.name
         self.clock = clock
         self.bus = EventBus()
-        self._engine = Engine(plan, self.bus, clock)
+        self._engine = Engine(plan, self.bus, clock, runnable=runnable)
+
+    @classmethod
+    def from_store(cls, store: StateStore, *, clock: Clock = SYSTEM_CLOCK) -> Workflow:
+        """The pipeline a store recorded (its stages, versions and dependencies), without
+        stage code: for status, reviews, events, ``rerun`` and ``cancel`` with nothing but
+        the store. It cannot run stages; it follows the store when the definition changes."""
+        rec = store.get_definition()
+        if rec is None or not rec.get("definition"):
+            raise StoreError(
+                f"{_store_label(store)} has no recorded pipeline yet (it is recorded when a "
+                "workflow first runs against it); load the pipeline from its treadle.toml "
+                "or --app"
+            )
+        return cls(plan_from(rec["definition"]), clock=clock, runnable=False)
+
+    @property
+    def runnable(self) -> bool:
+        """False for a workflow loaded from a store's recorded definition (no stage code)."""
+        return self._engine.runnable
 
     @property
     def specs(self) -> dict[str, StageSpec]:
@@ -425,6 +504,8 @@ class Workflow:
         comment: str | None = None,
     ) -> PipelineStatus:
         """Apply a person's decision to a stage AWAITING_REVIEW."""
+        if not self.runnable:
+            await asyncio.to_thread(self._follow, store)
         self._check(stage)
         await self._engine.resolve_review(
             item_id, stage, outcome, store, reviewer=reviewer, comment=comment
@@ -460,27 +541,120 @@ class Workflow:
 
     async def retry_stage(self, item_id: str, stage: str, store: StateStore) -> PipelineStatus:
         """Put a FAILED stage back to PENDING (attempts keep counting, budget renewed)."""
+        if not self.runnable:
+            await asyncio.to_thread(self._follow, store)
         self._check(stage)
         await self._engine.retry_stage(item_id, stage, store)
         return await asyncio.to_thread(self.status, item_id, store)
 
+    # --- a pipeline that lives for months (SPEC §10) -------------------------------------
+    async def reconcile(
+        self, store: StateStore, *, progress: Progress | None = None
+    ) -> DefinitionChange | None:
+        """Record this workflow's definition in the store and, if it changed, bring the
+        items in line in batches (``run``, ``advance`` and ``serve`` do it first by
+        themselves): what changed, or None. ``progress(done, total)`` follows the items."""
+        if not self.runnable:
+            await asyncio.to_thread(self._follow, store)
+            return None
+        return await self._engine.reconcile(store, progress)
+
+    async def rerun(
+        self,
+        item_id: str,
+        stage: str,
+        store: StateStore,
+        *,
+        cascade: bool = True,
+        reason: str | None = None,
+        by: str | None = None,
+    ) -> PipelineStatus:
+        """Put a COMPLETE, FAILED, SKIPPED, CANCELLED or AWAITING_REVIEW stage back to
+        PENDING, and with ``cascade`` every stage downstream of it; attempts keep counting,
+        the budget is renewed, and each reset stage journals `StageReset` (``reason``,
+        ``by``). Without ``cascade`` downstream COMPLETE stages become stale. A RUNNING
+        stage among them raises `RerunError` and nothing changes."""
+        (refused,) = await self.rerun_many(
+            [(item_id, stage)], store, cascade=cascade, reason=reason, by=by
+        )
+        if refused is not None:
+            raise refused
+        return await asyncio.to_thread(self.status, item_id, store)
+
+    async def rerun_many(
+        self,
+        targets: Iterable[tuple[str, str]],
+        store: StateStore,
+        *,
+        cascade: bool = True,
+        reason: str | None = None,
+        by: str | None = None,
+    ) -> list[BaseException | None]:
+        """`rerun` for many ``(item_id, stage)`` pairs, group-committed: for each pair, the
+        error that refused it (`RerunError`, `UnknownItemError`) or None."""
+        pairs = list(targets)
+        for _, stage in pairs:
+            self._check(stage)
+        await self.reconcile(store)
+        return await self._engine.rerun_many(store, pairs, cascade=cascade, reason=reason, by=by)
+
+    async def cancel(
+        self, item_id: str, store: StateStore, *, reason: str | None = None, by: str | None = None
+    ) -> PipelineStatus:
+        """Cancel an item: every stage not COMPLETE or SKIPPED becomes CANCELLED, an attempt
+        in flight is stopped (an async stage is cancelled, a sync stage's result dropped)
+        and recorded, the item is never claimed again, and `ItemCancelled` is journalled.
+        `rerun` revives a cancelled stage. Nothing left to cancel raises `CancelError`."""
+        await self.reconcile(store)
+        await self._engine.cancel(store, item_id, reason=reason, by=by)
+        return await asyncio.to_thread(self.status, item_id, store)
+
+    def stale(self, store: StateStore, stage: str | None = None) -> Iterator[tuple[str, str]]:
+        """``(item_id, stage)`` for every stale COMPLETE state (of ``stage``, or any stage)."""
+        names = [self._check(stage).name] if stage is not None else self.plan.order
+        for name in names:
+            for item_id in store.list_stage_items(
+                name, statuses=[StageStatus.COMPLETE], stale=True
+            ):
+                yield item_id, name
+
+    def _follow(self, store: StateStore) -> None:
+        """A workflow from a store's definition takes up the definition recorded since."""
+        rec = store.get_definition()
+        definition = None if rec is None else rec.get("definition")
+        if definition and not same(definition, self._engine.definition()):
+            self.plan = plan_from(definition)
+            self.name = self.plan.name
+            self._engine.plan = self.plan
+
     def status(self, item_id: str, store: StateStore) -> PipelineStatus:
+        """One item's stages (``stale`` marks COMPLETE stages whose version or upstream
+        changed since they ran); stages the workflow no longer has are in ``removed``."""
         rec = store.get_item(item_id)
         if rec is None:
             raise UnknownItemError(f"unknown item {item_id!r}")
         states = store.get_all_stage_states(item_id)
+        removed = {n: s for n, s in states.items() if n not in self.plan.specs}
         return PipelineStatus(
-            item_id, {n: states.get(n) or StageState() for n in self.plan.order}, rec.state
+            item_id, {n: states.get(n) or StageState() for n in self.plan.order}, rec.state, removed
         )
 
-    def summary(self, store: StateStore, *, total: int | None = None) -> dict[str, dict[str, int]]:
+    def summary(
+        self,
+        store: StateStore,
+        *,
+        total: int | None = None,
+        stored: dict[str, dict[str, int]] | None = None,
+    ) -> dict[str, dict[str, int]]:
         """Stage -> status -> number of items, from grouped queries (never loads items).
 
-        ``total`` (the number of items) saves a query when the caller already counted them.
+        ``total`` (the number of items) and ``stored`` (``store.summary()``) save a query
+        each when the caller already has them.
         """
         if total is None:
             total = sum(store.count_items().values())
-        stored = store.summary()
+        if stored is None:
+            stored = store.summary()
         out: dict[str, dict[str, int]] = {}
         for name in self.plan.order:
             counts = dict(stored.get(name, {}))
@@ -532,6 +706,16 @@ class Workflow:
     def subscribe(self, maxsize: int = 1024) -> Subscription:
         """An async iterator over this workflow's events (bounded; lagging yields `Lagged`)."""
         return self.bus.subscribe(maxsize)
+
+
+def _store_label(store: StateStore) -> str:
+    url = getattr(store, "url", None)
+    if not isinstance(url, str):
+        return "the store"
+    parts = urlsplit(url)
+    if parts.password is not None:
+        url = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+    return f"the store at {url}"
 
 
 def _mermaid_label(name: str) -> str:

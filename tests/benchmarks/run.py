@@ -20,6 +20,9 @@ store     A SQLite store of 1,000,000 items x 5 stages (--items N, --quick): sum
           `treadle status`, claim / next_due_at latency, pending reviews, and peak
           worker RSS at N vs N/10 items; each beside a same-run baseline.
 store-pg  The same on PostgreSQL ($TREADLE_BENCH_POSTGRES, scratch databases).
+reconcile That SQLite store, reconciled with a changed pipeline (a stage added and a
+          version bumped; then a stage removed): time beside a plain UPDATE over the
+          same rows in the same run, and peak RSS at N vs N/10 items.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import bigstore
 import flow
+import reconcile
 import scaleout
 from _common import build, noop, sleepy
 
@@ -150,6 +154,7 @@ BENCHES = {
     "wakeup-pg": lambda n: flow.wakeup_pg(),
     "store": bigstore.store_sqlite,
     "store-pg": bigstore.store_postgres,
+    "reconcile": reconcile.reconcile_sqlite,
 }
 FULL_ITEMS = 1_000_000
 QUICK_ITEMS = 50_000
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--items",
         type=int,
-        help=f"items in the store/store-pg benchmarks (default {FULL_ITEMS:,}; "
+        help=f"items in the store/store-pg/reconcile benchmarks (default {FULL_ITEMS:,}; "
         f"{QUICK_ITEMS:,} with --quick)",
     )
     parser.add_argument(

@@ -9,7 +9,7 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    from ..cli import commands, introspect, plugin_new, review, worker
+    from ..cli import commands, introspect, operate, plugin_new, review, worker
 
     for command in (
         commands.init,
@@ -21,6 +21,8 @@ def register_commands(cli: click.Group) -> None:
         commands.status,
         review.review,
         commands.retry,
+        operate.rerun,
+        operate.cancel,
         commands.events,
         commands.prune,
         introspect.plugins_group,

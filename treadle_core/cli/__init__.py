@@ -46,6 +46,14 @@ def create_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
         help="Pipeline file, or a directory holding treadle.toml (default: ./treadle.toml).",
     )
     @click.option(
+        "--app",
+        "app_ref",
+        envvar="TREADLE_APP",
+        metavar="MODULE:ATTR",
+        help="A Workflow built in Python (or a function returning one) instead of "
+        "treadle.toml (env TREADLE_APP).",
+    )
+    @click.option(
         "-v",
         "--verbose",
         count=True,
@@ -64,11 +72,18 @@ def create_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
         ctx: click.Context,
         store_url: str | None,
         pipeline_path: str | None,
+        app_ref: str | None,
         verbose: int,
         log_level: str | None,
     ) -> None:
-        """Treadle: persistent, resumable, human-in-the-loop pipelines."""
-        state = CliContext(manager, pipeline_path, store_url)
+        """Treadle: persistent, resumable, human-in-the-loop pipelines.
+
+        The pipeline comes from ./treadle.toml (or -p PATH), from Python (--app), or,
+        for commands that run no stage code (status, review, events, rerun, cancel,
+        ui), from the store alone (--store URL): it records the pipeline each time it
+        runs.
+        """
+        state = CliContext(manager, pipeline_path, store_url, app_ref)
         ctx.obj = state
         # Closed last (callbacks run in reverse): the store's closing may still log.
         ctx.call_on_close(state.close_logging)

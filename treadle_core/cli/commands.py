@@ -20,6 +20,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from .. import ops
 from ..errors import InputError, RetryError, UnknownItemError
 from ..events import (
     Event,
@@ -50,8 +51,10 @@ from .context import (
     emit_json,
     emit_json_line,
     iso_times,
+    login_name,
     pass_state,
     plural,
+    reconcile,
     run_async,
     seconds_option,
     warn_plugin_errors,
@@ -102,6 +105,13 @@ def init(directory: Path) -> None:
 @pass_state
 def validate(state: CliContext, as_json: bool) -> None:
     """Check the pipeline file (types, options, dependencies) without touching the store."""
+    if not state.has_pipeline_file():
+        wf = state.workflow(runnable=True)
+        if as_json:
+            emit_json({"ok": True, "pipeline": wf.name, "stages": wf.stages, "app": state.app_ref})
+            return
+        click.echo(f"{state.app_ref}: OK: pipeline {wf.name!r}, {len(wf.stages)} stages")
+        return
     pipeline = state.pipeline()
     wf = pipeline.workflow
     warnings = warn_plugin_errors(state)
@@ -134,8 +144,10 @@ def validate(state: CliContext, as_json: bool) -> None:
 @pass_state
 def graph(state: CliContext, fmt: str) -> None:
     """Print the stage graph (text, Mermaid, Graphviz dot or JSON)."""
-    pipeline = state.pipeline()
-    wf = pipeline.workflow
+    wf = state.workflow()
+    uses = {}
+    if state.has_pipeline_file():
+        uses = {n: c.uses for n, c in state.pipeline().stages.items()}
     if fmt == "mermaid":
         click.echo(wf.to_mermaid())
     elif fmt == "dot":
@@ -143,25 +155,20 @@ def graph(state: CliContext, fmt: str) -> None:
     elif fmt == "json":
         emit_json(
             {
-                "pipeline": pipeline.name,
+                "pipeline": wf.name,
                 "stages": [
-                    {
-                        "name": name,
-                        "needs": wf.dependencies(name),
-                        "uses": pipeline.stages[name].uses if name in pipeline.stages else None,
-                    }
+                    {"name": name, "needs": wf.dependencies(name), "uses": uses.get(name)}
                     for name in wf.stages
                 ],
             }
         )
     else:
         width = max(len(n) for n in wf.stages)
-        click.echo(pipeline.name)
+        click.echo(wf.name)
         for name in wf.stages:
-            uses = pipeline.stages[name].uses if name in pipeline.stages else "?"
             deps = wf.dependencies(name)
             after = f"  <- {', '.join(deps)}" if deps else ""
-            click.echo(f"  {name:<{width}}  [{uses}]{after}")
+            click.echo(f"  {name:<{width}}  [{uses.get(name, '?')}]{after}")
 
 
 # --- add ---------------------------------------------------------------------------------
@@ -227,6 +234,11 @@ def _item_from(obj: dict[str, Any], where: str, seen: set[str], priority: int = 
 @click.option("--data", "data_text", help="JSON object of the item's data (with --id).")
 @click.option("--glob", "pattern", help="One item per matching file, data {'path': ...}.")
 @click.option(
+    "--update",
+    is_flag=True,
+    help="Replace the data of items already in the store (their complete stages go stale).",
+)
+@click.option(
     "--priority",
     type=int,
     default=0,
@@ -241,6 +253,7 @@ def add(
     item_id: str | None,
     data_text: str | None,
     pattern: str | None,
+    update: bool,
     priority: int,
     as_json: bool,
 ) -> None:
@@ -248,8 +261,10 @@ def add(
 
     Each JSONL line is an object with "id" and "data" (or its other keys are the data),
     and may carry "priority".
-    Items already in the store are left as they are. Every item is checked before any
-    is stored (UTF-8 JSON, ids of 1-255 characters); a --glob matching no file is exit 2.
+    Items already in the store are left as they are, or with --update get the new data
+    (journalled; their complete stages become stale: 'treadle rerun --stage S --stale').
+    Every item is checked before any is stored (UTF-8 JSON, ids of 1-255 characters); a
+    --glob matching no file is exit 2.
     """
     priority = _priority(priority, "--priority")
     chosen = [x for x in (source, item_id, pattern) if x is not None]
@@ -284,23 +299,23 @@ def add(
             except OSError as exc:
                 raise CliError(f"{source}: cannot read: {exc.strerror}", EXIT_USAGE) from None
     store = state.store()
-    added: list[str] = []
-    skipped: list[str] = []
-    with store.transaction():
-        for item in items:
-            if store.get_item(item.id) is not None:
-                skipped.append(item.id)
-                continue
-            store.save_work_item_data(item.id, item.data)
-            if item.priority:
-                store.set_priority(item.id, item.priority)
-            added.append(item.id)
+    report = ops.add_items(store, items, update=update, by=login_name())
     if as_json:
-        emit_json({"added": added, "skipped": skipped})
+        out = report.to_dict()
+        if not update:  # nothing is updated without --update
+            del out["updated"], out["unchanged"]
+        emit_json(out)
         return
-    msg = f"added {len(added)} item{'s' if len(added) != 1 else ''}"
-    if skipped:
-        msg += f"; {len(skipped)} already in the store (left unchanged)"
+    msg = f"added {len(report.added)} item{'s' if len(report.added) != 1 else ''}"
+    if report.updated:
+        msg += f"; updated the data of {len(report.updated)}"
+    if report.unchanged:
+        msg += f"; {len(report.unchanged)} already in the store with the same data"
+    if report.skipped:
+        msg += (
+            f"; {len(report.skipped)} already in the store (left unchanged; --update "
+            "replaces their data)"
+        )
     click.echo(msg)
 
 
@@ -393,10 +408,10 @@ def run(
     and gives the leases back (exit 130 either way).
     """
     grace_seconds = seconds_option(grace, "--grace", positive=False)
-    pipeline = state.pipeline()
-    wf = pipeline.workflow
+    wf = state.workflow(runnable=True)
     warn_plugin_errors(state)
     store = state.store()
+    reconcile(wf, store)
     items: list[Item] | None = None
     if item_ids:
         items = []
@@ -427,7 +442,7 @@ def run(
                         wf.run(
                             store,
                             items,
-                            concurrency=concurrency or pipeline.concurrency,
+                            concurrency=concurrency or state.concurrency(),
                             until_idle=not no_wait,
                             stop=interrupt.stop,
                         )
@@ -460,7 +475,7 @@ def run(
         emit_json({"items": states, "stages": summary, "failed": failed, "errors": errors})
     else:
         out = console()
-        out.print(_summary_table(wf, summary, f"pipeline {pipeline.name!r}"))
+        out.print(_summary_table(wf, summary, f"pipeline {wf.name!r}"))
         out.print(", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(states.items())))
     if interrupt.signals:
         interrupt.exit()
@@ -582,26 +597,31 @@ def status_json(st: Any) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
-    """Counts per stage and status, or one item's stages (status, attempts, timings, errors)."""
+    """Counts per stage and status (stale ones too), or one item's stages (status,
+    attempts, timings, errors); stages the pipeline no longer has show as removed."""
     wf = state.workflow()
     store = state.store(create=False)
     if item_id is None:
-        items = {str(k): v for k, v in store.count_items().items() if v}
-        summary = wf.summary(store, total=sum(items.values()))
+        view = ops.overview(wf, store)
         limits = wf.limits(store)
         if as_json:
-            shown: dict[str, Any] = {"items": items, "stages": summary}
+            shown = view.to_dict()
             if limits:
                 shown["limits"] = {name: _limit_json(lim) for name, lim in limits.items()}
             emit_json(shown)
             return
         out = console()
-        out.print(_summary_table(wf, summary, f"pipeline {wf.name!r}"))
+        out.print(_overview_table(wf, view))
         if limits:
             out.print(_limits_table(limits))
-        total = sum(items.values())
-        parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(items.items()))
-        out.print(plural(total, "item") + (f": {parts}" if parts else ""))
+        parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(view.items.items()))
+        out.print(plural(view.total, "item") + (f": {parts}" if parts else ""))
+        stale = sum(view.stale.values())
+        if stale:
+            out.print(
+                f"{stale} stale stage state{'s' if stale != 1 else ''}: re-run them with "
+                "'treadle rerun --stage S --stale'"
+            )
         return
     st = wf.status(item_id, store)
     if as_json:
@@ -614,18 +634,20 @@ def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
     )
     for col in ("STAGE", "STATUS", "ATTEMPT", "STARTED", "DURATION", "ERROR"):
         table.add_column(col)
-    for name, s in st.stages.items():
+    rows = [(n, s, "") for n, s in st.stages.items()]
+    rows += [(n, s, " (removed)") for n, s in st.removed.items()]
+    for name, s, mark in rows:
         duration = ""
         if s.started_at and s.completed_at:
             duration = f"{(s.completed_at - s.started_at).total_seconds():.2f}s"
-        extra = ""
+        extra = " (stale)" if s.stale else ""
         if s.subtasks:
             finished = sum(1 for t in s.subtasks if t.status.is_done)
-            extra = f" ({finished}/{len(s.subtasks)} subtasks)"
+            extra += f" ({finished}/{len(s.subtasks)} subtasks)"
         if s.next_attempt_at and s.status == StageStatus.PENDING:
             extra += f" (retry at {_fmt_time(s.next_attempt_at)})"
         table.add_row(
-            name,
+            name + mark,
             s.status.value + extra,
             str(s.attempt or ""),
             _fmt_time(s.started_at),
@@ -633,6 +655,25 @@ def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
             _first_line(s.error),
         )
     console().print(table)
+
+
+def _overview_table(wf: Workflow, view: ops.Overview) -> Table:
+    """The status table: a row per stage (removed ones last), a column per status seen,
+    and a STALE column when any state is stale."""
+    counts = {**view.stages, **view.removed}
+    present = [s for s in STATUS_ORDER if any(c.get(s) for c in counts.values())]
+    table = Table(title=f"pipeline {wf.name!r}", title_justify="left")
+    table.add_column("STAGE")
+    for status_name in present:
+        table.add_column(status_name.upper(), justify="right")
+    if view.stale:
+        table.add_column("STALE", justify="right")
+    for name, row in counts.items():
+        cells = [str(row.get(s, 0) or "") for s in present]
+        if view.stale:
+            cells.append(str(view.stale.get(name, "")))
+        table.add_row(name + (" (removed)" if name in view.removed else ""), *cells)
+    return table
 
 
 # --- retry -------------------------------------------------------------------------------
@@ -673,9 +714,7 @@ def retry(
             if not targets:
                 raise CliError(f"item {item_id!r} has no failed stage")
     else:
-        for failed_id in list(store.list_work_items(ItemState.FAILED)):
-            st = wf.status(failed_id, store)
-            targets += [(failed_id, n) for n in st.failed_stages if only_stage in (None, n)]
+        targets = [(f.item_id, f.stage) for f in ops.failed_stages(wf, store, stage=only_stage)]
 
     async def go() -> list[dict[str, str]]:
         done = []
@@ -805,18 +844,7 @@ def prune(state: CliContext, age: str, dry_run: bool, batch: int, as_json: bool)
     check_duration(seconds, "--completed-before")
     cutoff = utcnow() - timedelta(seconds=seconds)
     store = state.store(create=False)
-    ids: list[str] = []
-    if dry_run:
-        for item_id in store.list_work_items(ItemState.COMPLETE):
-            rec = store.get_item(item_id)
-            if rec is not None and rec.updated_at is not None and rec.updated_at < cutoff:
-                ids.append(item_id)
-    else:
-        while True:
-            pruned = store.prune(cutoff, limit=batch)
-            ids += pruned
-            if len(pruned) < batch:
-                break
+    ids = ops.prune(store, cutoff, dry_run=dry_run, batch=batch)
     if as_json:
         emit_json({"dry_run": dry_run, "items": ids})
         return

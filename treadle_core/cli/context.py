@@ -24,6 +24,8 @@ import peewee
 from rich.console import Console
 
 from ..errors import (
+    AppError,
+    DefinitionError,
     InputError,
     PipelineFileError,
     StoreError,
@@ -31,7 +33,14 @@ from ..errors import (
     UnknownItemError,
     UnknownStageError,
 )
-from ..pipeline import DEFAULT_FILE, Pipeline, close_sinks, load_pipeline
+from ..pipeline import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_FILE,
+    DEFAULT_STORE,
+    Pipeline,
+    close_sinks,
+    load_pipeline,
+)
 from ..store.open import open_store
 
 if TYPE_CHECKING:
@@ -55,7 +64,15 @@ class CliError(click.ClickException):
 
 
 def exit_code_for(exc: TreadleError) -> int:
-    if isinstance(exc, PipelineFileError | UnknownItemError | UnknownStageError | InputError):
+    if isinstance(
+        exc,
+        PipelineFileError
+        | UnknownItemError
+        | UnknownStageError
+        | InputError
+        | AppError
+        | DefinitionError,
+    ):
         return EXIT_USAGE
     return 1
 
@@ -148,6 +165,12 @@ def _late_pipeline(ctx: click.Context, param: click.Parameter, value: str | None
         obj.set_pipeline_path(value)
 
 
+def _late_app(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    obj = ctx.find_object(CliContext)
+    if value is not None and obj is not None:
+        obj.app_ref = value
+
+
 def _late_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
     obj = ctx.find_object(CliContext)
     if value and obj is not None:
@@ -166,6 +189,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _LATE_OPTIONS: tuple[tuple[tuple[str, ...], str, Any, dict[str, Any]], ...] = (
     (("--store",), "store_url", _late_store, {"metavar": "X"}),
     (("-p", "--pipeline"), "pipeline_path", _late_pipeline, {"metavar": "X"}),
+    (("--app",), "app_ref", _late_app, {"metavar": "X"}),
     (("-v", "--verbose"), "verbose", _late_verbose, {"count": True}),
     (
         ("--log-level",),
@@ -267,14 +291,22 @@ class CliContext:
     """Lazily loaded pipeline and store for one ``treadle`` invocation."""
 
     def __init__(
-        self, pm: TreadlePluginManager, pipeline_path: str | None, store_url: str | None
+        self,
+        pm: TreadlePluginManager,
+        pipeline_path: str | None,
+        store_url: str | None,
+        app_ref: str | None = None,
     ) -> None:
         self.pm = pm
         self.pipeline_path = Path(DEFAULT_FILE)
         self.pipeline_label = DEFAULT_FILE
+        #: -p was given: the pipeline comes from that file (and a missing one is an error).
+        self.pipeline_given = False
         self.set_pipeline_path(pipeline_path)
         self.store_override = store_url or None
+        self.app_ref = app_ref or None
         self._pipeline: Pipeline | None = None
+        self._workflow: Workflow | None = None
         self._store: StateStore | None = None
         self._logging = _Logging()
 
@@ -306,6 +338,7 @@ class CliContext:
             label = str(Path(pipeline_path) / DEFAULT_FILE)
         self.pipeline_path = path
         self.pipeline_label = label
+        self.pipeline_given = True
 
     # --- pipeline ------------------------------------------------------------
     def pipeline(self) -> Pipeline:
@@ -313,14 +346,49 @@ class CliContext:
             self._pipeline = load_pipeline(self.pipeline_path, self.pm, label=self.pipeline_label)
         return self._pipeline
 
-    def workflow(self) -> Workflow:
-        return self.pipeline().workflow
+    def has_pipeline_file(self) -> bool:
+        """Whether the pipeline comes from a file (-p, or ./treadle.toml), not --app."""
+        return self.app_ref is None and (self.pipeline_given or self.pipeline_path.exists())
+
+    def workflow(self, *, runnable: bool = False) -> Workflow:
+        """The workflow: from --app, the pipeline file, or (``runnable`` False, for commands
+        that run no stage code) the definition the store recorded."""
+        if self._workflow is None:
+            from .. import ops
+            from ..workflow import Workflow
+
+            if self.app_ref is not None:
+                self._workflow = ops.load_app(self.app_ref)
+            elif self.has_pipeline_file():
+                self._workflow = self.pipeline().workflow
+            elif runnable and self.store_override:
+                raise PipelineFileError(
+                    f"{self.pipeline_label}: no such file; running stages needs their code "
+                    "(a treadle.toml, -p PATH or --app pkg.module:attr)"
+                )
+            elif not self.store_override:
+                raise PipelineFileError(
+                    f"{self.pipeline_label}: no such file (run 'treadle init' to create one, "
+                    "pass -p PATH, or --app pkg.module:attr for a pipeline built in Python"
+                    + ("" if runnable else "; --store URL alone reads the store's pipeline")
+                    + ")"
+                )
+            else:
+                self._workflow = Workflow.from_store(self.store(create=False))
+        return self._workflow
+
+    def concurrency(self) -> int:
+        return self.pipeline().concurrency if self.has_pipeline_file() else DEFAULT_CONCURRENCY
 
     # --- store ---------------------------------------------------------------
     def store_url(self) -> str:
         if self.store_override:
             return self.store_override
-        return self.pipeline().store_url
+        if self.has_pipeline_file():
+            return self.pipeline().store_url
+        if self.app_ref is not None:
+            return DEFAULT_STORE
+        return self.pipeline().store_url  # the file's "no such file" error
 
     def store(self, *, create: bool = True) -> StateStore:
         """The store (opened once). ``create=False``: a missing SQLite file is an error."""
@@ -553,3 +621,56 @@ def reviewer_name(given: str | None) -> str:
             EXIT_USAGE,
         )
     return name.strip()
+
+
+def login_name() -> str | None:
+    """Who is at the keyboard, best effort (``$TREADLE_REVIEWER``, then the login name),
+    for records where a name helps but none is required."""
+    name = os.environ.get("TREADLE_REVIEWER")
+    if name is None:
+        try:
+            name = getpass.getuser()
+        except (OSError, KeyError, ImportError):
+            return None
+    return name.strip() or None
+
+
+#: A changed pipeline shows a progress bar while it is reconciled on stores with at
+#: least this many items (when stderr is a terminal).
+PROGRESS_AT = 10_000
+
+
+def reconcile(
+    wf: Workflow, store: StateStore, *, err: Console | None = None, threshold: int = PROGRESS_AT
+) -> None:
+    """Bring the store to ``wf``'s definition before running it: a progress bar on large
+    stores, then one line on stderr saying what changed (nothing when nothing did)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    err = err or console(stderr=True)
+    bar: Progress | None = None
+    task: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar, task
+        if total < threshold or not err.is_terminal:
+            return
+        if bar is None:
+            bar = Progress(
+                TextColumn("reconciling {task.fields[name]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=err,
+                transient=True,
+            )
+            bar.start()
+            task = bar.add_task("reconcile", total=total, name=repr(wf.name))
+        bar.update(task, completed=done, total=total)
+
+    try:
+        change = run_async(wf.reconcile(store, progress=progress))
+    finally:
+        if bar is not None:
+            bar.stop()
+    if change is not None:
+        click.echo(change.note, err=True)

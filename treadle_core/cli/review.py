@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from .. import ops
 from ..errors import InputError, ReviewError, UnknownItemError
 from ..model import Approve, ApproveWithEdits, PendingReview, Reject, RequestChanges, StageStatus
 from ..validation import MAX_LIMIT, parse_json
@@ -183,12 +184,8 @@ def show(state: CliContext, item_id: str, stage: str | None, as_json: bool) -> N
     """
     if stage is None:
         stage = _waiting_stage(state, item_id)
-    _check_target(state, item_id, stage)
-    store = state.store(create=False)
-    st = store.get_stage_state(item_id, stage)
-    attempts = store.get_attempts(item_id, stage)
-    reviews = store.get_reviews(item_id, stage)
-    status = st.status if st is not None else StageStatus.PENDING
+    detail = ops.review_detail(state.workflow(), state.store(create=False), item_id, stage)
+    st, attempts, reviews, status = detail.state, detail.attempts, detail.reviews, detail.status
     spec = state.workflow().specs[stage]
     if as_json:
         emit_json(
@@ -196,14 +193,15 @@ def show(state: CliContext, item_id: str, stage: str | None, as_json: bool) -> N
                 "item_id": item_id,
                 "stage": stage,
                 "status": str(status),
-                "prompt": st.review_prompt if st else None,
-                "context": st.review_context if st else {},
-                "choices": st.review_choices if st else [],
-                "form": st.review_form if st else None,
-                "votes": [iso_times(dict(v)) for v in st.votes] if st else [],
+                "stale": st.stale,
+                "prompt": st.review_prompt,
+                "context": st.review_context,
+                "choices": st.review_choices,
+                "form": st.review_form,
+                "votes": [iso_times(dict(v)) for v in st.votes],
                 "approvers": sorted(spec.approvers) if spec.approvers is not None else None,
                 "required_approvals": spec.required,
-                "artefact": st.artefact if st else None,
+                "artefact": st.artefact,
                 "attempts": [iso_times(a.to_dict()) for a in attempts],
                 "reviews": [iso_times(r.to_dict()) for r in reviews],
             }
@@ -211,9 +209,9 @@ def show(state: CliContext, item_id: str, stage: str | None, as_json: bool) -> N
         return
     out = console()
     out.print(f"[bold]{escape(item_id)} / {stage}[/bold]: {status.value.replace('_', ' ')}")
-    if st is not None and st.review_prompt:
+    if st.review_prompt:
         out.print(f"[bold]Prompt:[/bold] {escape(st.review_prompt)}")
-    if st is not None and st.review_context:
+    if st.review_context:
         out.print("[bold]Context:[/bold]")
         out.print(escape(json.dumps(st.review_context, indent=2, default=str)))
     if st is not None and status == StageStatus.AWAITING_REVIEW:
@@ -252,6 +250,9 @@ def show(state: CliContext, item_id: str, stage: str | None, as_json: bool) -> N
         if r.forced:
             extra.append("edit forced past the quality gate")
         extra += [t for t in (r.reason, r.feedback, r.note, r.comment) if t]
+        if r.carried_from:
+            original = r.carried_from.get("reviewer") or "?"
+            extra.append(f"the decision of {original} on the same question, carried over")
         out.print(
             f"\nreview: {r.decision} by {escape(who)} at {_fmt(r.at)}  {escape('; '.join(extra))}"
         )

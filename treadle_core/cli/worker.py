@@ -24,6 +24,7 @@ from .context import (
     emit_json,
     pass_state,
     plural,
+    reconcile,
     run_async,
     seconds_option,
 )
@@ -143,11 +144,12 @@ def worker(
     """
     lease_seconds = seconds_option(lease, "--lease")
     poll_seconds = seconds_option(poll, "--poll")
-    pipeline = state.pipeline()
-    wf = pipeline.workflow
+    wf = state.workflow(runnable=True)
     store = state.store()
+    concurrency = concurrency or state.concurrency()
     name = worker_id or default_worker_id()
     err = console(stderr=True)
+    reconcile(wf, store, err=err)
 
     async def go(metrics: MetricsServer | None) -> Any:
         stop = asyncio.Event()
@@ -170,15 +172,15 @@ def worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         err.print(
-            f"worker {name}: pipeline {pipeline.name!r}, store {state.store_url()}, "
-            f"concurrency {concurrency or pipeline.concurrency}, lease {lease_seconds:g}s"
+            f"worker {name}: pipeline {wf.name!r}, store {state.store_url()}, "
+            f"concurrency {concurrency}, lease {lease_seconds:g}s"
         )
         if metrics is not None:
             err.print(f"worker {name}: metrics at {metrics.url}")
         with state.sinks(wf), logged_attempts(wf):
             return await wf.serve(
                 store,
-                concurrency=concurrency or pipeline.concurrency,
+                concurrency=concurrency,
                 lease_seconds=lease_seconds,
                 worker_id=name,
                 stop=stop,

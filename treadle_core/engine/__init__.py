@@ -13,12 +13,13 @@ slots and leases of one call. See docs/design/engine.md.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from .._commit import Committer
+from .._commit import Committer, Reader
 from ..clock import Clock
-from ..errors import ReviewError, StoreError
+from ..errors import ReviewError, StoreError, TreadleError
 from ..events import EventBus
 from ..model import (
     ApproveWithEdits,
@@ -30,9 +31,12 @@ from ..model import (
     WorkItem,
 )
 from ..store.base import StateStore, normalise_artefact
+from . import reconcile as _reconcile
 from . import writes
 from .attempt import check_edit
-from .plan import Plan, ReviewTimeout, StageLimit, StageSpec
+from .definition import Change, Definition, describe, plan_from, same
+from .plan import DEFAULT_VERSION, Plan, ReviewTimeout, StageLimit, StageSpec
+from .reconcile import DefinitionChange, Progress
 from .review import reviewed_stage
 from .session import Session, default_worker_id
 from .worker import ClaimLoop, RunReport, advance_one, check_items
@@ -44,10 +48,14 @@ ADVANCE_CONCURRENCY = 64
 class Engine:
     """Runs a `Plan` against a store, publishing committed events on ``bus``."""
 
-    def __init__(self, plan: Plan, bus: EventBus, clock: Clock):
+    def __init__(self, plan: Plan, bus: EventBus, clock: Clock, *, runnable: bool = True):
         self.plan = plan
         self.bus = bus
         self.clock = clock
+        #: False for a plan built from a store's recorded definition: no stage code.
+        self.runnable = runnable
+        #: Sessions at work, so ``cancel`` can stop an item one of them holds.
+        self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
 
     def _check_store(self, store: StateStore) -> None:
         limited = [name for name, spec in self.plan.specs.items() if spec.limit is not None]
@@ -66,8 +74,13 @@ class Engine:
         lease_seconds: float,
         worker_id: str | None,
     ) -> Session:
+        if not self.runnable:
+            raise TreadleError(
+                f"pipeline {self.plan.name!r} was loaded from the store's recorded definition, "
+                "which has no stage code; run it from its treadle.toml or --app"
+            )
         self._check_store(store)
-        return Session(
+        session = Session(
             self.plan,
             self.bus,
             self.clock,
@@ -76,12 +89,15 @@ class Engine:
             lease_seconds=lease_seconds,
             worker_id=worker_id,
         )
+        self._sessions.add(session)
+        return session
 
     async def advance(self, item: WorkItem, store: StateStore) -> None:
         """Run every ready stage of ``item`` until none is ready (if no one else holds it)."""
         async with self._session(
             store, concurrency=ADVANCE_CONCURRENCY, lease_seconds=60.0, worker_id=None
         ) as session:
+            await _reconcile.reconcile(session.committer, session.reader, self.plan, self.clock)
             await advance_one(session, item)
 
     async def run(
@@ -96,6 +112,7 @@ class Engine:
         stop: asyncio.Event | None = None,
         forever: bool = False,
         poll_interval: float = 1.0,
+        progress: Progress | None = None,
     ) -> RunReport:
         """Claim and advance items; with ``forever``, until ``stop`` is set (then drain)."""
         if concurrency < 1:
@@ -107,6 +124,9 @@ class Engine:
         ) as session:
             session.stop = stop
             session.forever = forever
+            await _reconcile.reconcile(
+                session.committer, session.reader, self.plan, self.clock, progress
+            )
             loop = ClaimLoop(
                 session,
                 items,
@@ -180,14 +200,80 @@ class Engine:
         """Put a FAILED stage back to PENDING (one commit)."""
         await self._write(store, writes.retry(self.plan, self.clock, item_id, stage))
 
+    # --- a pipeline that lives for months (SPEC §10) -------------------------------------
+    async def reconcile(
+        self, store: StateStore, progress: Progress | None = None
+    ) -> DefinitionChange | None:
+        """Bring the store to this plan's definition, in batches; what changed, if anything."""
+        async with Committer(store) as committer:
+            reader = Reader(store)
+            try:
+                return await _reconcile.reconcile(
+                    committer, reader, self.plan, self.clock, progress
+                )
+            finally:
+                await reader.close()
+
+    async def rerun_many(
+        self,
+        store: StateStore,
+        targets: Sequence[tuple[str, str]],
+        *,
+        cascade: bool,
+        reason: str | None,
+        by: str | None,
+    ) -> list[BaseException | None]:
+        """Re-run ``(item_id, stage)`` pairs, group-committed; per pair, the refusal or None."""
+        write = [
+            writes.rerun(self.plan, self.clock, i, s, cascade=cascade, reason=reason, by=by)
+            for i, s in targets
+        ]
+        return await self._write_all(store, write)
+
+    async def cancel(
+        self, store: StateStore, item_id: str, *, reason: str | None, by: str | None
+    ) -> None:
+        """Cancel an item (one commit), then stop whatever this process runs of it."""
+        await self._write(
+            store, writes.cancel(self.plan, self.clock, item_id, reason=reason, by=by)
+        )
+        for session in list(self._sessions):
+            session.cancel_item(item_id)
+
+    async def _write_all(
+        self, store: StateStore, batch: Sequence[writes.StageWrite]
+    ) -> list[BaseException | None]:
+        async with Committer(store) as committer:
+            futures = [committer.enqueue(w) for w in batch]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        out: list[BaseException | None] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                out.append(result)
+            else:
+                self.bus.publish(result[1])
+                out.append(None)
+        return out
+
+    def definition(self) -> Definition:
+        """What the store records of this plan."""
+        return describe(self.plan)
+
 
 __all__ = [
     "ADVANCE_CONCURRENCY",
+    "DEFAULT_VERSION",
+    "Change",
+    "Definition",
+    "DefinitionChange",
     "Engine",
     "Plan",
+    "Progress",
     "ReviewTimeout",
     "RunReport",
     "StageLimit",
     "StageSpec",
     "default_worker_id",
+    "plan_from",
+    "same",
 ]

@@ -27,6 +27,7 @@ from ..model import (
 )
 from ..store.base import json_text
 from . import actions, decide, fanout, writes
+from .actions import TIMEOUT_REVIEWER
 from .attempt import AttemptResult, run_attempt
 from .plan import StageSpec
 from .ready import approvals, expired_reviews, is_ready, upstream
@@ -35,9 +36,6 @@ from .session import Session
 log = logging.getLogger("treadle.engine")
 
 T = TypeVar("T")
-
-#: Who decides a review whose deadline passed.
-TIMEOUT_REVIEWER = "timeout"
 
 
 class ItemRun:

@@ -16,6 +16,10 @@ from ..quality import ExhaustedAction, QualityGate, RetryBudget, ReviewPolicy
 from ..stage import Stage
 from ..store.base import DEFAULT_MAX_ARTEFACT_BYTES
 
+#: The version of a stage that does not declare one (and of states recorded before
+#: versions were recorded).
+DEFAULT_VERSION = "1"
+
 
 @dataclass(frozen=True)
 class ReviewTimeout:
@@ -51,6 +55,11 @@ class StageSpec:
     #: Who may decide its reviews (None: anyone), and how many approvals complete one.
     approvers: frozenset[str] | None = None
     required: int = 1
+    #: The stage's version: a COMPLETE state recorded under another one is stale.
+    version: str = DEFAULT_VERSION
+    #: Names this stage had before (newest first): their states, attempts and reviews
+    #: are carried over when the store still has them under one of these names.
+    renamed_from: tuple[str, ...] = ()
 
     @property
     def escalates(self) -> bool:

@@ -71,7 +71,8 @@ def aggregate(plan: Plan, states: States, now: datetime) -> tuple[ItemState, dat
     """The item's aggregate state and when it next has work, from its stage states.
 
     RUNNING wins (due now: once its lease lapses, anyone may take it over), then
-    ready or scheduled work, then a review waiting, then a failure; else COMPLETE.
+    ready or scheduled work, then a review waiting, then a failure, then a cancelled
+    stage (never claimed again); else COMPLETE.
     """
     seen: set[StageStatus] = set()
     deadlines: list[datetime] = []
@@ -93,4 +94,6 @@ def aggregate(plan: Plan, states: States, now: datetime) -> tuple[ItemState, dat
         return ItemState.AWAITING_REVIEW, due_at
     if StageStatus.FAILED in seen:
         return ItemState.FAILED, None
+    if StageStatus.CANCELLED in seen:
+        return ItemState.CANCELLED, None
     return ItemState.COMPLETE, None

@@ -163,6 +163,8 @@ class Session:
         self.reader = Reader(store)
         self.leases: dict[str, Lease] = {}
         self.lost: set[str] = set()
+        #: Items cancelled (``Workflow.cancel``) while this session held them.
+        self.cancelled: set[str] = set()
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.executions = 0
         #: Items whose advance broke outside any attempt: item id -> what broke, and how
@@ -265,6 +267,21 @@ class Session:
         for claimed in claim.items:
             self.leases[claimed.lease.item_id] = claimed.lease
         return claim
+
+    # --- cancel (SPEC §10): stop an item's attempts in flight -----------------------------
+    def cancel_item(self, item_id: str) -> bool:
+        """The item was cancelled (its lease revoked): stop working on it. Its task is
+        cancelled, so an async stage is cancelled and a sync stage's result is dropped.
+        Safe to call from any thread; False when this session does not hold the item."""
+        if item_id not in self.leases:
+            return False
+        self.cancelled.add(item_id)
+        self.lost.add(item_id)
+        self.leases.pop(item_id, None)
+        task = self.tasks.get(item_id)
+        if task is not None:
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        return True
 
     async def release(self, lease: Lease) -> None:
         if self.leases.pop(lease.item_id, None) is not None:

@@ -81,7 +81,29 @@ async def advance_one(session: Session, item: WorkItem) -> bool:
     if not claim.items:
         log.info("item %r is leased by another worker; not advancing it", item.id)
         return False
-    await advance_claimed(session, item, claim.items[0])
+    # A task of its own, so `Workflow.cancel` can stop it like any claimed item.
+    task = asyncio.ensure_future(advance_claimed(session, item, claim.items[0]))
+    session.tasks[item.id] = task
+    try:
+        await asyncio.wait([task])
+    except BaseException:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    finally:
+        if session.tasks.get(item.id) is task:
+            del session.tasks[item.id]
+    if task.cancelled():
+        if item.id in session.cancelled or await _was_cancelled(session, item.id):
+            return True
+        if item.id in session.lost:  # the heartbeat found the lease taken over
+            raise LeaseLostError(f"item {item.id!r}: the lease was lost while advancing it")
+        raise asyncio.CancelledError
+    try:
+        task.result()
+    except LeaseLostError:
+        if not await _was_cancelled(session, item.id):
+            raise
     return True
 
 
@@ -102,6 +124,14 @@ async def take_over_dead(session: Session) -> tuple[int, list[Lease]]:
             ", ".join(gone),
         )
     return n, [lease for lease in others if lease.worker_id not in gone]
+
+
+async def _was_cancelled(session: Session, item_id: str) -> bool:
+    """Whether a lease lost on this item was taken by ``cancel`` (another process's)."""
+    if item_id in session.cancelled:
+        return True
+    rec = await session.read(lambda s: s.get_item(item_id))
+    return rec is not None and rec.state == ItemState.CANCELLED
 
 
 class ClaimLoop:
@@ -243,15 +273,23 @@ class ClaimLoop:
             self.local[item_id] = (rec.state, rec.due_at) if rec else (ItemState.COMPLETE, None)
         if task.cancelled():
             if item_id in session.lost:
-                self.report.lost_leases.append(item_id)
+                await self._lost(item_id, None)
                 return
             raise asyncio.CancelledError
         exc = task.exception()
         if isinstance(exc, LeaseLostError):
-            log.warning("%s", exc)
-            self.report.lost_leases.append(item_id)
+            await self._lost(item_id, exc)
         elif exc is not None:
             raise exc
+
+    async def _lost(self, item_id: str, exc: LeaseLostError | None) -> None:
+        """An item taken from this worker: by ``cancel`` (fine), or by another worker."""
+        if await _was_cancelled(self.session, item_id):
+            log.info("item %r was cancelled; stopped working on it", item_id)
+            return
+        if exc is not None:
+            log.warning("%s", exc)
+        self.report.lost_leases.append(item_id)
 
     async def _claim(self, room: int) -> list[Claimed]:
         session, local = self.session, self.local

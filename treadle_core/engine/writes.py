@@ -16,15 +16,17 @@ from typing import Any
 from .._commit import Write
 from ..clock import Clock
 from ..errors import RetryError, ReviewError
-from ..events import Event, WorkflowCompleted
+from ..events import Event, ReviewRequired, WorkflowCompleted
 from ..model import (
     REVIEW_DECISION_TYPES,
+    Approve,
     ApproveWithEdits,
     AttemptRecord,
     ItemRecord,
     ItemState,
     Lease,
     ReviewDecision,
+    ReviewRecord,
     StageState,
     StageStatus,
     WorkItem,
@@ -118,16 +120,17 @@ def transition(
             if waiter is not None and woken is not None:
                 woken(waiter)
         rec = store.lock_item(item_id, lease)
+        # A copy: a batch that rolls back runs this again from the same view.
+        mine, journal = dict(view), events
         if stage is not None and state is not None:
-            store.save_stage_state(item_id, stage, state)
-        if started:
-            for name, running in started.items():
-                store.save_stage_state(item_id, name, running)
+            journal = _store_step(store, plan, clock, item_id, stage, state, mine, events)
+        for name, running in (started or {}).items():
+            mine[name] = running = _versioned(plan, name, running)
+            store.save_stage_state(item_id, name, running)
         if stage is not None:
             for record in records:
                 store.record_attempt(item_id, stage, record)
-        # A copy: a batch that rolls back runs this again from the same view.
-        return finish(store, plan, rec, events, clock.now(), dict(view))
+        return finish(store, plan, rec, journal, clock.now(), mine)
 
     return Write(apply, _read_back(item_id, events))
 
@@ -203,6 +206,94 @@ def _wake_waiter(
     return waiter
 
 
+def _store_step(
+    store: StateStore,
+    plan: Plan,
+    clock: Clock,
+    item_id: str,
+    stage: str,
+    state: StageState,
+    view: dict[str, StageState],
+    events: Sequence[Event],
+) -> Sequence[Event]:
+    """Store a stage's new state (with its version; a question a person already answered
+    answered again by carry-over), updating ``view``; the events to journal."""
+    new = _versioned(plan, stage, state)
+    view[stage] = new
+    changed: Mapping[str, StageState] = {stage: new}
+    if new.status is StageStatus.AWAITING_REVIEW and _asks(events):
+        changed, events = _carry_over(store, plan, clock, item_id, stage, view, events)
+    for name, st in changed.items():
+        store.save_stage_state(item_id, name, st)
+    view.update(changed)
+    return events
+
+
+def _versioned(plan: Plan, stage: str, state: StageState) -> StageState:
+    """The state with the version of the stage that ran it (SPEC §10: stale states). A
+    PENDING state is left as it is: it has not run (or is put back as it was)."""
+    spec = plan.specs.get(stage)
+    if spec is None or state.version == spec.version or state.status is StageStatus.PENDING:
+        return state
+    return state.replace(version=spec.version)
+
+
+def _asks(events: Sequence[Event]) -> bool:
+    return any(isinstance(e, ReviewRequired) for e in events)
+
+
+def _settled(record: ReviewRecord, asked: StageState, after: StageState) -> ReviewRecord:
+    """A decision that settled the review (not one vote among several) keeps the digest of
+    the question it settled: the same question asked again gets the same answer."""
+    if after.status == StageStatus.AWAITING_REVIEW:
+        return record
+    return dataclasses.replace(record, subject=actions.review_subject(asked))
+
+
+def _carry_over(
+    store: StateStore,
+    plan: Plan,
+    clock: Clock,
+    item_id: str,
+    stage: str,
+    states: Mapping[str, StageState],
+    events: Sequence[Event],
+) -> tuple[dict[str, StageState], Sequence[Event]]:
+    """A stage about to ask a person what a person already approved: that approval (its
+    choice, values or edit) applied again at once, recorded with reviewer "carried-over"
+    and a pointer to the original, instead of asking. Returns the stages to store and
+    the events to journal."""
+    asking = states[stage]
+    original = actions.approval_to_carry(asking, store.get_reviews(item_id, stage))
+    if original is None:
+        return {stage: asking}, events
+    decision: ReviewDecision
+    if original.decision == "approve_with_edits":
+        decision = ApproveWithEdits(original.edited_artefact, original.note)
+    else:
+        decision = Approve(choice=original.choice, values=original.values)
+    r = resolve(
+        plan,
+        dict(states),
+        stage,
+        decision,
+        clock.now(),
+        item_id=item_id,
+        reviewer=actions.CARRIED_OVER,
+        comment=None,
+        edited=original.edited_artefact if isinstance(decision, ApproveWithEdits) else None,
+        automatic=True,
+    )
+    record = dataclasses.replace(
+        r.record,
+        subject=actions.review_subject(asking),
+        carried_from=actions.carried_from(original),
+    )
+    store.record_review(item_id, stage, record)
+    kept = [e for e in events if not isinstance(e, ReviewRequired)]
+    return r.states, [*kept, *r.events]
+
+
 def review(
     plan: Plan,
     clock: Clock,
@@ -258,7 +349,7 @@ def review(
         )
         for name, new in r.states.items():
             store.save_stage_state(item_id, name, new)
-        store.record_review(item_id, stage, r.record)
+        store.record_review(item_id, stage, _settled(r.record, st, r.states.get(stage, st)))
         applied[:] = r.events
         if r.wakes:
             store.notify_work()  # dependents (or the stage sent back) may run: wake workers
@@ -327,3 +418,63 @@ def register(items: Sequence[WorkItem]) -> Callable[[StateStore], ItemStates]:
         return out
 
     return apply
+
+
+def rerun(
+    plan: Plan,
+    clock: Clock,
+    item_id: str,
+    stage: str,
+    *,
+    cascade: bool,
+    reason: str | None,
+    by: str | None,
+) -> StageWrite:
+    """``rerun``: the stage (and, with ``cascade``, what is downstream) back to PENDING."""
+
+    def apply(store: StateStore) -> WriteResult:
+        rec = store.lock_item(item_id)
+        now = clock.now()
+        new, events = actions.rerun(
+            plan,
+            store.get_all_stage_states(item_id),
+            stage,
+            now,
+            item_id=item_id,
+            cascade=cascade,
+            reason=reason,
+            by=by,
+        )
+        for name, st in new.items():
+            store.save_stage_state(item_id, name, st)
+        applied[:] = events
+        store.notify_work()
+        return finish(store, plan, rec, events, now)
+
+    applied: list[Event] = []  # the events of the attempt that committed
+    return Write(apply, _read_back(item_id, applied))
+
+
+def cancel(
+    plan: Plan, clock: Clock, item_id: str, *, reason: str | None, by: str | None
+) -> StageWrite:
+    """``cancel``: the item's unfinished stages CANCELLED, its lease revoked (so a worker
+    running it is refused at its next write and stops)."""
+
+    def apply(store: StateStore) -> WriteResult:
+        rec = store.lock_item(item_id)
+        now = clock.now()
+        c = actions.cancel(
+            plan, store.get_all_stage_states(item_id), now, item_id=item_id, reason=reason, by=by
+        )
+        for name, st in c.states.items():
+            store.save_stage_state(item_id, name, st)
+        for name, records in c.records.items():
+            for record in records:
+                store.record_attempt(item_id, name, record)
+        store.revoke_lease(item_id)
+        applied[:] = c.events
+        return finish(store, plan, rec, c.events, now)
+
+    applied: list[Event] = []  # the events of the attempt that committed
+    return Write(apply, _read_back(item_id, applied))

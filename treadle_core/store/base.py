@@ -35,6 +35,7 @@ from ..model import (
     PendingReview,
     ReviewRecord,
     StageState,
+    StageStatus,
 )
 
 DEFAULT_MAX_ARTEFACT_BYTES = 1024 * 1024
@@ -375,3 +376,110 @@ class StateStore(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- the recorded definition, and changing it (SPEC §10) -------------------------
+    # Reconciling a changed definition works through these in batches of item ids.
+    # Stores may override the defaults with set-based queries.
+
+    @abc.abstractmethod
+    def get_definition(self) -> dict[str, Any] | None:
+        """The pipeline definition last recorded (None: none yet). Inside a transaction a
+        store that locks rows keeps it locked until the transaction ends."""
+
+    @abc.abstractmethod
+    def save_definition(self, definition: dict[str, Any]) -> None:
+        """Record the pipeline definition (JSON data), replacing the previous one."""
+
+    @abc.abstractmethod
+    def item_page(self, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
+        """Up to ``limit`` item ids after ``cursor`` (None: from the start) in a stable order,
+        and the cursor of the next page (None: there is none)."""
+
+    def get_items(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:
+        """The rows of those of ``item_ids`` that exist."""
+        found = {}
+        for item_id in item_ids:
+            rec = self.get_item(item_id)
+            if rec is not None:
+                found[item_id] = rec
+        return found
+
+    def get_stage_states_many(
+        self, item_ids: Sequence[str], *, brief: bool = False
+    ) -> dict[str, dict[str, StageState]]:
+        """Every stored stage state of each of ``item_ids`` (items with none are absent).
+        ``brief``: only ``status``, ``next_attempt_at`` and ``review_deadline`` need be
+        filled in (what readiness and aggregate states use), so stores may skip the rest."""
+        found = {}
+        for item_id in item_ids:
+            states = self.get_all_stage_states(item_id)
+            if states:
+                found[item_id] = states
+        return found
+
+    def set_item_states(
+        self,
+        item_ids: Sequence[str],
+        state: ItemState,
+        due_at: datetime | None,
+        *,
+        only: Collection[ItemState] | None = None,
+    ) -> int:
+        """Give those of ``item_ids`` that are in one of the ``only`` states (None: any) this
+        aggregate state and due time; how many changed."""
+        n = 0
+        for rec in self.get_items(item_ids).values():
+            if only is None or rec.state in only:
+                self.set_item_state(rec.id, state, due_at)
+                n += 1
+        return n
+
+    @abc.abstractmethod
+    def rename_stage(self, item_ids: Sequence[str], old: str, new: str) -> int:
+        """Move the state, attempts and reviews of stage ``old`` of ``item_ids`` to ``new``
+        (an item that already has a state of ``new`` keeps both as they are); how many
+        states moved. The journal keeps the old name: it is history."""
+
+    def mark_stale(self, item_ids: Sequence[str], stages: Collection[str]) -> int:
+        """Mark the COMPLETE states of ``stages`` of ``item_ids`` stale; how many changed."""
+        n = 0
+        for item_id in item_ids:
+            for stage in stages:
+                st = self.get_stage_state(item_id, stage)
+                if st is not None and st.status == StageStatus.COMPLETE and not st.stale:
+                    self.save_stage_state(item_id, stage, st.replace(stale=True))
+                    n += 1
+        return n
+
+    def count_stale(self) -> dict[str, int]:
+        """Stage name -> number of stale states (stores override it with a grouped query)."""
+        out: dict[str, int] = {}
+        for item_id in self.list_work_items():
+            for name, st in self.get_all_stage_states(item_id).items():
+                if st.stale:
+                    out[name] = out.get(name, 0) + 1
+        return out
+
+    def list_stage_items(
+        self,
+        stage: str,
+        *,
+        statuses: Collection[StageStatus] | None = None,
+        stale: bool | None = None,
+    ) -> Iterator[str]:
+        """Ids of items with a stored state of ``stage`` (in one of ``statuses``; stale or
+        not), in a stable order; read a page at a time, so writing to the items met
+        while iterating is fine."""
+        for item_id in self.list_work_items():
+            st = self.get_stage_state(item_id, stage)
+            if (
+                st is not None
+                and (statuses is None or st.status in statuses)
+                and (stale is None or st.stale == stale)
+            ):
+                yield item_id
+
+    @abc.abstractmethod
+    def revoke_lease(self, item_id: str) -> None:
+        """In a transaction that locked the item: end its lease (a new fencing token), so
+        its holder's next write is refused with `LeaseLostError`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import copy
 import json
 import threading
@@ -27,7 +28,7 @@ from ..model import (
     from_ts,
     utcnow,
 )
-from .base import MARK_MEMORY, StateStore, admission, commit_mark, fence, json_text
+from .base import MARK_MEMORY, StateStore, admission, commit_mark, dumps, fence, json_text
 
 
 class MemoryStateStore(StateStore):
@@ -46,6 +47,7 @@ class MemoryStateStore(StateStore):
         self._marks: set[str] = set()
         #: stage -> [start times kept, item ids queued]
         self._limits: dict[str, tuple[list[float], list[str]]] = {}
+        self._meta: dict[str, str] = {}
         self._undo: list[Callable[[], None]] | None = None
         self._depth = 0
         self._instance = uuid.uuid4().hex
@@ -416,3 +418,107 @@ class MemoryStateStore(StateStore):
                 for item_id in ids:
                     self.delete_work_item(item_id)
             return ids
+
+    # --- the recorded definition, and changing it ----------------------------------------
+    def get_definition(self) -> dict[str, Any] | None:
+        with self._lock:
+            text = self._meta.get("definition")
+        return None if text is None else json.loads(text)
+
+    def save_definition(self, definition: dict[str, Any]) -> None:
+        with self._lock:
+            self._remember(self._meta, "definition")
+            self._meta["definition"] = dumps(definition)
+
+    def item_page(self, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
+        with self._lock:
+            ids = sorted(self._items)
+        start = 0 if cursor is None else bisect.bisect_right(ids, cursor)
+        page = ids[start : start + limit]
+        more = start + limit < len(ids)
+        return page, (page[-1] if page and more else None)
+
+    def rename_stage(self, item_ids: Sequence[str], old: str, new: str) -> int:
+        moved = 0
+        with self._lock:
+            for item_id in item_ids:
+                states = self._states.get(item_id)
+                if not states or old not in states or new in states:
+                    continue
+                self._remember(self._states, item_id)
+                self._states[item_id] = {
+                    (new if name == old else name): text for name, text in states.items()
+                }
+                before = self._attempts.get((item_id, old))
+                if before is not None:
+                    self._remember(self._attempts, (item_id, old))
+                    self._remember(self._attempts, (item_id, new))
+                    del self._attempts[(item_id, old)]
+                    self._attempts[(item_id, new)] = before + self._attempts.get((item_id, new), [])
+                reviews = self._reviews.get(item_id)
+                if reviews:
+                    self._remember(self._reviews, item_id)
+                    self._reviews[item_id] = [(new if s == old else s, r) for s, r in reviews]
+                moved += 1
+        return moved
+
+    def mark_stale(self, item_ids: Sequence[str], stages: Collection[str]) -> int:
+        n = 0
+        with self._lock:
+            for item_id in item_ids:
+                states = self._states.get(item_id, {})
+                for stage in stages:
+                    text = states.get(stage)
+                    if text is None:
+                        continue
+                    d = json.loads(text)
+                    if d["status"] != StageStatus.COMPLETE.value or d.get("stale"):
+                        continue
+                    d["stale"] = True
+                    self._remember(states, stage)
+                    states[stage] = dumps(d)
+                    n += 1
+        return n
+
+    def count_stale(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        with self._lock:
+            for states in self._states.values():
+                for stage, text in states.items():
+                    if '"stale":true' in text:
+                        out[stage] = out.get(stage, 0) + 1
+        return out
+
+    def list_stage_items(
+        self,
+        stage: str,
+        *,
+        statuses: Collection[StageStatus] | None = None,
+        stale: bool | None = None,
+    ) -> Iterator[str]:
+        wanted = None if statuses is None else {str(s) for s in statuses}
+        cursor: str | None = None
+        while True:
+            page, cursor = self.item_page(cursor, 500)
+            for item_id in page:
+                with self._lock:
+                    text = self._states.get(item_id, {}).get(stage)
+                if text is None:
+                    continue
+                d = json.loads(text)
+                if (wanted is None or d["status"] in wanted) and (
+                    stale is None or bool(d.get("stale")) == stale
+                ):
+                    yield item_id
+            if cursor is None:
+                return
+
+    def revoke_lease(self, item_id: str) -> None:
+        with self._lock:
+            rec = self._items.get(item_id)
+            if rec is None:
+                raise UnknownItemError(f"unknown item {item_id!r}")
+            self._remember(self._items, item_id)
+            self._items[item_id] = replace(
+                rec, lease_owner=None, lease_expires_at=None, lease_token=rec.lease_token + 1
+            )

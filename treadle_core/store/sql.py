@@ -264,12 +264,31 @@ def m005_stage_limits(db: peewee.Database) -> None:
     )
 
 
+def m006_definition_and_staleness(db: peewee.Database) -> None:
+    """The recorded pipeline definition; a ``stale`` column on stage states."""
+    _ddl(
+        db,
+        "CREATE TABLE IF NOT EXISTS treadle_meta ("
+        " name VARCHAR(64) NOT NULL PRIMARY KEY,"
+        " value {text} NOT NULL"
+        "){table}",
+    )
+    _ddl(db, "ALTER TABLE stage_states ADD COLUMN stale INTEGER NOT NULL DEFAULT 0")
+    if _dialect(db) == "mysql":  # no partial indexes
+        _ddl(db, "CREATE INDEX stage_states_stale ON stage_states (stale, stage, item_id)")
+    else:
+        # Only stale rows are in it: free for the rows the engine writes, and counting or
+        # listing stale states never scans the rest.
+        _ddl(db, "CREATE INDEX stage_states_stale ON stage_states (stage, item_id) WHERE stale = 1")
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     m001_initial,
     m002_stage_state_queries,
     m003_commit_marks,
     m004_item_priority,
     m005_stage_limits,
+    m006_definition_and_staleness,
 ]
 
 
@@ -433,6 +452,24 @@ def _item(row: Sequence[Any]) -> ItemRecord:
         created_at=from_ts(row[6]),
         updated_at=from_ts(row[7]),
         priority=row[8],
+    )
+
+
+def _state(data: str, stale: Any) -> StageState:
+    d = json.loads(data)
+    d["stale"] = bool(stale)
+    return StageState.from_dict(d)
+
+
+_STATUSES = {s.value: s for s in StageStatus}
+
+
+def _brief(status: str, next_attempt_at: float | None, data: str | None) -> StageState:
+    deadline = None if data is None else json.loads(data).get("review_deadline")
+    return StageState(
+        _STATUSES[status],
+        next_attempt_at=from_ts(next_attempt_at),
+        review_deadline=from_ts(deadline),
     )
 
 
@@ -643,7 +680,7 @@ class SqlStateStore(StateStore):
         """The hot statements, written once per store in the dialect's parameter style."""
         d = self.dialect
         q = self._q
-        values = "?, ?, ?, ?, ?, ?, ?"
+        values = "?, ?, ?, ?, ?, ?, ?, ?"
         if d == "mysql":
             self._sql_save_item = q(
                 "INSERT INTO items (id, data, state, due_at, lease_token, created_at, updated_at)"
@@ -651,11 +688,11 @@ class SqlStateStore(StateStore):
             )
             self._sql_save_state = q(
                 "INSERT INTO stage_states"
-                " (item_id, stage, status, attempt, updated_at, next_attempt_at, data)"
+                " (item_id, stage, status, attempt, updated_at, next_attempt_at, data, stale)"
                 f" SELECT {values} FROM DUAL WHERE EXISTS (SELECT 1 FROM items WHERE id = ?)"
                 " ON DUPLICATE KEY UPDATE status = VALUES(status), attempt = VALUES(attempt),"
                 " updated_at = VALUES(updated_at), next_attempt_at = VALUES(next_attempt_at),"
-                " data = VALUES(data)"
+                " data = VALUES(data), stale = VALUES(stale)"
             )
         else:
             self._sql_save_item = q(
@@ -664,18 +701,22 @@ class SqlStateStore(StateStore):
             )
             self._sql_save_state = q(
                 "INSERT INTO stage_states"
-                " (item_id, stage, status, attempt, updated_at, next_attempt_at, data)"
+                " (item_id, stage, status, attempt, updated_at, next_attempt_at, data, stale)"
                 f" SELECT {values} WHERE EXISTS (SELECT 1 FROM items WHERE id = ?)"
                 " ON CONFLICT (item_id, stage) DO UPDATE SET status = excluded.status,"
                 " attempt = excluded.attempt, updated_at = excluded.updated_at,"
-                " next_attempt_at = excluded.next_attempt_at, data = excluded.data"
+                " next_attempt_at = excluded.next_attempt_at, data = excluded.data,"
+                " stale = excluded.stale"
             )
         self._sql_get_item = q(f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?")
         self._sql_set_state = q(
             "UPDATE items SET state = ?, due_at = ?, updated_at = ? WHERE id = ?"
         )
-        self._sql_get_state = q("SELECT data FROM stage_states WHERE item_id = ? AND stage = ?")
-        self._sql_all_states = q("SELECT stage, data FROM stage_states WHERE item_id = ?")
+        # ``stale`` is read from its column: `mark_stale` sets the column alone.
+        self._sql_get_state = q(
+            "SELECT data, stale FROM stage_states WHERE item_id = ? AND stage = ?"
+        )
+        self._sql_all_states = q("SELECT stage, data, stale FROM stage_states WHERE item_id = ?")
         self._sql_stage_versions = q(
             "SELECT stage, status, updated_at FROM stage_states WHERE item_id = ?"
         )
@@ -712,6 +753,18 @@ class SqlStateStore(StateStore):
 
     def _q(self, sql: str) -> str:
         return sql if self.dialect == "sqlite" else sql.replace("?", self._db.param)
+
+    def _plain(self, column: str, *, number: bool = False) -> str:
+        """``column`` in a form no index serves: for the batch queries that name their items
+        (``item_id IN (...)``, ``item_id > ?``), so the planner walks the primary key
+        instead of an index on the column (which would visit every item, every batch)."""
+        if number:
+            return f"({column} + 0)"
+        if self.dialect == "sqlite":
+            return f"+{column}"
+        if self.dialect == "mysql":
+            return f"CONCAT({column}, '')"
+        return f"({column} || '')"
 
     def _marks(self, n: int) -> str:
         return ", ".join([self._db.param] * n)
@@ -957,6 +1010,7 @@ class SqlStateStore(StateStore):
                     to_ts(state.updated_at),
                     to_ts(state.next_attempt_at),
                     json_text(state),
+                    1 if state.stale else 0,
                     item_id,
                 ),
             )
@@ -966,12 +1020,12 @@ class SqlStateStore(StateStore):
     def get_stage_state(self, item_id: str, stage: str) -> StageState | None:
         with self._guard:
             row = self._run(self._sql_get_state, (item_id, stage)).fetchone()
-        return None if row is None else StageState.from_dict(json.loads(row[0]))
+        return None if row is None else _state(row[0], row[1])
 
     def get_all_stage_states(self, item_id: str) -> dict[str, StageState]:
         with self._guard:
             rows = self._run(self._sql_all_states, (item_id,)).fetchall()
-        return {stage: StageState.from_dict(json.loads(data)) for stage, data in rows}
+        return {stage: _state(data, stale) for stage, data, stale in rows}
 
     def get_stage_versions(self, item_id: str) -> dict[str, tuple[str, float | None]]:
         with self._guard:
@@ -1286,6 +1340,200 @@ class SqlStateStore(StateStore):
             ids = [row[0] for row in rows]
             self._delete_items(ids)
         return ids
+
+    # --- the recorded definition, and changing it ----------------------------------------
+    def get_definition(self) -> dict[str, Any] | None:
+        sql = "SELECT value FROM treadle_meta WHERE name = ?"
+        if self._db.in_transaction():
+            sql += self._for_update  # reconcilers take turns on it
+        with self._guard:
+            row = self._run(self._q(sql), ("definition",)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def save_definition(self, definition: dict[str, Any]) -> None:
+        if self.dialect == "mysql":
+            sql = (
+                "INSERT INTO treadle_meta (name, value) VALUES (?, ?)"
+                " ON DUPLICATE KEY UPDATE value = VALUES(value)"
+            )
+        else:
+            sql = (
+                "INSERT INTO treadle_meta (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            )
+        with self.transaction():
+            self._run(self._q(sql), ("definition", dumps(definition)))
+
+    def item_page(self, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
+        if limit <= 0:
+            return [], None
+        params: tuple[Any, ...]
+        if cursor is None:
+            sql, params = "SELECT id FROM items ORDER BY id LIMIT ?", (limit,)
+        else:
+            sql, params = "SELECT id FROM items WHERE id > ? ORDER BY id LIMIT ?", (cursor, limit)
+        with self._guard:
+            ids = [row[0] for row in self._run(self._q(sql), params).fetchall()]
+        return ids, (ids[-1] if ids and len(ids) == limit else None)
+
+    def get_items(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:
+        found: dict[str, ItemRecord] = {}
+        for chunk in _chunks(list(item_ids)):
+            sql = f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({self._marks(len(chunk))})"
+            with self._guard:
+                for row in self._run(sql, chunk).fetchall():
+                    found[row[0]] = _item(row)
+        return found
+
+    def get_stage_states_many(
+        self, item_ids: Sequence[str], *, brief: bool = False
+    ) -> dict[str, dict[str, StageState]]:
+        found: dict[str, dict[str, StageState]] = {}
+        if brief:  # from the columns; the JSON only of states waiting for review
+            columns = (
+                "item_id, stage, status, next_attempt_at,"
+                " CASE WHEN status = 'awaiting_review' THEN data END"
+            )
+        else:
+            columns = "item_id, stage, data, stale"
+        for chunk in _chunks(list(item_ids)):
+            sql = f"SELECT {columns} FROM stage_states WHERE item_id IN ({self._marks(len(chunk))})"
+            with self._guard:
+                rows = self._run(sql, chunk).fetchall()
+            if brief:
+                for item_id, stage, status, next_at, data in rows:
+                    found.setdefault(item_id, {})[stage] = _brief(status, next_at, data)
+            else:
+                for item_id, stage, data, stale in rows:
+                    found.setdefault(item_id, {})[stage] = _state(data, stale)
+        return found
+
+    def set_item_states(
+        self,
+        item_ids: Sequence[str],
+        state: ItemState,
+        due_at: datetime | None,
+        *,
+        only: Collection[ItemState] | None = None,
+    ) -> int:
+        n = 0
+        where = ""
+        extra: tuple[Any, ...] = ()
+        if only is not None:
+            values = sorted({ItemState(s).value for s in only})
+            if not values:
+                return 0
+            where = f" AND {self._plain('state')} IN ({self._marks(len(values))})"
+            extra = tuple(values)
+        with self.transaction():
+            for chunk in _chunks(list(item_ids)):
+                sql = (
+                    self._q("UPDATE items SET state = ?, due_at = ?, updated_at = ?")
+                    + f" WHERE id IN ({self._marks(len(chunk))}){where}"
+                )
+                params = (state.value, to_ts(due_at), _now(), *chunk, *extra)
+                n += self._run(sql, params).rowcount
+        return n
+
+    def rename_stage(self, item_ids: Sequence[str], old: str, new: str) -> int:
+        moved = 0
+        with self.transaction():
+            for chunk in _chunks(list(item_ids)):
+                marks = self._marks(len(chunk))
+                taken = {
+                    row[0]
+                    for row in self._run(
+                        self._q("SELECT item_id FROM stage_states WHERE stage = ?")
+                        + f" AND item_id IN ({marks})",
+                        (new, *chunk),
+                    ).fetchall()
+                }
+                free = [i for i in chunk if i not in taken]
+                if not free:
+                    continue
+                marks = self._marks(len(free))
+                for table in ("stage_states", "attempts", "reviews"):
+                    cur = self._run(
+                        self._q(f"UPDATE {table} SET stage = ? WHERE stage = ?")
+                        + f" AND item_id IN ({marks})",
+                        (new, old, *free),
+                    )
+                    if table == "stage_states":
+                        moved += cur.rowcount
+        return moved
+
+    def mark_stale(self, item_ids: Sequence[str], stages: Collection[str]) -> int:
+        names = sorted(set(stages))
+        if not names:
+            return 0
+        n = 0
+        with self.transaction():
+            for chunk in _chunks(list(item_ids)):
+                sql = (
+                    self._q(
+                        f"UPDATE stage_states SET stale = 1 WHERE {self._plain('status')} = ?"
+                        f" AND {self._plain('stale', number=True)} = 0"
+                    )
+                    + f" AND {self._plain('stage')} IN ({self._marks(len(names))})"
+                    + f" AND item_id IN ({self._marks(len(chunk))})"
+                )
+                n += self._run(sql, (StageStatus.COMPLETE.value, *names, *chunk)).rowcount
+        return n
+
+    def count_stale(self) -> dict[str, int]:
+        with self._guard:
+            rows = self._run(
+                "SELECT stage, COUNT(*) FROM stage_states WHERE stale = 1 GROUP BY stage"
+            ).fetchall()
+        return {stage: int(n) for stage, n in rows}
+
+    def list_stage_items(
+        self,
+        stage: str,
+        *,
+        statuses: Collection[StageStatus] | None = None,
+        stale: bool | None = None,
+    ) -> Iterator[str]:
+        # Stale states have an index of their own; anything else walks the primary key
+        # (item_id, stage) in order, so each page continues where the last one stopped.
+        indexed = stale is True
+        where = ("stage" if indexed else self._plain("stage")) + " = ?"
+        params: tuple[Any, ...] = (stage,)
+        if statuses is not None:
+            values = sorted({StageStatus(s).value for s in statuses})
+            if not values:
+                return
+            where += f" AND {self._plain('status')} IN ({', '.join('?' * len(values))})"
+            params += tuple(values)
+        if stale is not None:
+            column = "stale" if indexed else self._plain("stale", number=True)
+            where += f" AND {column} = {1 if stale else 0}"
+        first = self._q(f"SELECT item_id FROM stage_states WHERE {where} ORDER BY item_id LIMIT ?")
+        more = self._q(
+            f"SELECT item_id FROM stage_states WHERE {where} AND item_id > ?"
+            " ORDER BY item_id LIMIT ?"
+        )
+        with self._guard:
+            rows = self._run(first, (*params, _BATCH)).fetchall()
+        while rows:
+            for row in rows:
+                yield row[0]
+            if len(rows) < _BATCH:
+                return
+            with self._guard:
+                rows = self._run(more, (*params, rows[-1][0], _BATCH)).fetchall()
+
+    def revoke_lease(self, item_id: str) -> None:
+        with self._guard:
+            cur = self._run(
+                self._q(
+                    "UPDATE items SET lease_owner = NULL, lease_expires_at = NULL,"
+                    " lease_token = lease_token + 1 WHERE id = ?"
+                ),
+                (item_id,),
+            )
+        if cur.rowcount == 0:
+            raise UnknownItemError(f"unknown item {item_id!r}")
 
 
 #: SQLite errors that no retry mends, each with what to do (the file is named by the caller).

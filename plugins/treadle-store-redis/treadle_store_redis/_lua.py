@@ -16,6 +16,8 @@ Key layout (``P`` is the store's prefix; ``ID`` an item id, ``S`` a stage name):
     P:summary          hash    "STATUS:S" -> number of items
     P:rq               zset    LEN:IDS (LEN = byte length of ID) by since: awaiting review
     P:rq:S             zset    ID by since: awaiting review at stage S
+    P:stale:S          zset    ID (score 0, lexical order): stage S is stale
+    P:definition       string  the recorded pipeline definition (JSON)
     P:att:LEN:ID:S     list    AttemptRecord JSON, in order
     P:attkeys:ID       set     the item's attempt-list keys (for deletes)
     P:reviews:ID       list    {"stage", "record"} JSON, in order
@@ -36,7 +38,11 @@ from __future__ import annotations
 OP_ARITY = {
     "put_data": 3,  # id, data json, now
     "set_state": 4,  # id, state, due ("" = None), now
-    "save_stage": 5,  # id, stage, state json, status, review score ("" = not awaiting)
+    "save_stage": 6,  # id, stage, state json, status, review score ("" = not awaiting), stale
+    "drop_stage": 2,  # id, stage
+    "move_attempts": 3,  # id, old stage, new stage
+    "put_definition": 1,  # definition json
+    "revoke": 1,  # id
     "attempt": 3,  # id, stage, record json
     "review": 2,  # id, entry json
     "delete": 1,  # id
@@ -45,6 +51,8 @@ OP_ARITY = {
     "release": 2,  # id, token
     "mark": 1,  # commit mark
 }
+#: Ops followed by a count, then that many arguments (``events``: pairs).
+VARIADIC = ("events", "set_reviews")
 
 _COMMON = r"""
 local P = ARGV[1]
@@ -65,14 +73,19 @@ local function nxt() local v = ARGV[pos]; pos = pos + 1; return v end
 local locks, fences, ops = {}, {}, {}
 for _ = 1, tonumber(nxt()) do local id = nxt(); locks[#locks + 1] = {id, nxt()} end
 for _ = 1, tonumber(nxt()) do local id = nxt(); fences[#fences + 1] = {id, nxt()} end
-local arity = {put_data=3, set_state=4, save_stage=5, attempt=3, review=2, delete=1,
-               prune=2, renew=3, release=2, mark=1}
+local arity = {put_data=3, set_state=4, save_stage=6, attempt=3, review=2, delete=1,
+               prune=2, renew=3, release=2, mark=1, drop_stage=2, move_attempts=3,
+               put_definition=1, revoke=1}
 while pos <= #ARGV do
   local name = nxt()
   local op = {name}
   if name == 'events' then
     local n = tonumber(nxt())
     for _ = 1, 2 * n do op[#op + 1] = nxt() end
+  elseif name == 'set_reviews' then
+    op[#op + 1] = nxt()  -- id
+    local n = tonumber(nxt())
+    for _ = 1, n do op[#op + 1] = nxt() end
   else
     local k = arity[name]
     if k == nil then return fail('bad_op', name) end
@@ -99,7 +112,7 @@ for _, op in ipairs(ops) do
   local name, id = op[1], op[2]
   if name == 'put_data' then
     exists[id] = true
-  elseif name == 'set_state' or name == 'save_stage' then
+  elseif name == 'set_state' or name == 'save_stage' or name == 'revoke' then
     if not view(id) then return fail('unknown', id) end
   elseif name == 'delete' then
     exists[id] = false
@@ -130,6 +143,7 @@ local function delete_item(id)
     summary_add(st[i + 1], st[i], -1)
     redis.call('ZREM', P .. ':rq', rqmember(id, st[i]))
     redis.call('ZREM', P .. ':rq:' .. st[i], id)
+    redis.call('ZREM', P .. ':stale:' .. st[i], id)
   end
   for _, k in ipairs(redis.call('SMEMBERS', P .. ':attkeys:' .. id)) do redis.call('DEL', k) end
   local evs = redis.call('ZRANGE', P .. ':ijournal:' .. id, 0, -1)
@@ -192,6 +206,41 @@ for _, op in ipairs(ops) do
       redis.call('ZADD', P .. ':rq', score, rqmember(id, stage))
       redis.call('ZADD', P .. ':rq:' .. stage, score, id)
     end
+    if op[7] == '1' then
+      redis.call('ZADD', P .. ':stale:' .. stage, 0, id)
+    else
+      redis.call('ZREM', P .. ':stale:' .. stage, id)
+    end
+  elseif name == 'drop_stage' then
+    local stage = op[3]
+    local old = redis.call('HGET', P .. ':status:' .. id, stage)
+    if old then summary_add(old, stage, -1) end
+    redis.call('HDEL', P .. ':stages:' .. id, stage)
+    redis.call('HDEL', P .. ':status:' .. id, stage)
+    redis.call('ZREM', P .. ':rq', rqmember(id, stage))
+    redis.call('ZREM', P .. ':rq:' .. stage, id)
+    redis.call('ZREM', P .. ':stale:' .. stage, id)
+  elseif name == 'move_attempts' then
+    local from, to = attkey(id, op[3]), attkey(id, op[4])
+    local records = redis.call('LRANGE', from, 0, -1)
+    if #records > 0 then
+      local kept = redis.call('LRANGE', to, 0, -1)
+      redis.call('DEL', from, to)
+      for _, r in ipairs(records) do redis.call('RPUSH', to, r) end
+      for _, r in ipairs(kept) do redis.call('RPUSH', to, r) end
+      redis.call('SREM', P .. ':attkeys:' .. id, from)
+      redis.call('SADD', P .. ':attkeys:' .. id, to)
+    end
+  elseif name == 'set_reviews' then
+    local k = P .. ':reviews:' .. id
+    redis.call('DEL', k)
+    for i = 3, #op do redis.call('RPUSH', k, op[i]) end
+  elseif name == 'put_definition' then
+    redis.call('SET', P .. ':definition', op[2])
+  elseif name == 'revoke' then
+    local ik = ikey(id)
+    redis.call('HINCRBY', ik, 'token', 1)
+    redis.call('HDEL', ik, 'owner', 'expires')
   elseif name == 'attempt' then
     local k = attkey(id, op[3])
     redis.call('RPUSH', k, op[4])

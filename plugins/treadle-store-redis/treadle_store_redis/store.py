@@ -91,6 +91,8 @@ class _Tx:
     reviews: dict[str, list[str]] = field(default_factory=dict)
     #: Leases claimed inside the block (claims apply at once; released on rollback).
     claimed: list[Lease] = field(default_factory=list)
+    #: The definition saved in this block (JSON text).
+    definition: str | None = None
 
 
 def parse_url(url: str) -> tuple[str, str, dict[str, float]]:
@@ -448,7 +450,8 @@ class RedisStateStore(StateStore):
             if self._load(tx, item_id) is None:
                 raise UnknownItemError(f"unknown item {item_id!r}")
             tx.stages.setdefault(item_id, {})[stage] = text
-        self._write(["save_stage", item_id, stage, text, str(state.status), score])
+        stale = "1" if state.stale else ""
+        self._write(["save_stage", item_id, stage, text, str(state.status), score, stale])
 
     def get_stage_state(self, item_id: str, stage: str) -> StageState | None:
         tx = self._tx
@@ -706,6 +709,111 @@ class RedisStateStore(StateStore):
 
     def close(self) -> None:
         self.r.close()
+
+    # --- the recorded definition, and changing it ---------------------------------------
+    def get_definition(self) -> dict[str, Any] | None:
+        tx = self._tx
+        text = tx.definition if tx is not None and tx.definition is not None else None
+        if text is None:
+            text = self._read(self.r.get, self.k("definition"))
+        return None if text is None else json.loads(text)
+
+    def save_definition(self, definition: dict[str, Any]) -> None:
+        text = dumps(definition)
+        tx = self._tx
+        if tx is not None:
+            tx.definition = text
+        self._write(["put_definition", text])
+
+    def item_page(self, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
+        if limit <= 0:
+            return [], None
+        low = "-inf" if cursor is None else f"({cursor}"
+        page = self._read(
+            self.r.zrange,
+            self.k("items"),
+            low,
+            "+inf",
+            byscore=True,
+            offset=0,
+            num=limit,
+            withscores=True,
+        )
+        ids = [item_id for item_id, _ in page]
+        return ids, (repr(page[-1][1]) if len(page) == limit else None)
+
+    def rename_stage(self, item_ids: Sequence[str], old: str, new: str) -> int:
+        # Read, then one script applies the moves (inside a transaction, with its writes).
+        moved = 0
+        ops: list[Op] = []
+        for item_id in item_ids:
+            states = self.get_all_stage_states(item_id)
+            if old not in states or new in states:
+                continue
+            st = states[old]
+            score = ""
+            if st.status == StageStatus.AWAITING_REVIEW:
+                score = "+inf" if st.updated_at is None else _ts(st.updated_at)
+            text = dumps(st.to_dict())
+            stale = "1" if st.stale else ""
+            ops.append(["drop_stage", item_id, old])
+            ops.append(["save_stage", item_id, new, text, str(st.status), score, stale])
+            ops.append(["move_attempts", item_id, old, new])
+            entries = self._read(self.r.lrange, self.k("reviews", item_id), 0, -1)
+            if any(json.loads(e)["stage"] == old for e in entries):
+                rewritten = [
+                    dumps({"stage": new, "record": d["record"]}) if d["stage"] == old else e
+                    for e in entries
+                    for d in [json.loads(e)]
+                ]
+                ops.append(["set_reviews", item_id, str(len(rewritten)), *rewritten])
+            tx = self._tx
+            if tx is not None:
+                tx.stages.setdefault(item_id, {})[new] = text
+            moved += 1
+        if ops:
+            self._write(*ops)
+        return moved
+
+    def count_stale(self) -> dict[str, int]:
+        stages = sorted(self.summary())
+        with self.r.pipeline(transaction=False) as pipe:
+            for stage in stages:
+                pipe.zcard(self.k("stale", stage))
+            counts = self._read(pipe.execute)
+        return {stage: int(n) for stage, n in zip(stages, counts, strict=True) if n}
+
+    def list_stage_items(
+        self,
+        stage: str,
+        *,
+        statuses: Collection[StageStatus] | None = None,
+        stale: bool | None = None,
+    ) -> Iterator[str]:
+        if stale is not True:
+            yield from super().list_stage_items(stage, statuses=statuses, stale=stale)
+            return
+        wanted = None if statuses is None else {StageStatus(s) for s in statuses}
+        key, low = self.k("stale", stage), "-"
+        while True:
+            page = self._read(self.r.zrange, key, low, "+", bylex=True, offset=0, num=_PAGE)
+            for item_id in page:
+                if wanted is None or StageStatus.COMPLETE in wanted:
+                    yield item_id  # only COMPLETE states are ever stale
+            if len(page) < _PAGE:
+                return
+            low = f"({page[-1]}"
+
+    def revoke_lease(self, item_id: str) -> None:
+        tx = self._tx
+        if tx is not None:
+            fields = self._load(tx, item_id)
+            if fields is None:
+                raise UnknownItemError(f"unknown item {item_id!r}")
+            fields["token"] = str(int(fields.get("token") or 0) + 1)
+            fields.pop("owner", None)
+            fields.pop("expires", None)
+        self._write(["revoke", item_id])
 
     def destroy(self) -> int:
         """Delete every key under this store's prefix (tests, ``treadle`` resets); the count."""

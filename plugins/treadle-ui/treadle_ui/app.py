@@ -1,8 +1,10 @@
 """The review console: a Starlette app over the public treadle_core API.
 
 Store calls are synchronous (peewee), so they run in the thread pool; the
-engine's coroutines (`resolve_review`, `retry_stage`) are awaited directly.
-The route table is `Console.routes()`: one line per page or action.
+engine's coroutines (`resolve_review`, `retry_stage`, `rerun`, `cancel`) are awaited
+directly. What the CLI does too (failed stages, an item's and a review's detail, the
+overview, re-running and cancelling) goes through `treadle_core.ops`, the operator API
+both share. The route table is `Console.routes()`: one line per page or action.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from treadle_core import Approve as ApproveDecision
 from treadle_core import (
     ApproveWithEdits,
     AttemptRecord,
-    ItemState,
     PendingReview,
     Reject,
+    RerunError,
     RetryError,
     ReviewError,
     StageState,
@@ -44,6 +46,7 @@ from treadle_core import (
     UnknownItemError,
     UnknownStageError,
     Workflow,
+    ops,
 )
 from treadle_core.metrics import WorkflowMetrics
 
@@ -188,6 +191,8 @@ class Console:
             Route("/decide", self.decide, methods=["POST"]),
             Route("/bulk", self.bulk, methods=["POST"]),
             Route("/retry", self.retry, methods=["POST"]),
+            Route("/rerun", self.rerun, methods=["POST"]),
+            Route("/cancel", self.cancel, methods=["POST"]),
             Route("/reviewer", self.set_reviewer, methods=["POST"]),
             Route("/signin", self.signin, methods=["GET", "POST"]),
             Route("/signout", self.signout, methods=["POST"]),
@@ -240,17 +245,14 @@ class Console:
     def _overview_data(self, query: Query) -> dict[str, Any]:
         """Queue page, counts, summary, failures: one thread-pool call per refresh."""
         wf, store = self.wf, self.store
-        items = {str(k): v for k, v in store.count_items().items() if v}
-        summary = wf.summary(store, total=sum(items.values()))
+        view = ops.overview(wf, store)
+        items, summary = view.items, view.stages
         counts = waiting_counts(summary)
         page = queue_page(wf, store, query, counts, size=self.settings.page_size)
-        failed: list[tuple[str, str, str | None, int]] = []
-        for item_id in store.list_work_items(ItemState.FAILED):
-            st = wf.status(item_id, store)
-            for name in st.failed_stages:
-                failed.append((item_id, name, st.stages[name].error, st.stages[name].attempt))
-            if len(failed) >= MAX_FAILED_SHOWN:
-                break
+        failed = [
+            (f.item_id, f.stage, f.error, f.attempt)
+            for f in ops.failed_stages(wf, store, limit=MAX_FAILED_SHOWN)
+        ]
         return {
             "queue": page,
             "query": query,
@@ -259,7 +261,8 @@ class Console:
             "total_pending": sum(counts.values()),
             "summary": summary,
             "items": items,
-            "item_total": sum(items.values()),
+            "stale": view.stale,
+            "item_total": view.total,
             "graph": layout(wf, summary),
             "failed": failed,
             "stages": wf.stages,
@@ -297,17 +300,15 @@ class Console:
 
     # --- one item / one review ---------------------------------------------------------
     def _item_data(self, item_id: str) -> dict[str, Any]:
-        wf, store = self.wf, self.store
-        status = wf.status(item_id, store)  # UnknownItemError
-        events = store.read_events(item_id=item_id)
-        rows = [event_row(e) for e in events[-MAX_EVENTS_SHOWN:]]
+        detail = ops.item_detail(self.wf, self.store, item_id, events=MAX_EVENTS_SHOWN)
+        rows = [event_row(e) for e in detail.events]
         rows.reverse()
         return {
             "item_id": item_id,
-            "data": store.get_work_item_data(item_id),
-            "status": status,
+            "data": detail.data,
+            "status": detail.status,
             "events": rows,
-            "events_total": len(events),
+            "events_total": detail.events_total,
         }
 
     def _upstream(self, item_id: str, stage: str, states: dict[str, StageState]) -> list[Upstream]:
@@ -330,11 +331,10 @@ class Console:
         self, item_id: str, stage: str, query: Query, at: int | None
     ) -> dict[str, Any]:
         wf, store = self.wf, self.store
-        wf.dependencies(stage)  # UnknownStageError
+        detail = ops.review_detail(wf, store, item_id, stage)  # Unknown{Stage,Item}Error
         data = self._item_data(item_id)
         states = data["status"].stages
-        st = states[stage]
-        attempts = store.get_attempts(item_id, stage)
+        st, attempts = states[stage], detail.attempts
         source = (st.review_context or {}).get("stage")
         reviewed = None
         if isinstance(source, str) and source in wf.stages and source != stage:
@@ -353,7 +353,7 @@ class Console:
             "subtask_attempts": _by_subtask(attempts),
             "reviewed": reviewed,
             "upstream": self._upstream(item_id, stage, states),
-            "reviews": store.get_reviews(item_id, stage),
+            "reviews": detail.reviews,
             "context": context,
             "queue_len": counts.get(query.stage, 0) if query.stage else sum(counts.values()),
             "near": near,
@@ -587,6 +587,47 @@ class Console:
             return _redirect("/", **notice)
         return _redirect("/item", item=item_id, **notice)
 
+    async def rerun(self, request: Request) -> Response:
+        return await self._once(request, lambda form: self._rerun(request, form))
+
+    async def _rerun(self, request: Request, form: FormData) -> Response:
+        """Re-run a stage of an item (and what follows it, unless ``cascade`` is 0)."""
+        item_id = str(form.get("item") or "")
+        stage = str(form.get("stage") or "")
+        cascade = str(form.get("cascade") or "1") != "0"
+        reason = str(form.get("reason") or "").strip()[:500] or None
+        by = self.reviewer(request)
+        if not by:
+            return _redirect("/item", item=item_id, notice="noname")
+        try:
+            await self.wf.rerun(item_id, stage, self.store, cascade=cascade, reason=reason, by=by)
+        except (RerunError, UnknownItemError, UnknownStageError) as exc:
+            notice: dict[str, Any] = {"notice": "rerun_failed", "detail": str(exc)}
+        else:
+            notice = {"notice": "rerun", "done_item": item_id, "done_stage": stage}
+        return _redirect("/item", item=item_id, **notice)
+
+    async def cancel(self, request: Request) -> Response:
+        return await self._once(request, lambda form: self._cancel(request, form))
+
+    async def _cancel(self, request: Request, form: FormData) -> Response:
+        """Cancel an item: its unfinished stages stop and never run (until re-run)."""
+        item_id = str(form.get("item") or "")
+        reason = str(form.get("reason") or "").strip()[:500] or None
+        by = self.reviewer(request)
+        if not by:
+            return _redirect("/item", item=item_id, notice="noname")
+        notice: dict[str, Any]
+        try:
+            report = await ops.cancel(self.wf, self.store, [item_id], reason=reason, by=by)
+        except UnknownItemError as exc:
+            notice = {"notice": "cancel_failed", "detail": str(exc)}
+        else:
+            notice = {"notice": "cancelled", "done_item": item_id}
+            for _, why in report.skipped:  # nothing left to cancel
+                notice = {"notice": "cancel_failed", "detail": why}
+        return _redirect("/item", item=item_id, **notice)
+
     async def set_reviewer(self, request: Request) -> Response:
         if self.access.users is not None:
             return deny(403, "You are signed in: your name comes from your token.")
@@ -651,6 +692,10 @@ NOTICES = {
     "edit": ("ok", "Approved {item} / {stage} with your edits."),
     "retried": ("ok", "{item} / {stage} is pending again; a worker or `treadle run` picks it up."),
     "retry_failed": ("error", "Not retried: {detail}"),
+    "rerun": ("ok", "{item} / {stage} is pending again; a worker or `treadle run` runs it."),
+    "rerun_failed": ("error", "Not re-run: {detail}"),
+    "cancelled": ("warn", "Cancelled {item}: its unfinished stages will not run."),
+    "cancel_failed": ("error", "Not cancelled: {detail}"),
     "conflict": ("warn", "Not saved: {detail} (someone may have decided it already)."),
     "bulk": ("ok", "Approved {count} review(s){skipped_text}."),
     "bulk_reject": ("warn", "Rejected {count} review(s){skipped_text}."),
