@@ -39,6 +39,7 @@ RATING = {
             "description": "1 is poor, 5 is excellent",
         },
         "headline": {"type": "string", "title": "Headline", "maxLength": 80},
+        "byline": {"type": "string", "title": "Byline", "maxLength": 40},
         "section": {"enum": ["news", "sport", "culture"], "title": "Section"},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
         "front_page": {"type": "boolean", "title": "Front page"},
@@ -193,7 +194,12 @@ def test_the_form_is_drawn_from_its_json_schema(wf: Workflow, store: Any) -> Non
     assert 'name="v.stars"' in stars and 'type="number" step="1"' in stars
     assert 'min="1" max="5"' in stars and "1 is poor, 5 is excellent" in stars
     headline = answers.split('data-field="headline"', 1)[1].split('<div class="answer', 1)[0]
-    assert 'type="text" maxlength="80"' in headline and "required" not in headline
+    assert '<textarea id="field-2" name="v.headline" rows="2" class="grow" maxlength="80">' in (
+        headline
+    )  # it wraps
+    assert "required" not in headline
+    byline = answers.split('data-field="byline"', 1)[1].split('<div class="answer', 1)[0]
+    assert 'name="v.byline" value="" autocomplete="off" type="text" maxlength="40"' in byline
     section = answers.split('data-field="section"', 1)[1].split('<div class="answer', 1)[0]
     assert re.findall(r'type="radio" name="v.section" value="([^"]+)"', section) == [
         "&#34;news&#34;",
@@ -201,9 +207,9 @@ def test_the_form_is_drawn_from_its_json_schema(wf: Workflow, store: Any) -> Non
         "&#34;culture&#34;",
     ]
     assert 'step="any"' in answers.split('data-field="confidence"', 1)[1]
-    assert 'type="checkbox" id="field-5" name="v.front_page"' in answers
+    assert 'type="checkbox" id="field-6" name="v.front_page"' in answers
     tags = answers.split('data-field="tags"', 1)[1]
-    assert '<textarea id="field-6" name="v.tags"' in tags and "As JSON: a list" in tags
+    assert '<textarea id="field-7" name="v.tags"' in tags and "As JSON: a list" in tags
     assert "Approve with these answers" in page
     assert 'id="editor"' not in page
 

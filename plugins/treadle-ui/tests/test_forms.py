@@ -13,10 +13,11 @@ from treadle_ui.forms import WHOLE, fields, problem_field, read
 @pytest.mark.parametrize(
     ("prop", "kind", "attrs"),
     [
-        ({"type": "string"}, "string", {"type": "text"}),
+        ({"type": "string"}, "text", {}),
+        ({"type": "string", "maxLength": 40}, "string", {"type": "text", "maxlength": 40}),
         ({"type": "string", "format": "email"}, "string", {"type": "email"}),
         ({"type": "string", "maxLength": 2000}, "text", {"maxlength": 2000}),
-        ({"type": ["string", "null"]}, "string", {"type": "text"}),
+        ({"type": ["string", "null"], "maxLength": 9}, "string", {"type": "text", "maxlength": 9}),
         (
             {"type": "integer", "minimum": 1},
             "integer",

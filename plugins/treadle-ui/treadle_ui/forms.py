@@ -27,6 +27,8 @@ PREFIX = "v."
 WHOLE = ""
 #: More options than this: a drop-down instead of radio buttons.
 MAX_RADIOS = 5
+#: A string that may be longer than this is a box that wraps (and grows), not one line.
+MAX_ONE_LINE = 40
 _SIMPLE = ("string", "integer", "number", "boolean")
 _FORMATS = {"email": "email", "uri": "url", "url": "url", "date": "date", "time": "time"}
 
@@ -44,7 +46,8 @@ class Field:
     """One property of the form, as the page shows it."""
 
     name: str
-    #: "string", "text" (long string), "integer", "number", "boolean", "enum" or "json".
+    #: "string" (one line), "text" (a box that wraps), "integer", "number", "boolean",
+    #: "enum" or "json".
     kind: str
     label: str
     help: str | None
@@ -106,8 +109,11 @@ def _kind(prop: Mapping[str, Any]) -> str:
         real = [k for k in kind if k != "null"]
         kind = real[0] if len(real) == 1 else None
     if kind == "string":
-        long = prop.get("maxLength")
-        return "text" if isinstance(long, int) and long > 200 else "string"
+        # One line only for what is short or has a format (email, date...): a longer value
+        # wraps in a box instead of scrolling out of sight.
+        most = prop.get("maxLength")
+        short = isinstance(most, int) and most <= MAX_ONE_LINE
+        return "string" if short or prop.get("format") in _FORMATS else "text"
     return kind if kind in _SIMPLE else "json"
 
 
