@@ -91,6 +91,7 @@ def people() -> Workflow:
         .stage("sign", sign, needs=["draft"])
         .approvers("sign", ["ana", "bo", "cy"], required=2)
         .stage("check", check, needs=["draft"])
+        .stage("headline", lambda item, ctx: StageOutput(NeedsReview("Headline?")), needs=["year"])
         .build()
     )
 
@@ -142,10 +143,15 @@ def test_choices_are_buttons_with_number_keys_and_no_plain_approve(
 
 
 def test_a_choice_button_approves_with_that_choice(wf: Workflow, store: Any) -> None:
-    r = decide(client(wf, store), "s1", "year", choice="2022", comment="the wire is wrong")
+    c = client(wf, store)
+    r = decide(c, "s1", "year", choice="2022", comment="the wire is wrong")
     assert r.status_code == 303
     assert "notice=chose" in r.headers["location"] and "detail=2022" in r.headers["location"]
     assert store.get_stage_state("s1", "year").status == StageStatus.COMPLETE
+    asyncio.run(wf.run(store, [Item("s1", {})]))
+    page = c.get("/review?item=s1&stage=headline").text.split('id="upstream"', 1)[1]
+    year_line = page.split('data-stage="year"', 1)[1].split("</summary>", 1)[0]
+    assert 'approved <span class="choice-tag">2022</span> by ada' in year_line  # seen later on
     [rec] = store.get_reviews("s1", "year")
     assert (rec.decision, rec.choice, rec.reviewer, rec.comment) == (
         "approve",
@@ -290,6 +296,25 @@ def test_a_form_without_properties_is_answered_as_one_json_object() -> None:
     r = decide(c, "f1", "ask", action="approve", **{"v.": '{"note": "ok"}'})
     assert r.status_code == 303
     assert store.get_reviews("f1", "ask")[0].values == {"note": "ok"}
+
+
+def test_a_choice_with_a_form_approves_with_both() -> None:
+    schema = {"type": "object", "properties": {"why": {"type": "string"}}, "required": ["why"]}
+
+    def ask(item: Any, ctx: Any) -> StageOutput:
+        return StageOutput(NeedsReview("Which, and why?", choices=("a", "b"), form=schema))
+
+    wf = Workflow.builder("both").stage("ask", ask).build()
+    store = make_store(wf, [Item("b1", {})])
+    c = client(wf, store)
+    page = page_of(c, "b1", "ask")
+    assert 'id="answers"' in page and 'id="choice-2"' in page and 'id="approve-btn"' not in page
+    r = decide(c, "b1", "ask", choice="b")  # no answer yet: refused at the field
+    assert r.status_code == 400 and field_error(r.text, "why") == "required: fill it in"
+    r = decide(c, "b1", "ask", choice="b", **{"v.why": "fewer words"})
+    assert r.status_code == 303
+    [rec] = store.get_reviews("b1", "ask")
+    assert (rec.choice, rec.values) == ("b", {"why": "fewer words"})
 
 
 # --- request changes -----------------------------------------------------------------
