@@ -512,6 +512,10 @@ def switch_to(page: Any, server: UiServer, name: str, tokens: dict[str, str]) ->
     sign_in(page, server, name, tokens)
 
 
+#: Whether the page began sending its decision form (ui.js marks a form it sends).
+SENT = "document.getElementById('decide').dataset.sent ?? null"
+
+
 def posts_of(page: Any) -> list[str]:
     """Every POST the page sends from now on."""
     posts: list[str] = []
@@ -641,7 +645,7 @@ def test_votes_so_far_approvers_and_who_may_not_vote(
     )
     assert page.is_disabled("#approve-btn") and page.is_disabled("#reject-btn")
     page.keyboard.press("a")
-    assert posts == []
+    assert page.evaluate(SENT) is None and posts == []  # no submission even began
 
     switch_to(page, people_server, "ana", people_tokens)
     page.goto(url)
@@ -658,7 +662,7 @@ def test_votes_so_far_approvers_and_who_may_not_vote(
     assert page.is_disabled("#approve-btn")
     posts.clear()
     page.keyboard.press("a")
-    assert posts == []
+    assert page.evaluate(SENT) is None and posts == []
 
     switch_to(page, people_server, "bo", people_tokens)
     page.goto(url)
