@@ -302,7 +302,7 @@ OVERFLOW = """() => {
   for (const el of document.querySelectorAll("main *")) {
     if (el.closest(".sr-only") || !el.getClientRects().length) continue;
     const r = el.getBoundingClientRect();
-    const name = `${el.tagName}.${el.className}`;
+    const name = `${el.tagName}.${el.className}#${el.id || el.name || ""}@${location.pathname}`;
     if (r.right > doc.clientWidth + 0.5) wide.push(`${name} ends at ${r.right}`);
     if (el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== "visible")
       wide.push(`${name} scrolls ${el.scrollWidth} > ${el.clientWidth}`);
@@ -691,8 +691,9 @@ def test_choices_forms_and_votes_wrap_and_nothing_overflows_sideways(
         page.fill('[name="v.tags"]', json.dumps(["t" * 300]))
         page.fill('[name="v.stars"]', "1" * 15)
         page.check("[name='v.section'][value='\"news\"']")
-        page.click("#approve-btn")  # refused by the library: a 15-digit number in the message
-        page.wait_for_selector('[data-field="stars"] .field-error')
+        with page.expect_navigation():  # to the refusal, loaded (styles and all)
+            page.click("#approve-btn")  # refused by the library: a 15-digit number in it
+        assert page.locator('[data-field="stars"] .field-error').is_visible()
         assert page.evaluate(OVERFLOW) == []
         assert page.input_value('[name="v.headline"]') == long_text
         page.goto(people_server.url + "/?mine=1")
