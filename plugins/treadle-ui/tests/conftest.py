@@ -79,9 +79,10 @@ def treadle(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     )
 
 
-def make_pipeline(root: Path, items: list[dict[str, Any]]) -> Path:
-    """Copy the test pipeline to ``root``, add ``items`` and run until they wait for review."""
-    shutil.copytree(HERE / "pipeline", root)
+def make_pipeline(root: Path, items: list[dict[str, Any]], source: str = "pipeline") -> Path:
+    """Copy a test pipeline (``tests/<source>``) to ``root``, add ``items`` and run until
+    they wait for review."""
+    shutil.copytree(HERE / source, root)
     (root / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     treadle(root, "add", "items.jsonl")
     treadle(root, "run", check=False)  # exit 1: fail-1 failed, as intended
@@ -147,6 +148,44 @@ def server(pipeline_dir: Path) -> Iterator[UiServer]:
     ui.stop()
 
 
+#: The people-in-the-loop pipeline's reviewers (sign's approvers are ana, bo and cy).
+PEOPLE = ("ana", "bo", "cy", "tester")
+#: Its items: each browser test decides its own.
+PEOPLE_ITEMS = [
+    {"id": i}
+    for i in ("pick-1", "pick-2", "form-1", "form-long", "changes-1", "vote-1", "vote-2", "once-3")
+]
+
+
+@pytest.fixture(scope="session")
+def people_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pipeline(tmp_path_factory.mktemp("ui") / "people", PEOPLE_ITEMS, "people")
+
+
+@pytest.fixture(scope="session")
+def people_tokens(people_dir: Path) -> dict[str, str]:
+    add = ("ui", "users", "add")
+    return {
+        n: treadle(people_dir, *add, n, "--file", "reviewers.json").stdout.strip() for n in PEOPLE
+    }
+
+
+@pytest.fixture(scope="session")
+def people_server(people_dir: Path, people_tokens: dict[str, str]) -> Iterator[UiServer]:
+    ui = UiServer(people_dir, "--users", "reviewers.json", "--poll", "0.3")
+    yield ui
+    ui.stop()
+
+
+@pytest.fixture
+def people_store(people_dir: Path) -> Iterator[Any]:
+    from treadle_core import open_store
+
+    s = open_store(f"sqlite:///{people_dir / '.treadle' / 'state.db'}")
+    yield s
+    s.close()
+
+
 @pytest.fixture
 def store(pipeline_dir: Path) -> Iterator[Any]:
     """A fresh connection to the server's store (reads what the other process committed)."""
@@ -157,8 +196,10 @@ def store(pipeline_dir: Path) -> Iterator[Any]:
     s.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module: Playwright's sync API holds an event loop in this
+    thread while it runs, which would stop later modules' ``asyncio.run``."""
     if not Path(CHROMIUM).exists():
         reason = f"{CHROMIUM} is missing (apt-get install chromium)"
         if os.environ.get("CI"):

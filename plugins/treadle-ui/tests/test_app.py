@@ -46,14 +46,17 @@ def draft(item: Any, ctx: Any) -> StageOutput:
 
 
 class Short:
-    """A gate that rejects the first attempt, so a review shows two attempts."""
+    """A gate that rejects a stage's first attempt (so a review shows two attempts) and
+    anything that still says TODO (an edit too)."""
 
     async def evaluate(self, item: Any, stage: str, output: Any, ctx: Any) -> Any:
         from treadle_core import Accepted
 
-        if ctx.attempt == 1:
+        if not ctx.previous_attempts:
             feedback = QualityFeedback("too short", [CriterionResult("min chars", 40, 3, False)])
             return Rejected(feedback)
+        if "TODO" in json.dumps(output.artefact):
+            return Rejected(QualityFeedback("it still says TODO"))
         return Accepted()
 
 
@@ -452,9 +455,11 @@ def count_limits(wf: Workflow) -> list[int | None]:
     limits: list[int | None] = []
     real = wf.pending_reviews
 
-    def pending_reviews(store: Any, stage: str | None = None, *, limit: int | None = None) -> Any:
+    def pending_reviews(
+        store: Any, stage: str | None = None, *, limit: int | None = None, **kw: Any
+    ) -> Any:
         limits.append(limit)
-        return real(store, stage, limit=limit)
+        return real(store, stage, limit=limit, **kw)
 
     wf.pending_reviews = pending_reviews  # type: ignore[method-assign]
     return limits

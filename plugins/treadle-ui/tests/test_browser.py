@@ -302,7 +302,7 @@ OVERFLOW = """() => {
   for (const el of document.querySelectorAll("main *")) {
     if (el.closest(".sr-only") || !el.getClientRects().length) continue;
     const r = el.getBoundingClientRect();
-    const name = `${el.tagName}.${el.className}`;
+    const name = `${el.tagName}.${el.className}#${el.id || el.name || ""}@${location.pathname}`;
     if (r.right > doc.clientWidth + 0.5) wide.push(`${name} ends at ${r.right}`);
     if (el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== "visible")
       wide.push(`${name} scrolls ${el.scrollWidth} > ${el.clientWidth}`);
@@ -493,3 +493,210 @@ def test_a_page_opened_before_a_console_restart_can_still_decide(
         assert [r.comment for r in s.get_reviews("restart-1", "review")] == ["after the restart"]
     finally:
         s.close()
+
+
+# --- people in the loop, version 2: choices, forms, changes, votes ----------------------
+
+
+def sign_in(page: Any, server: UiServer, name: str, tokens: dict[str, str]) -> None:
+    page.goto(server.url + "/signin")
+    page.fill("#signin-name", name)
+    page.fill("#signin-token", tokens[name])
+    page.click("#signin-btn")
+    page.wait_for_selector("#signed-in-as")
+
+
+def switch_to(page: Any, server: UiServer, name: str, tokens: dict[str, str]) -> None:
+    page.click(".signed-in button")  # sign out
+    page.wait_for_url("**/signin")
+    sign_in(page, server, name, tokens)
+
+
+#: Whether the page began sending its decision form (ui.js marks a form it sends).
+SENT = "document.getElementById('decide').dataset.sent ?? null"
+
+
+def posts_of(page: Any) -> list[str]:
+    """Every POST the page sends from now on."""
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    return posts
+
+
+def test_choices_are_buttons_and_a_number_key_approves_with_that_choice(
+    page: Any, people_server: UiServer, people_store: Any, people_tokens: dict[str, str]
+) -> None:
+    sign_in(page, people_server, "ana", people_tokens)
+    page.goto(review_url(people_server, "pick-1", "year"))
+    assert page.locator("#choices button span").all_inner_texts() == ["2021", "2022", "2023"]
+    assert page.locator("#choices button kbd").all_inner_texts() == ["1", "2", "3"]
+    assert page.locator("#approve-btn").count() == 0  # a choice is the approval
+    page.keyboard.press("2")
+    page.wait_for_url("**notice=chose*")
+    assert "Approved pick-1 / year: 2022." in page.inner_text(".notice")
+    assert status_of(people_store, "pick-1", "year") == StageStatus.COMPLETE
+    [record] = people_store.get_reviews("pick-1", "year")
+    assert (record.decision, record.choice, record.reviewer) == ("approve", "2022", "ana")
+
+
+def test_a_second_key_press_or_click_on_a_choice_never_posts_twice(
+    page: Any, people_server: UiServer, people_store: Any, people_tokens: dict[str, str]
+) -> None:
+    sign_in(page, people_server, "bo", people_tokens)
+    posts = posts_of(page)
+    page.goto(review_url(people_server, "pick-2", "year"))
+    for key in ("1", "1", "3"):  # the same choice again, then another one
+        page.keyboard.press(key)
+    page.wait_for_url("**notice=chose*")
+    assert posts == [people_server.url + "/decide"]
+    assert [r.choice for r in people_store.get_reviews("pick-2", "year")] == ["2021"]
+
+    posts.clear()
+    page.goto(review_url(people_server, "once-3", "year"))
+    page.dblclick("#choice-3")
+    page.wait_for_url("**notice=chose*")
+    assert posts == [people_server.url + "/decide"]
+    assert [r.choice for r in people_store.get_reviews("once-3", "year")] == ["2023"]
+
+
+def test_a_form_answer_that_fails_is_shown_at_its_field_then_fixed_and_approved(
+    page: Any, people_server: UiServer, people_store: Any, people_tokens: dict[str, str]
+) -> None:
+    sign_in(page, people_server, "cy", people_tokens)
+    page.goto(review_url(people_server, "form-1", "rate"))
+    stars = page.locator('[data-field="stars"]')
+    assert "Stars required" in stars.locator("label").inner_text()
+    assert "1 is poor, 5 is excellent" in stars.inner_text()
+    page.fill('[name="v.stars"]', "9")
+    page.check("[name='v.section'][value='\"sport\"']")
+    page.fill('[name="v.tags"]', '["bridges"]')
+    with page.expect_response(lambda r: r.url.endswith("/decide")) as answer:
+        page.click("#approve-btn")
+    assert answer.value.status == 400
+    page.wait_for_selector('[data-field="stars"] .field-error')
+    assert stars.locator(".field-error").inner_text() == "9 is greater than the maximum of 5"
+    assert page.get_attribute('[name="v.stars"]', "aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.name") == "v.stars"  # there to be fixed
+    assert page.is_checked("[name='v.section'][value='\"sport\"']")  # the other answers stay
+    assert page.input_value('[name="v.tags"]') == '["bridges"]'
+    assert "nothing saved" in page.inner_text("#decision-error")
+    assert people_store.get_reviews("form-1", "rate") == []
+    assert status_of(people_store, "form-1", "rate") == StageStatus.AWAITING_REVIEW
+
+    page.fill('[name="v.stars"]', "4")
+    page.press('[name="v.stars"]', "Enter")  # Enter in an answer approves with the answers
+    page.wait_for_selector(".notice-ok")
+    [record] = people_store.get_reviews("form-1", "rate")
+    assert record.reviewer == "cy"
+    assert record.values == {
+        "stars": 4,
+        "section": "sport",
+        "front_page": False,
+        "tags": ["bridges"],
+    }
+
+
+def test_request_changes_needs_feedback_then_sends_the_draft_back_with_it(
+    page: Any,
+    people_server: UiServer,
+    people_store: Any,
+    people_tokens: dict[str, str],
+    people_dir: Path,
+) -> None:
+    sign_in(page, people_server, "ana", people_tokens)
+    posts = posts_of(page)
+    page.goto(review_url(people_server, "changes-1", "check"))
+    page.click("#changes-btn")  # no feedback yet: refused in the page, nothing sent
+    assert posts == []
+    assert page.get_attribute("#feedback", "aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.id") == "feedback"
+    page.keyboard.press("Escape")
+    page.keyboard.press("c")
+    assert page.evaluate("document.activeElement.id") == "feedback"
+    page.keyboard.type("name the source of the year")
+    page.click("#changes-btn")
+    page.wait_for_selector(".notice-warn")
+    assert "Sent changes-1 / check back: draft runs again with your feedback." in page.inner_text(
+        ".notice"
+    )
+    assert posts == [people_server.url + "/decide"]
+    assert status_of(people_store, "changes-1", "draft") == StageStatus.PENDING
+    [record] = people_store.get_reviews("changes-1", "check")
+    assert (record.decision, record.feedback, record.reviewer) == (
+        "request_changes",
+        "name the source of the year",
+        "ana",
+    )
+    treadle(people_dir, "run", "--item", "changes-1")
+    draft = people_store.get_stage_state("changes-1", "draft")
+    assert draft.artefact == {"title": "changes-1", "note": "name the source of the year"}
+    assert status_of(people_store, "changes-1", "check") == StageStatus.AWAITING_REVIEW
+
+
+def test_votes_so_far_approvers_and_who_may_not_vote(
+    page: Any, people_server: UiServer, people_store: Any, people_tokens: dict[str, str]
+) -> None:
+    url = review_url(people_server, "vote-1", "sign")
+    sign_in(page, people_server, "tester", people_tokens)  # not one of its approvers
+    posts = posts_of(page)
+    page.goto(url)
+    assert page.inner_text("#vote-refusal") == (
+        "Only its approvers (ana, bo, cy) may decide this review; you are signed in as tester."
+    )
+    assert page.is_disabled("#approve-btn") and page.is_disabled("#reject-btn")
+    page.keyboard.press("a")
+    assert page.evaluate(SENT) is None and posts == []  # no submission even began
+
+    switch_to(page, people_server, "ana", people_tokens)
+    page.goto(url)
+    assert page.inner_text("#tally") == "0 of 2 approvals"
+    assert page.inner_text("#approvers") == "Approvers: ana, bo, cy"
+    page.keyboard.press("a")
+    page.wait_for_url("**notice=voted*")
+    assert "Your approval of vote-1 / sign is recorded: 1 of 2 approvals: ana." in page.inner_text(
+        ".notice"
+    )
+    assert status_of(people_store, "vote-1", "sign") == StageStatus.AWAITING_REVIEW
+    page.goto(url)  # a second vote: not offered, and not sent
+    assert "You have approved it already (one vote each)" in page.inner_text("#vote-refusal")
+    assert page.is_disabled("#approve-btn")
+    posts.clear()
+    page.keyboard.press("a")
+    assert page.evaluate(SENT) is None and posts == []
+
+    switch_to(page, people_server, "bo", people_tokens)
+    page.goto(url)
+    assert page.inner_text("#tally") == "1 of 2 approvals: ana"
+    assert "ana approved" in page.inner_text(".votes")
+    page.click("#approve-btn")
+    page.wait_for_url("**notice=approve*")
+    assert status_of(people_store, "vote-1", "sign") == StageStatus.COMPLETE
+    assert [r.reviewer for r in people_store.get_reviews("vote-1", "sign")] == ["ana", "bo"]
+
+
+@pytest.mark.parametrize("width", [375, 1440])
+def test_choices_forms_and_votes_wrap_and_nothing_overflows_sideways(
+    browser: Any, people_server: UiServer, people_tokens: dict[str, str], width: int
+) -> None:
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    try:
+        sign_in(page, people_server, "tester", people_tokens)
+        for stage in ("year", "sign", "check"):
+            page.goto(review_url(people_server, "form-long", stage))
+            assert page.evaluate(OVERFLOW) == [], stage
+        page.goto(review_url(people_server, "form-long", "rate"))
+        long_text = "a-long-headline-" * 30
+        page.fill('[name="v.headline"]', long_text)
+        page.fill('[name="v.tags"]', json.dumps(["t" * 300]))
+        page.fill('[name="v.stars"]', "1" * 15)
+        page.check("[name='v.section'][value='\"news\"']")
+        with page.expect_navigation():  # to the refusal, loaded (styles and all)
+            page.click("#approve-btn")  # refused by the library: a 15-digit number in it
+        assert page.locator('[data-field="stars"] .field-error').is_visible()
+        assert page.evaluate(OVERFLOW) == []
+        assert page.input_value('[name="v.headline"]') == long_text
+        page.goto(people_server.url + "/?mine=1")
+        assert page.evaluate(OVERFLOW) == []
+    finally:
+        context.close()

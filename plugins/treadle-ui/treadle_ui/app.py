@@ -14,6 +14,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
@@ -36,6 +37,7 @@ from treadle_core import (
     AttemptRecord,
     PendingReview,
     Reject,
+    RequestChanges,
     RerunError,
     RetryError,
     ReviewError,
@@ -50,7 +52,8 @@ from treadle_core import (
 )
 from treadle_core.metrics import WorkflowMetrics
 
-from . import __version__
+from . import __version__, forms
+from .ballot import Ballot
 from .layout import layout
 from .once import Once, form_key, view_key
 from .queue import (
@@ -132,6 +135,13 @@ def _int(value: str | None, default: int, low: int = 0) -> int:
         return default
 
 
+def _epoch(value: Any) -> datetime | None:
+    """A vote's time (epoch seconds, as the library keeps it) as a datetime."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    return None
+
+
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
@@ -143,6 +153,7 @@ def _templates() -> Jinja2Templates:
         first_line=first_line,
         pretty_json=pretty_json,
         render_value=render_value,
+        epoch=_epoch,
         key=lambda r: _key(r.item_id, r.stage),
         keys=lambda rs: json.dumps([[r.item_id, r.stage] for r in rs]),
     )
@@ -179,6 +190,13 @@ class Console:
         self.csrf = csrf
         self.once = Once()
         self.templates = _templates()
+        self.templates.env.globals["asks"] = self.asks
+
+    def asks(self, r: PendingReview) -> list[str]:
+        """What a waiting review asks for (choices, a form, approvals), for the queue."""
+        if r.stage not in self.wf.specs:
+            return []
+        return Ballot.of(self.wf, r.stage, choices=r.choices, form=r.form, votes=r.votes).asks()
 
     def routes(self) -> list[BaseRoute]:
         """Every page and action of the console."""
@@ -235,11 +253,12 @@ class Console:
             return value
         return None
 
-    def _query(self, params: Any, stage_key: str = "stage") -> Query:
+    def _query(self, request: Request, params: Any, stage_key: str = "stage") -> Query:
         return Query(
             stage=self._stage_filter(str(params.get(stage_key) or "")),
             q=str(params.get("q") or "").strip()[:MAX_SEARCH],
             page=_int(params.get("page"), 1, low=1),
+            mine=self.reviewer(request) if params.get("mine") else None,
         )
 
     def _overview_data(self, query: Query) -> dict[str, Any]:
@@ -278,7 +297,7 @@ class Console:
         status_code: int = 200,
     ) -> Response:
         params = form if form is not None else request.query_params
-        query = self._query(params, "queue" if form is not None else "stage")
+        query = self._query(request, params, "queue" if form is not None else "stage")
         data = await run_in_threadpool(self._overview_data, query)
         bulk = {"comment": "", "reason": ""}
         selected: set[str] = set()
@@ -295,7 +314,8 @@ class Console:
         return self.page(request, "overview.html", context, status_code)
 
     async def overview_live(self, request: Request) -> Response:
-        data = await run_in_threadpool(self._overview_data, self._query(request.query_params))
+        query = self._query(request, request.query_params)
+        data = await run_in_threadpool(self._overview_data, query)
         return self.page(request, "_overview_live.html", {**data, "selected": set()})
 
     # --- one item / one review ---------------------------------------------------------
@@ -355,6 +375,11 @@ class Console:
             "upstream": self._upstream(item_id, stage, states),
             "reviews": detail.reviews,
             "context": context,
+            "ballot": Ballot.of(
+                wf, stage, choices=st.review_choices, form=st.review_form, votes=st.votes
+            ),
+            "fields": forms.fields(st.review_form),
+            "changes_to": _changes_to(wf, stage, st),
             "queue_len": counts.get(query.stage, 0) if query.stage else sum(counts.values()),
             "near": near,
             "query": query,
@@ -371,23 +396,36 @@ class Console:
         at: int | None = None,
         error: str | None = None,
         error_field: str | None = None,
+        problems: dict[str, str] | None = None,
+        offer_force: bool = False,
         form: FormData | None = None,
         status_code: int = 200,
     ) -> Response:
         q = request.query_params
         item_id = item_id if item_id is not None else q.get("item", "")
         stage = stage if stage is not None else q.get("stage", "")
-        query = query or self._query(q, "queue")
+        query = query or self._query(request, q, "queue")
         at = at if at is not None else _int(q.get("at"), 0)
         try:
             data = await run_in_threadpool(self._review_data, item_id, stage, query, at)
         except (UnknownItemError, UnknownStageError) as exc:
             return self.page(request, "missing.html", {"message": str(exc)}, 404)
         text, mode = edit_text(data["state"].artefact)
-        values = {"artefact": text, "mode": mode, "comment": "", "reason": "", "note": ""}
+        values = {
+            "artefact": text,
+            "mode": mode,
+            "comment": "",
+            "reason": "",
+            "note": "",
+            "feedback": "",
+            "force": "",
+        }
+        answers = forms.initial_texts(data["fields"])
         if form is not None:
             values.update({k: str(form.get(k) or "") for k in values})
             values["mode"] = "text" if values["mode"] == "text" else "json"
+            answers = forms.read(data["fields"], form).texts
+        ballot: Ballot = data["ballot"]
         near = data["near"]
         position = near.position if near.position is not None else None
         return self.page(
@@ -398,12 +436,16 @@ class Console:
                 "values": values,
                 "error": error,
                 "error_field": error_field,
+                "problems": problems or {},
+                "answers": answers,
+                "offer_force": offer_force or values["force"] == "on",
+                "refusal": ballot.refusal(self.reviewer(request)) if data["awaiting"] else None,
                 "notice": _notice(request),
                 "open_editor": error_field == "artefact",
                 "at": at if position is None else position,
                 "position": None if position is None else position + 1,
                 "here": _url(
-                    "/review", item=item_id, stage=stage, queue=query.stage, q=query.q, at=at
+                    "/review", item=item_id, stage=stage, queue=query.stage, at=at, **query.keep
                 ),
             },
             status_code,
@@ -445,12 +487,21 @@ class Console:
         item_id = str(form.get("item") or "")
         stage = str(form.get("stage") or "")
         action = str(form.get("action") or "")
-        query = self._query(form, "queue")
+        query = self._query(request, form, "queue")
         at = _int(str(form.get("at") or ""), 0)
         comment = str(form.get("comment") or "").strip() or None
         reviewer = self.reviewer(request)
+        choice = form.get("choice")
+        if not action and choice is not None:
+            action = "approve"  # a choice's button approves with that choice
 
-        def refuse(message: str, field: str | None = None) -> Awaitable[Response]:
+        def refuse(
+            message: str,
+            field: str | None = None,
+            *,
+            problems: dict[str, str] | None = None,
+            status_code: int = 400,
+        ) -> Awaitable[Response]:
             return self.review(
                 request,
                 item_id=item_id,
@@ -459,15 +510,39 @@ class Console:
                 at=at,
                 error=message,
                 error_field=field,
+                problems=problems,
+                offer_force=action == "edit" and field == "artefact",
                 form=form,
-                status_code=400,
+                status_code=status_code,
             )
 
         if not reviewer:
             return await refuse("Enter your name (top right) before deciding.", "reviewer")
+        st = await run_in_threadpool(self.store.get_stage_state, item_id, stage)
+        form_fields = forms.fields(st.review_form if st is not None else None)
         outcome: Any
         if action == "approve":
-            outcome = ApproveDecision()
+            values = None
+            if form_fields:
+                answers = forms.read(form_fields, form)
+                if answers.problems:
+                    names = ", ".join(
+                        repr(f.label) for f in form_fields if f.name in answers.problems
+                    )
+                    return await refuse(
+                        f"Check the answers to {names}; nothing saved.", problems=answers.problems
+                    )
+                values = answers.values
+            outcome = ApproveDecision(choice=None if choice is None else str(choice), values=values)
+        elif action == "changes":
+            feedback = str(form.get("feedback") or "").strip()
+            if not feedback:
+                return await refuse(
+                    "Say what to change: your words are what the stage sees when it runs "
+                    "again; nothing saved.",
+                    "feedback",
+                )
+            outcome = RequestChanges(feedback)
         elif action == "reject":
             reason = str(form.get("reason") or "").strip()
             if not reason:
@@ -487,29 +562,53 @@ class Console:
                         "artefact",
                     )
             note = str(form.get("note") or "").strip() or None
-            outcome = ApproveWithEdits(artefact, note)
+            outcome = ApproveWithEdits(artefact, note, force=form.get("force") == "on")
         else:
             return PlainTextResponse(f"unknown action {action!r}", 400)
 
         try:
-            await self.wf.resolve_review(
+            after = await self.wf.resolve_review(
                 item_id, stage, outcome, self.store, reviewer=reviewer, comment=comment
             )
         except (UnknownItemError, UnknownStageError) as exc:
             return self.page(request, "missing.html", {"message": str(exc)}, 404)
         except ReviewError as exc:
-            return _redirect("/", stage=query.stage, q=query.q, notice="conflict", detail=str(exc))
+            now = await run_in_threadpool(self.store.get_stage_state, item_id, stage)
+            if now is None or now.status != StageStatus.AWAITING_REVIEW:
+                # Decided meanwhile (by someone else, or by a timeout): back to the queue.
+                back = {"stage": query.stage, **query.keep}
+                return _redirect("/", **back, notice="conflict", detail=str(exc))
+            message = str(exc)
+            if "nothing saved" not in message:
+                message += " (nothing saved)"
+            ballot = Ballot.of(
+                self.wf, stage, choices=now.review_choices, form=now.review_form, votes=now.votes
+            )
+            if ballot.refusal(reviewer):
+                return await refuse(message, status_code=403)
+            field, problems = _problem_of(action, str(exc), form_fields)
+            return await refuse(message, field, problems=problems)
         following = _keys(str(form.get("following") or ""), FOLLOWING)
         nxt = await run_in_threadpool(self._next_review, query, (item_id, stage), following)
         done = {"notice": action, "done_item": item_id, "done_stage": stage}
+        if after.stages[stage].status == StageStatus.AWAITING_REVIEW:
+            # One approval of several: the review waits for the others.
+            tally = Ballot.of(
+                self.wf, stage, choices=(), form=None, votes=after.stages[stage].votes
+            ).tally
+            done.update(notice="voted", detail=tally or "")
+        elif action == "changes":
+            done["detail"] = _changes_to(self.wf, stage, st) if st is not None else stage
+        elif action == "approve" and choice is not None:
+            done.update(notice="chose", detail=str(choice))
         if nxt is None:
-            return _redirect("/", stage=query.stage, q=query.q, **done)
+            return _redirect("/", stage=query.stage, **query.keep, **done)
         return _redirect(
             "/review",
             item=nxt.item_id,
             stage=nxt.stage,
             queue=query.stage,
-            q=query.q,
+            **query.keep,
             at=at,  # the decided review left the queue: the next one takes its place
             **done,
         )
@@ -531,8 +630,8 @@ class Console:
         return await self._once(request, lambda form: self._bulk(request, form))
 
     async def _bulk(self, request: Request, form: FormData) -> Response:
-        query = self._query(form, "queue")
-        back = {"stage": query.stage, "q": query.q, "page": query.page if query.page > 1 else None}
+        query = self._query(request, form, "queue")
+        back = {"stage": query.stage, **query.keep, "page": query.page if query.page > 1 else None}
         reviewer = self.reviewer(request)
         if not reviewer:
             return _redirect("/", **back, notice="noname")
@@ -682,12 +781,35 @@ def _by_subtask(attempts: list[AttemptRecord]) -> dict[str, list[AttemptRecord]]
     return out
 
 
+def _changes_to(wf: Workflow, stage: str, st: StageState) -> str:
+    """The stage a request for changes sends back: the upstream stage the review's context
+    names (the built-in ``review`` stage's ``stage``), else the stage itself."""
+    source = (st.review_context or {}).get("stage")
+    return source if isinstance(source, str) and source in wf.ancestors(stage) else stage
+
+
+def _problem_of(
+    action: str, message: str, form_fields: list[forms.Field]
+) -> tuple[str | None, dict[str, str]]:
+    """Where on the page a refused decision's problem belongs: a field of the form, the
+    choices, the feedback, the reason or the edited artefact."""
+    if action == "approve":
+        found = forms.problem_field(message, form_fields)
+        if found is not None:
+            return None, {found[0]: found[1]}
+        return ("choice" if "choice" in message or "choose" in message else None), {}
+    return {"changes": "feedback", "reject": "reason", "edit": "artefact"}.get(action), {}
+
+
 def _redirect(path: str, **params: Any) -> Response:
     return RedirectResponse(_url(path, **params), 303)
 
 
 NOTICES = {
     "approve": ("ok", "Approved {item} / {stage}."),
+    "chose": ("ok", "Approved {item} / {stage}: {detail}."),
+    "voted": ("ok", "Your approval of {item} / {stage} is recorded: {detail}."),
+    "changes": ("warn", "Sent {item} / {stage} back: {detail} runs again with your feedback."),
     "reject": ("warn", "Rejected {item} / {stage}."),
     "edit": ("ok", "Approved {item} / {stage} with your edits."),
     "retried": ("ok", "{item} / {stage} is pending again; a worker or `treadle run` picks it up."),
@@ -718,7 +840,12 @@ def _notice(request: Request) -> dict[str, str] | None:
             stage=q.get("done_stage", ""),
             detail=q.get("detail", ""),
             count=q.get("count", "0"),
-            skipped_text="" if skipped in ("", "0") else f", {skipped} already decided elsewhere",
+            skipped_text=""
+            if skipped in ("", "0")
+            else (
+                f", {skipped} skipped (decided meanwhile, not yours to decide, or asking for "
+                "a choice or a form's answers: open those one by one)"
+            ),
         ),
     }
 

@@ -6,7 +6,9 @@ index-ordered) and ``wf.summary(store)`` (grouped counts). So:
 - counts and page numbers come from the summary (one grouped query);
 - page p asks for the oldest ``p * size`` reviews and shows the last ``size``: bounded
   by how deep the reviewer pages, never by how many wait;
-- a search reads at most ``window`` reviews (oldest first) and says so when more wait.
+- a search reads at most ``window`` reviews (oldest first) and says so when more wait;
+- "mine" (the reviews one person may still vote on: ``pending_reviews(reviewer=)``) is
+  read like a search, since the summary cannot count it.
 
 A keyset (``after=``) and a substring filter in ``pending_reviews`` would make deep
 pages and searches cost one page each; see the README.
@@ -30,11 +32,23 @@ FOLLOWING = 5
 
 @dataclass(frozen=True)
 class Query:
-    """What the reviewer asked the queue for: a stage, a search text, a page."""
+    """What the reviewer asked the queue for: a stage, a search text, a page, and maybe
+    only the reviews ``mine`` (a reviewer's name) may still vote on."""
 
     stage: str | None = None
     q: str = ""
     page: int = 1
+    mine: str | None = None
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the queue is read up to the window and filtered (not counted)."""
+        return bool(self.q or self.mine)
+
+    @property
+    def keep(self) -> dict[str, str]:
+        """The URL parameters that keep the search and the "mine" filter."""
+        return {k: v for k, v in (("q", self.q), ("mine", "1" if self.mine else "")) if v}
 
     def matches(self, r: PendingReview) -> bool:
         """Item id, prompt or stage contains the search text (case-insensitive)."""
@@ -75,8 +89,8 @@ def queue_page(
     window: int = WINDOW,
 ) -> QueuePage:
     total = counts.get(query.stage, 0) if query.stage else sum(counts.values())
-    if query.q:
-        read = wf.pending_reviews(store, query.stage, limit=window)
+    if query.windowed:
+        read = wf.pending_reviews(store, query.stage, limit=window, reviewer=query.mine)
         found = [r for r in read if query.matches(r)]
         pages = max(1, math.ceil(len(found) / size))
         page = min(max(query.page, 1), pages)
@@ -129,8 +143,12 @@ def neighbours(
 ) -> Neighbours:
     """The reviews around (item, stage), reading the queue only as far as ``at`` (its
     position when the reviewer opened it) plus a few, or the search's window."""
-    limit = window if query.q else min(window, (at or 0) + FOLLOWING + 2)
-    read = [r for r in wf.pending_reviews(store, query.stage, limit=limit) if query.matches(r)]
+    limit = window if query.windowed else min(window, (at or 0) + FOLLOWING + 2)
+    read = [
+        r
+        for r in wf.pending_reviews(store, query.stage, limit=limit, reviewer=query.mine)
+        if query.matches(r)
+    ]
     keys = [(r.item_id, r.stage) for r in read]
     here = keys.index((item_id, stage)) if (item_id, stage) in keys else None
     if here is None:
@@ -150,8 +168,8 @@ def first_waiting(
     wf: Workflow, store: StateStore, query: Query, skip: Sequence[tuple[str, str]] = ()
 ) -> PendingReview | None:
     """The oldest review the query shows, other than ``skip``."""
-    limit = WINDOW if query.q else len(skip) + 1
-    for r in wf.pending_reviews(store, query.stage, limit=limit):
+    limit = WINDOW if query.windowed else len(skip) + 1
+    for r in wf.pending_reviews(store, query.stage, limit=limit, reviewer=query.mine):
         if query.matches(r) and (r.item_id, r.stage) not in skip:
             return r
     return None

@@ -102,16 +102,33 @@
     const form = document.getElementById("decide");
     if (!form) return;
     const reason = document.getElementById("reason");
+    const feedback = document.getElementById("feedback");
     const rejectBtn = document.getElementById("reject-btn");
     const editBtn = document.getElementById("edit-btn");
+    const approveBtn = document.getElementById("approve-btn");
+    function needs(field, hint) {
+      field.setAttribute("aria-invalid", "true");
+      field.placeholder = hint;
+      field.focus();
+    }
     form.addEventListener("submit", function (ev) {
       const action = ev.submitter ? ev.submitter.value : "";
       if (action === "reject" && reason && !reason.value.trim()) {
         ev.preventDefault();
-        reason.setAttribute("aria-invalid", "true");
-        reason.placeholder = "Say why before rejecting";
-        reason.focus();
+        needs(reason, "Say why before rejecting");
+      } else if (action === "changes" && feedback && !feedback.value.trim()) {
+        ev.preventDefault();
+        needs(feedback, "Say what to change before sending it back");
       }
+    });
+    // Enter in an answer approves with the answers when there is one Approve button; with
+    // choices, a choice must be clicked (the form's default button is disabled).
+    const answers = document.getElementById("answers");
+    if (answers) answers.addEventListener("keydown", function (ev) {
+      const el = ev.target;
+      if (ev.key !== "Enter" || el.tagName !== "INPUT" || el.type === "checkbox" || el.type === "radio") return;
+      ev.preventDefault();
+      if (approveBtn) approveBtn.click();
     });
     // Enter in the reason field rejects; in the note field, approves with edits.
     if (reason) reason.addEventListener("keydown", function (ev) {
@@ -232,6 +249,13 @@
       } else if (ev.key === "r") {
         const reason = document.getElementById("reason");
         if (reason) { ev.preventDefault(); reason.focus(); }
+      } else if (ev.key === "c") {
+        const feedback = document.getElementById("feedback");
+        if (feedback) { ev.preventDefault(); feedback.focus(); }
+      } else if (/^[1-9]$/.test(ev.key)) {
+        // A choice's number approves with that choice (a second press: the form is sent).
+        const btn = document.querySelector('#choices button[data-key="' + ev.key + '"]');
+        if (btn) { ev.preventDefault(); btn.click(); }
       } else if (ev.key === "e") {
         const editor = document.getElementById("editor");
         if (editor) {
