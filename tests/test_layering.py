@@ -71,8 +71,6 @@ ALLOWED: dict[str, set[str]] = {
     },
     "engine.session": {"_commit", "clock", "events", "model", "store.base", "engine.plan"},
     "engine.item": {
-        # store.base: json_text, to make what a write stores on the loop's thread.
-        "store.base",
         "_commit",
         "errors",
         "events",

@@ -25,7 +25,6 @@ from ..model import (
     StageStatus,
     WorkItem,
 )
-from ..store.base import json_text
 from . import actions, decide, fanout, writes
 from .actions import TIMEOUT_REVIEWER
 from .attempt import AttemptResult, run_attempt
@@ -74,10 +73,6 @@ class ItemRun:
             view[stage] = state
         if started:
             view.update(started)
-        # The JSON text of what the writer thread will store, made here, on this thread.
-        for value in (state, *(started or {}).values(), *events, *records):
-            if value is not None:
-                json_text(value)
         write = writes.transition(
             self.plan,
             self.clock,

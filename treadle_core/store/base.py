@@ -97,10 +97,9 @@ def dumps(value: Any) -> str:
 
 def json_text(value: StageState | AttemptRecord | ReviewRecord | Event) -> str:
     """``dumps(value.to_dict())`` of a frozen state (`StageState.to_stored`), record or
-    event, made once and kept
-    on it: the engine makes it on its own thread when it queues a write, so the writer
-    thread (the per-transition bottleneck) only stores it. Stores use this instead of
-    serialising such values themselves."""
+    event, made once and kept on it (a batch that is re-run, or a state saved twice,
+    does not make it again). Stores use this instead of serialising such values
+    themselves."""
     d = value.__dict__
     text = d.get(JSON_TEXT)
     if text is None:
