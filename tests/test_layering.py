@@ -55,7 +55,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.plan",
         "engine.ready",
     },
-    "engine.review": {"errors", "events", "model", "engine.plan"},
+    "engine.review": {"errors", "events", "model", "engine.actions", "engine.plan"},
     "engine.writes": {
         "_commit",
         "clock",

@@ -12,7 +12,15 @@ from rich.table import Table
 
 from .. import ops
 from ..errors import InputError, ReviewError, UnknownItemError
-from ..model import Approve, ApproveWithEdits, PendingReview, Reject, RequestChanges, StageStatus
+from ..model import (
+    Approve,
+    ApproveWithEdits,
+    PendingReview,
+    Reject,
+    RequestChanges,
+    StageStatus,
+    decision_name,
+)
 from ..validation import MAX_LIMIT, parse_json
 from .context import (
     EXIT_USAGE,
@@ -328,6 +336,25 @@ def _decide(
         raise CliError(str(exc)) from None
 
 
+def _apply(
+    state: CliContext,
+    targets: list[tuple[str, str]],
+    bulk: bool,
+    decision: Any,
+    who: str,
+    comment: str | None,
+    verb: str,
+    as_json: bool,
+) -> None:
+    """Apply one decision to every target and say what was decided (and skipped)."""
+
+    async def decide(wf: Any, i: str, s: str, store: Any) -> None:
+        await wf.resolve_review(i, s, decision, store, reviewer=who, comment=comment)
+
+    done, skipped = _decide(state, targets, bulk, decide)
+    _report(done, skipped, verb, as_json, decision_name(decision))
+
+
 def _report(
     done: list[tuple[str, str]], skipped: list[str], verb: str, as_json: bool, decision: str
 ) -> None:
@@ -397,13 +424,7 @@ def approve(
     who = reviewer_name(reviewer)
     values = None if values_text is None else _values(values_text)
     targets = _targets(state, item_id, stage, all_, stage_opt)
-    decision = Approve(choice, values)
-
-    async def decide(wf: Any, i: str, s: str, store: Any) -> None:
-        await wf.resolve_review(i, s, decision, store, reviewer=who, comment=comment)
-
-    done, skipped = _decide(state, targets, all_, decide)
-    _report(done, skipped, "approved", as_json, "approve")
+    _apply(state, targets, all_, Approve(choice, values), who, comment, "approved", as_json)
 
 
 @review.command()
@@ -430,12 +451,7 @@ def reject(
             "--reason is empty: say why (it is the audit record); nothing saved", EXIT_USAGE
         )
     targets = _targets(state, item_id, stage, all_, stage_opt)
-
-    async def decide(wf: Any, i: str, s: str, store: Any) -> None:
-        await wf.resolve_review(i, s, Reject(reason), store, reviewer=who, comment=comment)
-
-    done, skipped = _decide(state, targets, all_, decide)
-    _report(done, skipped, "rejected", as_json, "reject")
+    _apply(state, targets, all_, Reject(reason), who, comment, "rejected", as_json)
 
 
 @review.command()
@@ -461,12 +477,7 @@ def changes(
         raise CliError("--feedback is empty: say what to change; nothing saved", EXIT_USAGE)
     targets = _targets(state, item_id, stage, all_, stage_opt)
     decision = RequestChanges(feedback)
-
-    async def decide(wf: Any, i: str, s: str, store: Any) -> None:
-        await wf.resolve_review(i, s, decision, store, reviewer=who, comment=comment)
-
-    done, skipped = _decide(state, targets, all_, decide)
-    _report(done, skipped, "changes requested for", as_json, "request_changes")
+    _apply(state, targets, all_, decision, who, comment, "changes requested for", as_json)
 
 
 def _values(text: str) -> dict[str, Any]:
@@ -551,11 +562,5 @@ def edit(
         artefact = parse_json(text, source)
     except InputError as exc:
         raise CliError(f"{exc}; nothing saved", EXIT_USAGE) from None
-
-    async def decide(wf: Any, i: str, s: str, store: Any) -> None:
-        await wf.resolve_review(
-            i, s, ApproveWithEdits(artefact, note, force), store, reviewer=who, comment=comment
-        )
-
-    done, skipped = _decide(state, [(item_id, stage)], False, decide)
-    _report(done, skipped, "approved with edits", as_json, "approve_with_edits")
+    decision = ApproveWithEdits(artefact, note, force)
+    _apply(state, [(item_id, stage)], False, decision, who, comment, "approved with edits", as_json)

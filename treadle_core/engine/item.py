@@ -350,19 +350,32 @@ class ItemRun:
         running, events = started or decide.begin(
             spec, prev, self.clock.now(), item_id=self.item_id, feedback=feedback
         )
-        ctx = StageContext(
+        ctx = self._context(name, None, running, running.attempt, prev.metadata, feedback, previous)
+        return running, events, ctx, previous
+
+    def _context(
+        self,
+        name: str,
+        subtask: str | None,
+        running: StageState,
+        attempt: int,
+        metadata: dict[str, Any],
+        feedback: QualityFeedback | None,
+        previous: Sequence[AttemptRecord],
+    ) -> StageContext:
+        """What the stage (or ``subtask``) sees of this attempt."""
+        return StageContext(
             item_id=self.item_id,
             stage=name,
-            attempt=running.attempt,
-            subtask=None,
+            attempt=attempt,
+            subtask=subtask,
             feedback=feedback,
             upstream=upstream(self.plan, self.states, name),
             state=running,
-            metadata=dict(prev.metadata),
+            metadata=dict(metadata),
             previous_attempts=tuple(previous),
             reviews=approvals(self.plan, self.states, name),
         )
-        return running, events, ctx, previous
 
     async def _record(self, name: str, d: decide.Decision, *, release: bool) -> None:
         """Write an attempt's decision; dependents it makes ready start in the same commit
@@ -491,17 +504,8 @@ class ItemRun:
                 return
             running_sub = running.subtask(sub_id)
             assert running_sub is not None
-            ctx = StageContext(
-                item_id=self.item_id,
-                stage=name,
-                attempt=running_sub.attempt,
-                subtask=sub_id,
-                feedback=feedback,
-                upstream=upstream(self.plan, self.states, name),
-                state=running,
-                metadata=dict(running_sub.metadata),
-                previous_attempts=tuple(previous),
-                reviews=approvals(self.plan, self.states, name),
+            ctx = self._context(
+                name, sub_id, running, running_sub.attempt, running_sub.metadata, feedback, previous
             )
             try:
                 result = await self._attempt(spec, ctx, running_sub.budget_start, previous)

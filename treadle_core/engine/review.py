@@ -39,6 +39,7 @@ from ..model import (
     decision_name,
     to_ts,
 )
+from .actions import downstream, reset
 from .plan import Plan, StageSpec
 
 #: Why the dependents of a choice a person did not pick were skipped.
@@ -168,7 +169,7 @@ def _request_changes(
     attempts keep counting); every stage after it that already ran goes back to PENDING."""
     target = reviewed_stage(plan, stage, states[stage])
     changed: dict[str, StageState] = {}
-    for name in [target, *(n for n in plan.order if target in plan.ancestors[n])]:
+    for name in [target, *downstream(plan, target)]:
         cur = states.get(name)
         if cur is None or (name != target and cur.status == StageStatus.PENDING):
             continue
@@ -177,26 +178,9 @@ def _request_changes(
                 f"item {item_id!r} stage {stage!r}: stage {name!r} is running; ask for "
                 "changes once it has finished"
             )
-        new = cur.replace(
-            status=StageStatus.PENDING,
-            error=None,
-            next_attempt_at=None,
-            completed_at=None,
-            updated_at=now,
-            review_deadline=None,
-            review_prompt=None,
-            review_context={},
-            review_choices=[],
-            review_form=None,
-            votes=[],
-            approval=None,
-            subtasks=[],
-            recoveries=0,
-            suspect=False,
-            run_alone=False,
-        )
+        new = reset(cur, now)
         if name == target:
-            new = new.replace(feedback=QualityFeedback(feedback), budget_start=cur.attempt)
+            new = new.replace(feedback=QualityFeedback(feedback))
         changed[name] = new
     events: list[Event] = [
         ReviewResolved(
