@@ -274,38 +274,62 @@ def add(
         raise CliError("--data goes with --id", EXIT_USAGE)
     items: list[Item]
     if item_id is not None:
-        check_id(item_id, "--id")
-        data: Any = {}
-        if data_text is not None:
-            data = parse_json(data_text, "--data")
-            if not isinstance(data, dict):
-                raise CliError("--data must be a JSON object", EXIT_USAGE)
-        items = [Item(item_id, data, priority)]
+        items = _id_items(item_id, data_text, priority)
     elif pattern is not None:
-        paths = sorted(p for p in globlib.glob(pattern, recursive=True) if Path(p).is_file())
-        if not paths:
-            raise CliError(f"--glob {pattern!r} matches no file; nothing added", EXIT_USAGE)
-        for path in paths:
-            check_id(path, f"--glob: file name {path!r} as an item id:")
-        items = [Item(p, {"path": p}, priority) for p in paths]
+        items = _glob_items(pattern, priority)
     else:
         assert source is not None
-        if source == "-":
-            items = _parse_items(getattr(sys.stdin, "buffer", sys.stdin), "<stdin>", priority)
-        else:
-            try:
-                with open(source, "rb") as fh:
-                    items = _parse_items(fh, source, priority)
-            except OSError as exc:
-                raise CliError(f"{source}: cannot read: {exc.strerror}", EXIT_USAGE) from None
+        items = _jsonl_items(source, priority)
     store = state.store()
     report = ops.add_items(store, items, update=update, by=login_name())
     if as_json:
-        out = report.to_dict()
-        if not update:  # nothing is updated without --update
-            del out["updated"], out["unchanged"]
-        emit_json(out)
+        emit_json(_add_json(report, update))
         return
+    click.echo(_add_text(report))
+
+
+def _id_items(item_id: str, data_text: str | None, priority: int) -> list[Item]:
+    """``--id ID [--data JSON]``: the one item, its data a JSON object (empty without --data)."""
+    check_id(item_id, "--id")
+    data: Any = {}
+    if data_text is not None:
+        data = parse_json(data_text, "--data")
+        if not isinstance(data, dict):
+            raise CliError("--data must be a JSON object", EXIT_USAGE)
+    return [Item(item_id, data, priority)]
+
+
+def _glob_items(pattern: str, priority: int) -> list[Item]:
+    """``--glob PATTERN``: an item per matching file (sorted), its path the id and data."""
+    paths = sorted(p for p in globlib.glob(pattern, recursive=True) if Path(p).is_file())
+    if not paths:
+        raise CliError(f"--glob {pattern!r} matches no file; nothing added", EXIT_USAGE)
+    for path in paths:
+        check_id(path, f"--glob: file name {path!r} as an item id:")
+    return [Item(p, {"path": p}, priority) for p in paths]
+
+
+def _jsonl_items(source: str, priority: int) -> list[Item]:
+    """The items of a JSONL file, or of stdin for ``-``."""
+    if source == "-":
+        return _parse_items(getattr(sys.stdin, "buffer", sys.stdin), "<stdin>", priority)
+    try:
+        with open(source, "rb") as fh:
+            return _parse_items(fh, source, priority)
+    except OSError as exc:
+        raise CliError(f"{source}: cannot read: {exc.strerror}", EXIT_USAGE) from None
+
+
+def _add_json(report: ops.AddReport, update: bool) -> dict[str, list[str]]:
+    """``add --json``: the report, without updated/unchanged unless ``--update``."""
+    out = report.to_dict()
+    if not update:  # nothing is updated without --update
+        del out["updated"], out["unchanged"]
+    return out
+
+
+def _add_text(report: ops.AddReport) -> str:
+    """``add``'s one line: how many were added, updated, unchanged and left alone."""
     msg = f"added {len(report.added)} item{'s' if len(report.added) != 1 else ''}"
     if report.updated:
         msg += f"; updated the data of {len(report.updated)}"
@@ -316,7 +340,7 @@ def add(
             f"; {len(report.skipped)} already in the store (left unchanged; --update "
             "replaces their data)"
         )
-    click.echo(msg)
+    return msg
 
 
 # --- run ---------------------------------------------------------------------------------
