@@ -14,7 +14,7 @@ import time
 from collections.abc import Coroutine, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
@@ -60,6 +60,9 @@ from .context import (
     warn_plugin_errors,
 )
 from .starter import FILES
+
+if TYPE_CHECKING:
+    from ..store.base import StateStore
 
 STATUS_ORDER = [s.value for s in StageStatus]
 
@@ -436,14 +439,7 @@ def run(
     warn_plugin_errors(state)
     store = state.store()
     reconcile(wf, store)
-    items: list[Item] | None = None
-    if item_ids:
-        items = []
-        for item_id in dict.fromkeys(item_ids):
-            data = store.get_work_item_data(item_id)
-            if data is None:
-                raise UnknownItemError(f"unknown item {item_id!r} (add it with 'treadle add')")
-            items.append(Item(item_id, data))
+    items = _run_items(store, item_ids)
     total = len(items) if items is not None else sum(store.count_items().values())
     before = wf.summary(store) if items is None else {}
     done = {n: c.get("complete", 0) + c.get("skipped", 0) for n, c in before.items()}
@@ -451,51 +447,15 @@ def run(
     bars = _RunProgress(wf, total, done, show)
 
     interrupt = _Interrupt(grace_seconds)
-
-    async def go() -> Any:
-        with state.sinks(wf), wf.subscribe() as sub:
-
-            async def feed() -> None:
-                async for event in sub:
-                    bars.handle(event)
-
-            feeder = asyncio.create_task(feed())
-            try:
-                with bars.progress, interrupt:
-                    report = await interrupt.guard(
-                        wf.run(
-                            store,
-                            items,
-                            concurrency=concurrency or state.concurrency(),
-                            until_idle=not no_wait,
-                            stop=interrupt.stop,
-                        )
-                    )
-                    await asyncio.sleep(0)
-                    while (event := sub.get_nowait()) is not None:
-                        bars.handle(event)
-                    return report
-            finally:
-                feeder.cancel()
-                await asyncio.gather(feeder, return_exceptions=True)
-
-    report = run_async(go())
-    for item_id, error in (report.errors if report is not None else {}).items():
+    report = run_async(
+        _run_watched(state, wf, store, items, bars, interrupt, concurrency, until_idle=not no_wait)
+    )
+    errors = report.errors if report is not None else {}
+    for item_id, error in errors.items():
         click.echo(f"error: item {item_id}: {error} (put aside; see the log above)", err=True)
-    if items is None:
-        counts = store.count_items()
-        failed = counts.get(ItemState.FAILED, 0)
-        states = {str(k): v for k, v in counts.items() if v}
-    else:
-        statuses = [wf.status(i.id, store) for i in items]
-        failed = sum(1 for s in statuses if s.failed_stages)
-        states = {}
-        for s in statuses:
-            key = str(s.state) if s.state is not None else "unknown"
-            states[key] = states.get(key, 0) + 1
+    failed, states = _run_outcome(wf, store, items)
     summary = wf.summary(store)
     if as_json:
-        errors = report.errors if report is not None else {}
         emit_json({"items": states, "stages": summary, "failed": failed, "errors": errors})
     else:
         out = console()
@@ -505,6 +465,77 @@ def run(
         interrupt.exit()
     if failed or (report is not None and report.errors):
         raise click.exceptions.Exit(1)
+
+
+def _run_items(store: StateStore, item_ids: tuple[str, ...]) -> list[Item] | None:
+    """The items of ``--item`` (each once, with its stored data); None without ``--item``."""
+    if not item_ids:
+        return None
+    items = []
+    for item_id in dict.fromkeys(item_ids):
+        data = store.get_work_item_data(item_id)
+        if data is None:
+            raise UnknownItemError(f"unknown item {item_id!r} (add it with 'treadle add')")
+        items.append(Item(item_id, data))
+    return items
+
+
+async def _run_watched(
+    state: CliContext,
+    wf: Workflow,
+    store: StateStore,
+    items: list[Item] | None,
+    bars: _RunProgress,
+    interrupt: _Interrupt,
+    concurrency: int | None,
+    *,
+    until_idle: bool,
+) -> Any:
+    """``wf.run`` with the sinks open, its events fed to the progress bars, and Ctrl-C
+    handled by ``interrupt``; the run's report (None when stopped at once)."""
+    with state.sinks(wf), wf.subscribe() as sub:
+
+        async def feed() -> None:
+            async for event in sub:
+                bars.handle(event)
+
+        feeder = asyncio.create_task(feed())
+        try:
+            with bars.progress, interrupt:
+                report = await interrupt.guard(
+                    wf.run(
+                        store,
+                        items,
+                        concurrency=concurrency or state.concurrency(),
+                        until_idle=until_idle,
+                        stop=interrupt.stop,
+                    )
+                )
+                await asyncio.sleep(0)
+                while (event := sub.get_nowait()) is not None:
+                    bars.handle(event)
+                return report
+        finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+
+
+def _run_outcome(
+    wf: Workflow, store: StateStore, items: list[Item] | None
+) -> tuple[int, dict[str, int]]:
+    """After a run: how many items failed, and items per state (of the store, or of the
+    ``--item`` items only)."""
+    if items is None:
+        counts = store.count_items()
+        states = {str(k): v for k, v in counts.items() if v}
+        return counts.get(ItemState.FAILED, 0), states
+    statuses = [wf.status(i.id, store) for i in items]
+    failed = sum(1 for s in statuses if s.failed_stages)
+    states = {}
+    for s in statuses:
+        key = str(s.state) if s.state is not None else "unknown"
+        states[key] = states.get(key, 0) + 1
+    return failed, states
 
 
 class _Interrupt:
