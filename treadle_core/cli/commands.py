@@ -30,7 +30,16 @@ from ..events import (
     StageFailed,
     StageSkipped,
 )
-from ..model import Item, ItemState, LimitStatus, StageStatus, check_priority, utcnow
+from ..model import (
+    Item,
+    ItemState,
+    LimitStatus,
+    PipelineStatus,
+    StageState,
+    StageStatus,
+    check_priority,
+    utcnow,
+)
 from ..validation import (
     MAX_CONCURRENCY,
     MAX_INT,
@@ -657,31 +666,42 @@ def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
     wf = state.workflow()
     store = state.store(create=False)
     if item_id is None:
-        view = ops.overview(wf, store)
-        limits = wf.limits(store)
-        if as_json:
-            shown = view.to_dict()
-            if limits:
-                shown["limits"] = {name: _limit_json(lim) for name, lim in limits.items()}
-            emit_json(shown)
-            return
-        out = console()
-        out.print(_overview_table(wf, view))
-        if limits:
-            out.print(_limits_table(limits))
-        parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(view.items.items()))
-        out.print(plural(view.total, "item") + (f": {parts}" if parts else ""))
-        stale = sum(view.stale.values())
-        if stale:
-            out.print(
-                f"{stale} stale stage state{'s' if stale != 1 else ''}: re-run them with "
-                "'treadle rerun --stage S --stale'"
-            )
+        _status_overview(wf, store, as_json)
         return
     st = wf.status(item_id, store)
     if as_json:
         emit_json(status_json(st))
         return
+    console().print(_item_table(item_id, st))
+
+
+def _status_overview(wf: Workflow, store: StateStore, as_json: bool) -> None:
+    """``status`` without ITEM: counts per stage and status, the limits of limited stages,
+    items per state and a hint when states are stale (or all of it as JSON)."""
+    view = ops.overview(wf, store)
+    limits = wf.limits(store)
+    if as_json:
+        shown = view.to_dict()
+        if limits:
+            shown["limits"] = {name: _limit_json(lim) for name, lim in limits.items()}
+        emit_json(shown)
+        return
+    out = console()
+    out.print(_overview_table(wf, view))
+    if limits:
+        out.print(_limits_table(limits))
+    parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(view.items.items()))
+    out.print(plural(view.total, "item") + (f": {parts}" if parts else ""))
+    stale = sum(view.stale.values())
+    if stale:
+        out.print(
+            f"{stale} stale stage state{'s' if stale != 1 else ''}: re-run them with "
+            "'treadle rerun --stage S --stale'"
+        )
+
+
+def _item_table(item_id: str, st: PipelineStatus) -> Table:
+    """``status ITEM``: a row per stage (removed ones last, marked so)."""
     table = Table(
         title=f"{item_id}: {st.progress:.0f}% done"
         + (f" ({st.state.value.replace('_', ' ')})" if st.state else ""),
@@ -692,24 +712,30 @@ def status(state: CliContext, item_id: str | None, as_json: bool) -> None:
     rows = [(n, s, "") for n, s in st.stages.items()]
     rows += [(n, s, " (removed)") for n, s in st.removed.items()]
     for name, s, mark in rows:
-        duration = ""
-        if s.started_at and s.completed_at:
-            duration = f"{(s.completed_at - s.started_at).total_seconds():.2f}s"
-        extra = " (stale)" if s.stale else ""
-        if s.subtasks:
-            finished = sum(1 for t in s.subtasks if t.status.is_done)
-            extra += f" ({finished}/{len(s.subtasks)} subtasks)"
-        if s.next_attempt_at and s.status == StageStatus.PENDING:
-            extra += f" (retry at {_fmt_time(s.next_attempt_at)})"
-        table.add_row(
-            name + mark,
-            s.status.value + extra,
-            str(s.attempt or ""),
-            _fmt_time(s.started_at),
-            duration,
-            _first_line(s.error),
-        )
-    console().print(table)
+        table.add_row(*_item_row(name + mark, s))
+    return table
+
+
+def _item_row(label: str, s: StageState) -> tuple[str, ...]:
+    """One stage's cells: status (with stale, subtasks done, next retry), attempt, start,
+    duration and the first line of its error."""
+    duration = ""
+    if s.started_at and s.completed_at:
+        duration = f"{(s.completed_at - s.started_at).total_seconds():.2f}s"
+    extra = " (stale)" if s.stale else ""
+    if s.subtasks:
+        finished = sum(1 for t in s.subtasks if t.status.is_done)
+        extra += f" ({finished}/{len(s.subtasks)} subtasks)"
+    if s.next_attempt_at and s.status == StageStatus.PENDING:
+        extra += f" (retry at {_fmt_time(s.next_attempt_at)})"
+    return (
+        label,
+        s.status.value + extra,
+        str(s.attempt or ""),
+        _fmt_time(s.started_at),
+        duration,
+        _first_line(s.error),
+    )
 
 
 def _overview_table(wf: Workflow, view: ops.Overview) -> Table:
