@@ -785,28 +785,9 @@ def retry(
     for name in (stage, only_stage):
         if name is not None:
             wf.dependencies(name)  # UnknownStageError names the closest stage
-    targets: list[tuple[str, str]] = []
-    if item_id is not None:
-        st = wf.status(item_id, store)
-        if stage is not None:
-            targets = [(item_id, stage)]
-        else:
-            targets = [(item_id, name) for name in st.failed_stages]
-            if not targets:
-                raise CliError(f"item {item_id!r} has no failed stage")
-    else:
-        targets = [(f.item_id, f.stage) for f in ops.failed_stages(wf, store, stage=only_stage)]
-
-    async def go() -> list[dict[str, str]]:
-        done = []
-        with state.sinks(wf):
-            for target_item, target_stage in targets:
-                await wf.retry_stage(target_item, target_stage, store)
-                done.append({"item_id": target_item, "stage": target_stage})
-        return done
-
+    targets = _retry_targets(wf, store, item_id, stage, only_stage)
     try:
-        retried = run_async(go())
+        retried = run_async(_retry_stages(state, wf, store, targets))
     except RetryError as exc:
         raise CliError(str(exc)) from None
     if as_json:
@@ -816,6 +797,38 @@ def retry(
         f"{plural(len(retried), 'stage')} back to pending"
         + ("; run 'treadle run' to run them" if retried else "")
     )
+
+
+def _retry_targets(
+    wf: Workflow,
+    store: StateStore,
+    item_id: str | None,
+    stage: str | None,
+    only_stage: str | None,
+) -> list[tuple[str, str]]:
+    """(item, stage) pairs to retry: ITEM STAGE; ITEM's failed stages (an error if none);
+    or, without ITEM, every failed stage (of ``only_stage`` only, if given)."""
+    if item_id is None:
+        return [(f.item_id, f.stage) for f in ops.failed_stages(wf, store, stage=only_stage)]
+    st = wf.status(item_id, store)
+    if stage is not None:
+        return [(item_id, stage)]
+    targets = [(item_id, name) for name in st.failed_stages]
+    if not targets:
+        raise CliError(f"item {item_id!r} has no failed stage")
+    return targets
+
+
+async def _retry_stages(
+    state: CliContext, wf: Workflow, store: StateStore, targets: list[tuple[str, str]]
+) -> list[dict[str, str]]:
+    """Put each target back to pending, in order, with the sinks open; those done."""
+    done = []
+    with state.sinks(wf):
+        for target_item, target_stage in targets:
+            await wf.retry_stage(target_item, target_stage, store)
+            done.append({"item_id": target_item, "stage": target_stage})
+    return done
 
 
 # --- events ------------------------------------------------------------------------------
