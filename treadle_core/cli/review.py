@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import click
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -15,9 +16,11 @@ from ..errors import InputError, ReviewError, UnknownItemError
 from ..model import (
     Approve,
     ApproveWithEdits,
+    AttemptRecord,
     PendingReview,
     Reject,
     RequestChanges,
+    ReviewRecord,
     StageStatus,
     decision_name,
 )
@@ -193,30 +196,43 @@ def show(state: CliContext, item_id: str, stage: str | None, as_json: bool) -> N
     if stage is None:
         stage = _waiting_stage(state, item_id)
     detail = ops.review_detail(state.workflow(), state.store(create=False), item_id, stage)
-    st, attempts, reviews, status = detail.state, detail.attempts, detail.reviews, detail.status
     spec = state.workflow().specs[stage]
     if as_json:
-        emit_json(
-            {
-                "item_id": item_id,
-                "stage": stage,
-                "status": str(status),
-                "stale": st.stale,
-                "prompt": st.review_prompt,
-                "context": st.review_context,
-                "choices": st.review_choices,
-                "form": st.review_form,
-                "votes": [iso_times(dict(v)) for v in st.votes],
-                "approvers": sorted(spec.approvers) if spec.approvers is not None else None,
-                "required_approvals": spec.required,
-                "artefact": st.artefact,
-                "attempts": [iso_times(a.to_dict()) for a in attempts],
-                "reviews": [iso_times(r.to_dict()) for r in reviews],
-            }
-        )
+        emit_json(_detail_json(detail, spec))
         return
+    _show_detail(detail, spec)
+
+
+def _detail_json(detail: ops.ReviewDetail, spec: Any) -> dict[str, Any]:
+    """``review show --json``: the stage's question, who may approve, attempts and reviews
+    (times as ISO 8601 UTC)."""
+    st = detail.state
+    return {
+        "item_id": detail.item_id,
+        "stage": detail.stage,
+        "status": str(detail.status),
+        "stale": st.stale,
+        "prompt": st.review_prompt,
+        "context": st.review_context,
+        "choices": st.review_choices,
+        "form": st.review_form,
+        "votes": [iso_times(dict(v)) for v in st.votes],
+        "approvers": sorted(spec.approvers) if spec.approvers is not None else None,
+        "required_approvals": spec.required,
+        "artefact": st.artefact,
+        "attempts": [iso_times(a.to_dict()) for a in detail.attempts],
+        "reviews": [iso_times(r.to_dict()) for r in detail.reviews],
+    }
+
+
+def _show_detail(detail: ops.ReviewDetail, spec: Any) -> None:
+    """``review show`` as text: status, prompt and context, the question when it waits,
+    then every attempt and every decision."""
+    st, attempts, status = detail.state, detail.attempts, detail.status
     out = console()
-    out.print(f"[bold]{escape(item_id)} / {stage}[/bold]: {status.value.replace('_', ' ')}")
+    out.print(
+        f"[bold]{escape(detail.item_id)} / {detail.stage}[/bold]: {status.value.replace('_', ' ')}"
+    )
     if st.review_prompt:
         out.print(f"[bold]Prompt:[/bold] {escape(st.review_prompt)}")
     if st.review_context:
@@ -225,45 +241,54 @@ def show(state: CliContext, item_id: str, stage: str | None, as_json: bool) -> N
     if st is not None and status == StageStatus.AWAITING_REVIEW:
         _show_question(st, spec)
     for a in attempts:
-        label = f"Attempt {a.attempt}" + (f" (subtask {a.subtask})" if a.subtask else "")
-        verdict = f", verdict {a.verdict}" if a.verdict else ""
-        out.print(f"\n[bold]{label}[/bold]: {a.outcome}{verdict}  {_fmt(a.started_at)}")
-        if a.summary:
-            out.print(f"  summary: {escape(a.summary)}")
-        if a.error:
-            out.print(f"  error: {escape(a.error.strip().splitlines()[-1])}")
-        if a.feedback is not None:
-            out.print(f"  feedback: {escape(a.feedback.summary)}")
-            for c in a.feedback.failed_criteria:
-                mark = "ok" if c.passed else "FAILED"
-                out.print(
-                    f"    - {escape(c.name)}: expected {escape(repr(c.expected))}, "
-                    f"got {escape(repr(c.actual))} ({mark})"
-                )
-            if a.feedback.guidance:
-                out.print(f"    guidance: {escape(json.dumps(a.feedback.guidance, default=str))}")
-        if a.artefact is not None:
-            text = json.dumps(a.artefact, indent=2, default=str, ensure_ascii=False)
-            if len(text) > 2000:
-                text = text[:2000] + "\n  … (truncated; --json shows all)"
-            out.print("  artefact:")
-            out.print(escape("\n".join("    " + line for line in text.splitlines())))
+        _show_attempt(out, a)
     if not attempts:
         out.print("no attempts recorded")
-    for r in reviews:
-        who = r.reviewer or "(unnamed)"
-        extra = [f"choice {r.choice!r}"] if r.choice is not None else []
-        if r.values is not None:
-            extra.append(f"values {json.dumps(r.values, default=str, ensure_ascii=False)}")
-        if r.forced:
-            extra.append("edit forced past the quality gate")
-        extra += [t for t in (r.reason, r.feedback, r.note, r.comment) if t]
-        if r.carried_from:
-            original = r.carried_from.get("reviewer") or "?"
-            extra.append(f"the decision of {original} on the same question, carried over")
-        out.print(
-            f"\nreview: {r.decision} by {escape(who)} at {_fmt(r.at)}  {escape('; '.join(extra))}"
-        )
+    for r in detail.reviews:
+        out.print(_review_line(r))
+
+
+def _show_attempt(out: Console, a: AttemptRecord) -> None:
+    """One attempt: outcome and verdict, summary, the error's last line, the gate's
+    feedback, and the artefact (cut at 2,000 characters)."""
+    label = f"Attempt {a.attempt}" + (f" (subtask {a.subtask})" if a.subtask else "")
+    verdict = f", verdict {a.verdict}" if a.verdict else ""
+    out.print(f"\n[bold]{label}[/bold]: {a.outcome}{verdict}  {_fmt(a.started_at)}")
+    if a.summary:
+        out.print(f"  summary: {escape(a.summary)}")
+    if a.error:
+        out.print(f"  error: {escape(a.error.strip().splitlines()[-1])}")
+    if a.feedback is not None:
+        out.print(f"  feedback: {escape(a.feedback.summary)}")
+        for c in a.feedback.failed_criteria:
+            mark = "ok" if c.passed else "FAILED"
+            out.print(
+                f"    - {escape(c.name)}: expected {escape(repr(c.expected))}, "
+                f"got {escape(repr(c.actual))} ({mark})"
+            )
+        if a.feedback.guidance:
+            out.print(f"    guidance: {escape(json.dumps(a.feedback.guidance, default=str))}")
+    if a.artefact is not None:
+        text = json.dumps(a.artefact, indent=2, default=str, ensure_ascii=False)
+        if len(text) > 2000:
+            text = text[:2000] + "\n  … (truncated; --json shows all)"
+        out.print("  artefact:")
+        out.print(escape("\n".join("    " + line for line in text.splitlines())))
+
+
+def _review_line(r: ReviewRecord) -> str:
+    """One decision: what, by whom, when, and its choice, values, reasons and notes."""
+    who = r.reviewer or "(unnamed)"
+    extra = [f"choice {r.choice!r}"] if r.choice is not None else []
+    if r.values is not None:
+        extra.append(f"values {json.dumps(r.values, default=str, ensure_ascii=False)}")
+    if r.forced:
+        extra.append("edit forced past the quality gate")
+    extra += [t for t in (r.reason, r.feedback, r.note, r.comment) if t]
+    if r.carried_from:
+        original = r.carried_from.get("reviewer") or "?"
+        extra.append(f"the decision of {original} on the same question, carried over")
+    return f"\nreview: {r.decision} by {escape(who)} at {_fmt(r.at)}  {escape('; '.join(extra))}"
 
 
 def _show_question(st: Any, spec: Any) -> None:
