@@ -149,28 +149,42 @@ def _coerce(value: Any, expected: type, key: str, base_dir: Path) -> Any:
     if expected is JsonSchema:
         return _json_schema(value, key, base_dir)
     if expected is Path:
-        if not isinstance(value, str) or not value:
-            raise _Problem(f"expected a path (string), got {_show(value)}", key=key)
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else base_dir / path
-    ok: bool
-    if expected is bool:
-        ok = isinstance(value, bool)
-    elif expected is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        if ok and abs(value) > MAX_INT:
-            raise _Problem(f"{_show(value)} is out of range (within ±2**63)", key=key)
-    elif expected is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if ok:
-            value = float(value)
-            if value != value or value in (float("inf"), float("-inf")):
-                raise _Problem(f"{value} is not a usable number", key=key)
-    else:
-        ok = isinstance(value, expected)
-    if not ok:
+        return _path(value, key, base_dir)
+    if not _is_a(value, expected):
         name = _TYPE_NAMES.get(expected, expected.__name__)
         raise _Problem(f"expected {name}, got {_show(value)} ({_kind(value)})", key=key)
+    return _in_range(value, expected, key)
+
+
+def _path(value: Any, key: str, base_dir: Path) -> Path:
+    """A path option: a non-empty string, ``~`` expanded, relative to ``base_dir``."""
+    if not isinstance(value, str) or not value:
+        raise _Problem(f"expected a path (string), got {_show(value)}", key=key)
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def _is_a(value: Any, expected: type) -> bool:
+    """Whether ``value`` has an option's plain type: a boolean is not a number; an integer
+    is a number (``float``) too."""
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _in_range(value: Any, expected: type, key: str) -> Any:
+    """A value of the right type, checked: an integer within ±2**63, a number finite (and
+    made a float); any other value as it is."""
+    if expected is int and abs(value) > MAX_INT:
+        raise _Problem(f"{_show(value)} is out of range (within ±2**63)", key=key)
+    if expected is float:
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _Problem(f"{value} is not a usable number", key=key)
     return value
 
 
