@@ -611,6 +611,16 @@ class _Loader:
             stage = self._make_stage(uses, options)
         except _Problem as problem:
             raise problem.at(where) from None
+        needs = self._needs(table, name, where, all_stages)
+        builder.stage(name, stage, needs=needs, **self._lineage(table, where))
+        self._checks(builder, name, table, where)
+        self._limit(builder, name, table, where)
+        self._people(builder, name, table, where)
+        return StageConfig(name, uses, description or getattr(stage, "description", "") or "")
+
+    @staticmethod
+    def _needs(table: dict[str, Any], name: str, where: str, all_stages: list[str]) -> list[str]:
+        """``needs``: a stage name or a list of them, each another stage of the file."""
         needs = table.get("needs", [])
         if isinstance(needs, str):
             needs = [needs]
@@ -621,7 +631,13 @@ class _Loader:
                 raise _Problem("a stage cannot need itself", where, "needs")
             if dep not in all_stages:
                 raise _Problem(f"{dep!r} is not a stage{_closest(dep, all_stages)}", where, "needs")
-        builder.stage(name, stage, needs=needs, **self._lineage(table, where))
+        return needs
+
+    def _checks(
+        self, builder: WorkflowBuilder, name: str, table: dict[str, Any], where: str
+    ) -> None:
+        """``retry``, ``gate``, ``review`` and ``review_timeout``: what happens to an attempt
+        after it runs."""
         if "retry" in table:
             builder.retry_budget(name, self._retry(table["retry"], where))
         if "gate" in table:
@@ -631,9 +647,6 @@ class _Loader:
         if "review_timeout" in table:
             seconds, decision = self._review_timeout(table["review_timeout"], where)
             builder.review_timeout(name, seconds, decision)
-        self._limit(builder, name, table, where)
-        self._people(builder, name, table, where)
-        return StageConfig(name, uses, description or getattr(stage, "description", "") or "")
 
     def _limit(
         self, builder: WorkflowBuilder, name: str, table: dict[str, Any], where: str
@@ -662,6 +675,14 @@ class _Loader:
     ) -> None:
         """``approvers = ["ana", "ben"]``, ``required_approvals = 2`` and ``branch = {choice =
         ["stage", ...]}``: who decides this stage's reviews, and what a choice runs."""
+        self._approvers(builder, name, table, where)
+        if "branch" in table:
+            self._branch(builder, name, table["branch"], where)
+
+    def _approvers(
+        self, builder: WorkflowBuilder, name: str, table: dict[str, Any], where: str
+    ) -> None:
+        """``approvers`` (a name or a list of names) and ``required_approvals``."""
         names, required = table.get("approvers"), table.get("required_approvals")
         if names is not None:
             if isinstance(names, str):
@@ -682,24 +703,24 @@ class _Loader:
             except ValueError as exc:
                 key = "required_approvals" if required is not None else "approvers"
                 raise _Problem(str(exc).split(": ", 1)[-1], where, key) from None
-        if "branch" in table:
-            branches: dict[str, list[str]] = {}
-            for choice, dependents in self._table(table["branch"], where, "branch").items():
-                if isinstance(dependents, str):
-                    dependents = [dependents]
-                if not isinstance(dependents, list) or not all(
-                    isinstance(d, str) for d in dependents
-                ):
-                    raise _Problem(
-                        f"expected a list of stage names, got {_show(dependents)}",
-                        where,
-                        f"branch.{choice}",
-                    )
-                branches[choice] = dependents
-            try:
-                builder.branch(name, branches)
-            except ValueError as exc:
-                raise _Problem(str(exc).split(": ", 1)[-1], where, "branch") from None
+
+    def _branch(self, builder: WorkflowBuilder, name: str, value: Any, where: str) -> None:
+        """``branch = {choice = ["stage", ...]}``: the dependents each choice runs."""
+        branches: dict[str, list[str]] = {}
+        for choice, dependents in self._table(value, where, "branch").items():
+            if isinstance(dependents, str):
+                dependents = [dependents]
+            if not isinstance(dependents, list) or not all(isinstance(d, str) for d in dependents):
+                raise _Problem(
+                    f"expected a list of stage names, got {_show(dependents)}",
+                    where,
+                    f"branch.{choice}",
+                )
+            branches[choice] = dependents
+        try:
+            builder.branch(name, branches)
+        except ValueError as exc:
+            raise _Problem(str(exc).split(": ", 1)[-1], where, "branch") from None
 
     def _lineage(self, table: dict[str, Any], where: str) -> dict[str, Any]:
         """``version`` and ``renamed_from`` of a stage (SPEC §10)."""
