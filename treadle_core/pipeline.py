@@ -549,13 +549,17 @@ class _Loader:
         return value
 
     @staticmethod
-    def _check_keys(table: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    def _check_keys(
+        table: Mapping[str, Any], allowed: Sequence[str], where: str, *, prefix: str = ""
+    ) -> None:
+        """A `_Problem` naming the first key not ``allowed`` (``prefix``: the key of a table
+        within ``where``, e.g. ``retry``)."""
         for key in table:
             if key not in allowed:
                 raise _Problem(
                     f"unknown key{_closest(key, allowed)} (allowed: {', '.join(allowed)})",
                     where,
-                    key,
+                    f"{prefix}.{key}" if prefix else key,
                 )
 
     @staticmethod
@@ -775,14 +779,24 @@ class _Loader:
             raise _Problem(f"stage type {uses!r}: {_exc_line(exc)}") from None
 
     def _retry(self, value: Any, where: str) -> RetryBudget:
+        """``retry = {...}``: the stage's retry budget, each key checked, then how far its
+        delays grow."""
         table = self._table(value, where, "retry")
-        for key in table:
-            if key not in RETRY_KEYS:
-                raise _Problem(
-                    f"unknown key{_closest(key, RETRY_KEYS)} (allowed: {', '.join(RETRY_KEYS)})",
-                    where,
-                    f"retry.{key}",
-                )
+        self._check_keys(table, RETRY_KEYS, where, prefix="retry")
+        kw = self._retry_kwargs(table, where)
+        try:
+            check_retry_growth(
+                kw.get("max_attempts", 1),
+                kw.get("delay", 0.0),
+                kw.get("backoff", 1.0),
+                kw.get("max_delay"),
+            )
+            return RetryBudget(**kw)
+        except ValueError as exc:
+            raise _Problem(str(exc), where, "retry") from None
+
+    def _retry_kwargs(self, table: dict[str, Any], where: str) -> dict[str, Any]:
+        """`RetryBudget`'s keyword arguments from a ``retry`` table, each value checked."""
         kw: dict[str, Any] = {}
         if "max_attempts" in table:
             self._positive_int(table["max_attempts"], where, "retry.max_attempts", MAX_ATTEMPTS)
@@ -795,35 +809,33 @@ class _Loader:
                 table["timeout"], where, "retry.timeout", positive=True
             )
         if "backoff" in table:
-            backoff = table["backoff"]
-            self._type(backoff, float, where, "retry.backoff")
-            if not 0 < backoff <= MAX_BACKOFF:
-                raise _Problem(
-                    f"must be more than 0 and at most {MAX_BACKOFF:g}, not {_show(backoff)}",
-                    where,
-                    "retry.backoff",
-                )
-            kw["backoff"] = float(backoff)
+            kw["backoff"] = self._backoff(table["backoff"], where)
         if "on_exhausted" in table:
-            value = table["on_exhausted"]
-            choices = [a.value for a in ExhaustedAction]
-            if value not in choices:
-                raise _Problem(
-                    f"{_show(value)} is not one of {', '.join(choices)}",
-                    where,
-                    "retry.on_exhausted",
-                )
-            kw["on_exhausted"] = ExhaustedAction(value)
-        try:
-            check_retry_growth(
-                kw.get("max_attempts", 1),
-                kw.get("delay", 0.0),
-                kw.get("backoff", 1.0),
-                kw.get("max_delay"),
+            kw["on_exhausted"] = self._on_exhausted(table["on_exhausted"], where)
+        return kw
+
+    def _backoff(self, value: Any, where: str) -> float:
+        """``retry.backoff``: a number more than 0 and at most `MAX_BACKOFF`."""
+        self._type(value, float, where, "retry.backoff")
+        if not 0 < value <= MAX_BACKOFF:
+            raise _Problem(
+                f"must be more than 0 and at most {MAX_BACKOFF:g}, not {_show(value)}",
+                where,
+                "retry.backoff",
             )
-            return RetryBudget(**kw)
-        except ValueError as exc:
-            raise _Problem(str(exc), where, "retry") from None
+        return float(value)
+
+    @staticmethod
+    def _on_exhausted(value: Any, where: str) -> ExhaustedAction:
+        """``retry.on_exhausted``: what a stage out of attempts does."""
+        choices = [a.value for a in ExhaustedAction]
+        if value not in choices:
+            raise _Problem(
+                f"{_show(value)} is not one of {', '.join(choices)}",
+                where,
+                "retry.on_exhausted",
+            )
+        return ExhaustedAction(value)
 
     def _gate(self, value: Any, where: str) -> QualityGate:
         if isinstance(value, list):
