@@ -845,6 +845,7 @@ class _Loader:
         return self._one_gate(value, where, "gate")
 
     def _one_gate(self, value: Any, where: str, key: str) -> QualityGate:
+        """One gate: ``"type"``, or ``{uses = "type" or "pkg.mod:object", options...}``."""
         if isinstance(value, str):
             value = {"uses": value}
         table = self._table(value, where, key)
@@ -854,31 +855,41 @@ class _Loader:
         self._type(uses, str, where, f"{key}.uses")
         options = {k: v for k, v in table.items() if k != "uses"}
         if ":" in uses:
+            return self._gate_object(uses, options, where, key)
+        return self._gate_type(uses, options, where, key)
+
+    @staticmethod
+    def _gate_object(uses: str, options: dict[str, Any], where: str, key: str) -> QualityGate:
+        """A gate from ``"pkg.mod:object"``: a QualityGate, or a class built with ``options``
+        that makes one."""
+        try:
+            obj = import_object(uses)
+        except _Problem as problem:
+            raise problem.at(where, f"{key}.uses") from None
+        if not isinstance(obj, type):
+            if options:
+                first = next(iter(options))
+                raise _Problem(
+                    f"{uses} is a gate object, not a class, so it takes no options",
+                    where,
+                    f"{key}.{first}",
+                )
+            gate = obj
+        else:
             try:
-                obj = import_object(uses)
+                _check_accepts(obj, options, uses)
             except _Problem as problem:
-                raise problem.at(where, f"{key}.uses") from None
-            if not isinstance(obj, type):
-                if options:
-                    first = next(iter(options))
-                    raise _Problem(
-                        f"{uses} is a gate object, not a class, so it takes no options",
-                        where,
-                        f"{key}.{first}",
-                    )
-                gate = obj
-            else:
-                try:
-                    _check_accepts(obj, options, uses)
-                except _Problem as problem:
-                    raise problem.at(where, key) from None
-                try:
-                    gate = obj(**options)
-                except Exception as exc:
-                    raise _Problem(f"{uses}: {_exc_line(exc)}", where, key) from None
-            if not isinstance(gate, QualityGate):
-                raise _Problem(f"{uses} is not a QualityGate", where, f"{key}.uses")
-            return gate
+                raise problem.at(where, key) from None
+            try:
+                gate = obj(**options)
+            except Exception as exc:
+                raise _Problem(f"{uses}: {_exc_line(exc)}", where, key) from None
+        if not isinstance(gate, QualityGate):
+            raise _Problem(f"{uses} is not a QualityGate", where, f"{key}.uses")
+        return gate
+
+    def _gate_type(self, uses: str, options: dict[str, Any], where: str, key: str) -> QualityGate:
+        """A gate of a registered type (built in or a plugin's), its options checked."""
         registry = self.pm.gate_types()
         try:
             gate_type = registry.get(uses)
