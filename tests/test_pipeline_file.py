@@ -393,6 +393,10 @@ def test_a_cycle_is_named_in_order(error):
             "[stages.x] key 'retry.delay': '99999999999d' is too long (at most 3650d, ten years)",
         ),
         (
+            '[stages.x]\nuses = "review"\nretry = { backoff = 1' + "0" * 400 + " }\n",
+            "[stages.x] key 'retry.backoff': 1" + "0" * 56 + "... is out of range",
+        ),
+        (
             '[stages.x]\nuses = "review"\nretry = { backoff = 1e308 }\n',
             "[stages.x] key 'retry.backoff': must be more than 0 and at most 1000, not 1e+308",
         ),

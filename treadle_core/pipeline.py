@@ -182,7 +182,10 @@ def _in_range(value: Any, expected: type, key: str) -> Any:
     if expected is int and abs(value) > MAX_INT:
         raise _Problem(f"{_show(value)} is out of range (within ±2**63)", key=key)
     if expected is float:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise _Problem(f"{_show(value)} is out of range", key=key) from None
         if value != value or value in (float("inf"), float("-inf")):
             raise _Problem(f"{value} is not a usable number", key=key)
     return value
