@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .._commit import Write
@@ -35,6 +35,9 @@ from .session import Session
 log = logging.getLogger("treadle.engine")
 
 T = TypeVar("T")
+#: A dependent started in the same commit as the stage before it, for the same task to
+#: run next: its name, RUNNING state and the events of its start.
+Handoff = tuple[str, tuple[StageState, list[Event]]] | None
 
 
 class ItemRun:
@@ -241,14 +244,27 @@ class ItemRun:
     async def _execute_stage(
         self, name: str, started: tuple[StageState, list[Event]] | None = None
     ) -> None:
+        """One stage, then — in this same task, under its new name in ``_tasks`` — the
+        dependent it started in its own commit, if any (`_record`)."""
+        while True:
+            handoff = await self._guarded_stage(name, started)
+            if handoff is None:
+                return
+            task = self._tasks.pop(name, None)
+            name, started = handoff
+            if task is not None:
+                self._tasks[name] = task
+
+    async def _guarded_stage(
+        self, name: str, started: tuple[StageState, list[Event]] | None
+    ) -> Handoff:
         """One stage, guarded: whatever breaks outside its attempt fails this stage (when
         the store still takes that), never the run. ``started``: it is already RUNNING
         (written with the step that made it ready), with the events of its start."""
         try:
             if started is not None:
-                await self._one_attempt(self.plan.specs[name], StageState(), started)
-                return
-            await self._stage(name)
+                return await self._one_attempt(self.plan.specs[name], StageState(), started)
+            return await self._stage(name)
         except (LeaseLostError, StoreError):
             raise
         except Exception as exc:
@@ -256,6 +272,7 @@ class ItemRun:
                 "item %r stage %r: the engine failed; failing the stage", self.item_id, name
             )
             await self._fail_stage(name, exc)
+            return None
 
     async def _fail_stage(self, name: str, exc: Exception) -> None:
         st, now = self.states.get(name) or StageState(), self.clock.now()
@@ -267,22 +284,23 @@ class ItemRun:
             name, failed, [StageFailed(item_id=self.item_id, stage=name, error=error, at=now)]
         )
 
-    async def _stage(self, name: str) -> None:
+    async def _stage(self, name: str) -> Handoff:
         spec = self.plan.specs[name]
         prev = self.states.get(name) or StageState()
         if prev.subtasks and not all(t.status.is_done for t in prev.subtasks):
             state, events = fanout.resume_fanout(spec, prev, self.clock.now(), item_id=self.item_id)
             await self.write(name, state, events)
             await self._run_fanout(spec, state)
-        else:
-            await self._one_attempt(spec, prev)
+            return None
+        return await self._one_attempt(spec, prev)
 
     async def _one_attempt(
         self,
         spec: StageSpec,
         prev: StageState,
         started: tuple[StageState, list[Event]] | None = None,
-    ) -> None:
+    ) -> Handoff:
+        """One attempt, written; the dependent it started that this task runs next."""
         name = spec.name
         running, events, ctx, previous = await self._prepare(spec, prev, started)
         slots = self.session.slots
@@ -316,21 +334,23 @@ class ItemRun:
             if started is not None or prev.suspect or prev.run_alone or limited:
                 async with slot:
                     if started is None and not await self.start(spec, running, prev, events):
-                        return  # waiting for its limit: no slot, no lease held meanwhile
+                        return None  # waiting for its limit: no slot, no lease held meanwhile
                     d = await attempt()
             else:
                 if not await self.start(spec, running, prev, events):
-                    return
+                    return None
                 async with slot:
                     d = await attempt()
         except BaseException:
             if not written:
                 await self.abandon(name, prev)
             raise
-        if not written:
-            await self._record(name, d, release=limited)
+        if written:
+            return None
+        handoff = await self._record(name, d, release=limited)
         if d.state.status == StageStatus.RUNNING and d.state.subtasks:
             await self._run_fanout(spec, d.state)
+        return handoff
 
     async def _prepare(
         self,
@@ -377,9 +397,11 @@ class ItemRun:
             reviews=approvals(self.plan, self.states, name),
         )
 
-    async def _record(self, name: str, d: decide.Decision, *, release: bool) -> None:
+    async def _record(self, name: str, d: decide.Decision, *, release: bool) -> Handoff:
         """Write an attempt's decision; dependents it makes ready start in the same commit
-        where they can (`_dependents_to_start`), each then run by a task of its own."""
+        where they can (`_dependents_to_start`). The first is handed back for the calling
+        task to run next (a chain of stages is one task, not a task and a wake-up of
+        `advance` per stage); any others get a task of their own."""
         chained = self._dependents_to_start(name, d.state)
         extra = [e for _, evs in chained.values() for e in evs]
         await self.write(
@@ -390,8 +412,25 @@ class ItemRun:
             release=release,
             started={n: st for n, (st, _) in chained.items()} or None,
         )
+        # Hand one over only when `advance` has nothing to start: no other dependent is
+        # ready without having been started here (a limited one, one run before).
+        handoff: Handoff = None
+        if chained and not self._ready_unstarted(name, chained):
+            handoff = chained.popitem()
         for dependent, begun in chained.items():
             self._tasks[dependent] = asyncio.create_task(self._execute_stage(dependent, begun))
+        return handoff
+
+    def _ready_unstarted(self, name: str, started: Mapping[str, object]) -> bool:
+        """Whether a dependent of ``name`` is ready now but neither started in ``started``
+        nor running in a task (so the loop in `advance` must start it)."""
+        now = self.clock.now()
+        return any(
+            dependent not in started
+            and dependent not in self._tasks
+            and is_ready(self.plan, self.states, dependent, now)
+            for dependent in self.plan.dependents[name]
+        )
 
     def _dependents_to_start(
         self, name: str, new: StageState
