@@ -931,14 +931,7 @@ class _Loader:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return self._duration(value, where, key, positive=True), Reject("no answer")
         table = self._table(value, where, key)
-        allowed = ("after", "decision", "reason")
-        for k in table:
-            if k not in allowed:
-                raise _Problem(
-                    f"unknown key{_closest(k, allowed)} (allowed: {', '.join(allowed)})",
-                    where,
-                    f"{key}.{k}",
-                )
+        self._check_keys(table, ("after", "decision", "reason"), where, prefix=key)
         if "after" not in table:
             raise _Problem("missing (how long to wait, e.g. '1h')", where, f"{key}.after")
         seconds = self._duration(table["after"], where, f"{key}.after", positive=True)
