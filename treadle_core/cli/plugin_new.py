@@ -345,7 +345,8 @@ from treadle_core import Event, Option, SinkType, hookimpl
 class __CLASS__Sink:
     """One line per event in a text file (replace with where your events should go).
 
-    Sinks are called synchronously for every committed event: keep them quick.
+    Sinks are called synchronously for every committed event: keep them quick. One
+    that does slow I/O (a server, an API) can subclass treadle_core.sinks.QueuedSink.
     """
 
     def __init__(self, path: str | Path):

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import queue
 import smtplib
 import ssl as ssl_lib
 import string
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +20,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from treadle_core import Event
 from treadle_core.events import Escalated, ReviewRequired
 from treadle_core.hookspecs import Duration, Option, SinkType, hookimpl
+from treadle_core.sinks import QueuedSink
 
 try:
     __version__ = version("treadle-sink-email")
@@ -47,8 +44,6 @@ CONTEXT_VALUE_MAX = 300
 #: Lines fold at SMTP's hard limit, not at 78: a subject just over 78 characters would
 #: otherwise be folded right after "Subject:" and arrive with a leading space.
 POLICY = policy.default.clone(max_line_length=998)
-
-_STOP = None  # the sentinel that ends the sending thread, queued by close()
 
 
 # --- composing a message (pure) ---------------------------------------------------------
@@ -205,7 +200,7 @@ def _address(value: object, what: str) -> str:
     return value
 
 
-class EmailSink:
+class EmailSink(QueuedSink[Notice]):
     """Mails ``to`` when a review waits (``ReviewRequired``) or a stage escalates (``Escalated``).
 
     The listener call only queues the event; a daemon thread composes and sends
@@ -214,6 +209,10 @@ class EmailSink:
     gives up on. Nothing is ever raised into the engine. An ``Escalated`` event
     followed by its ``ReviewRequired`` (as the engine sends them) is one message.
     """
+
+    log = log  # the base class logs through this module's logger
+    noun = "messages"
+    unfinished = "unsent"
 
     def __init__(
         self,
@@ -298,21 +297,17 @@ class EmailSink:
         self.timeout = float(timeout)
         self.max_attempts = max_attempts
         self.backoff = float(backoff)
-        self.close_timeout = float(close_timeout)
-        self.name = f"email via {host}:{self.port}"
-
-        #: Messages sent, given up on, and dropped because the queue was full.
-        self.sent = 0
-        self.failed = 0
-        self.dropped = 0
-        self._accepted = 0
         self._escalations: dict[tuple[str, str | None], Escalated] = {}
-        self._queue: queue.Queue[Notice | None] = queue.Queue(maxsize=queue_size)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._abandon = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"treadle {self.name}", daemon=True)
-        self._thread.start()
+        # Last, once the options hold: it starts the sending thread. It keeps the counts:
+        # delivered (read it as ``sent``), failed, dropped (queue full), pending.
+        super().__init__(
+            name=f"email via {host}:{self.port}", queue_size=queue_size, close_timeout=close_timeout
+        )
+
+    @property
+    def sent(self) -> int:
+        """Messages the server accepted (some recipients may have been refused)."""
+        return self.delivered
 
     # --- on the engine's path: queue only -------------------------------------------------
     def __call__(self, event: Event) -> None:
@@ -330,83 +325,32 @@ class EmailSink:
             escalation = self._escalations.pop(key, None)
             self._enqueue(Notice(event, escalation))
 
-    def _enqueue(self, notice: Notice) -> None:
-        try:
-            self._queue.put_nowait(notice)
-        except queue.Full:
-            self.dropped += 1
-            log.warning(
-                "%s: queue full (%d messages waiting); no message for %s of %s/%s (%d dropped)",
-                self.name,
-                self._queue.maxsize,
-                notice.kind,
-                notice.event.item_id,
-                notice.event.stage,
-                self.dropped,
-            )
-            return
-        self._accepted += 1
-
-    def close(self, timeout: float | None = None) -> None:
-        """Send what is queued, waiting at most ``timeout`` (default ``close_timeout``) s."""
-        wait = self.close_timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for escalation in self._escalations.values():  # no ReviewRequired came after it
-                self._enqueue(Notice(escalation))
-            self._escalations.clear()
-        with contextlib.suppress(queue.Full):  # still full at the deadline: abandoned below
-            self._queue.put(_STOP, timeout=wait)
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread.is_alive():
-            self._abandon.set()  # it stops at its next step (a daemon: never holds up exit)
-            if self.pending:
-                log.warning(
-                    "%s: closed with %d messages unsent after waiting %g s",
-                    self.name,
-                    self.pending,
-                    wait,
-                )
-
-    @property
-    def pending(self) -> int:
-        """Messages queued or being sent."""
-        return self._accepted - self.sent - self.failed
+    def _before_close(self) -> None:
+        for escalation in self._escalations.values():  # no ReviewRequired came after it
+            self._enqueue(Notice(escalation))
+        self._escalations.clear()
 
     # --- the sending thread -------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            notice = self._queue.get()
-            if notice is _STOP or self._abandon.is_set():
-                return
-            try:
-                self._deliver(notice)
-            except Exception:  # never let one message end the thread
-                self.failed += 1
-                log.exception("%s: sending a message for %s failed", self.name, notice.kind)
+    def _what(self, notice: Notice) -> str:
+        return f"{notice.kind} of {notice.event.item_id}/{notice.event.stage}"
 
     def message(self, notice: Notice) -> EmailMessage:
         return compose(
             notice, sender=self.sender, to=self.to, public_url=self.public_url, subject=self.subject
         )
 
-    def _deliver(self, notice: Notice) -> None:
+    def _deliver(self, notice: Notice) -> bool:
         message = self.message(notice)
-        what = f"{notice.kind} of {notice.event.item_id}/{notice.event.stage}"
+        what = self._what(notice)
         for attempt in range(1, self.max_attempts + 1):
             try:
                 refused = self.send(message)
             except Exception as exc:
                 problem = _describe(exc)
                 if is_permanent(exc):
-                    self.failed += 1
                     log.warning("%s: message for %s not sent: %s", self.name, what, problem)
-                    return
+                    return False
             else:
-                self.sent += 1
                 if refused:
                     log.warning(
                         "%s: message for %s refused for %s",
@@ -414,7 +358,7 @@ class EmailSink:
                         what,
                         ", ".join(sorted(refused)),
                     )
-                return
+                return True
             if attempt == self.max_attempts:
                 break
             delay = backoff_delay(attempt, self.backoff)
@@ -427,9 +371,8 @@ class EmailSink:
                 problem,
                 delay,
             )
-            if self._abandon.wait(delay):
+            if self._abandon.wait(delay):  # close() gave up waiting
                 break
-        self.failed += 1
         log.warning(
             "%s: gave up on the message for %s after %d attempts: %s",
             self.name,
@@ -437,6 +380,7 @@ class EmailSink:
             attempt,
             problem,
         )
+        return False
 
     def send(self, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
         """One SMTP session sending ``message``; the recipients refused (raises on failure)."""

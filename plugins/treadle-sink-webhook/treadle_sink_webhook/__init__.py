@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import http.client
 import json
 import logging
 import os
-import queue
-import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -27,6 +23,7 @@ from urllib.parse import urlsplit
 
 from treadle_core import Event
 from treadle_core.hookspecs import Duration, Option, SinkType, hookimpl
+from treadle_core.sinks import QueuedSink
 
 try:
     __version__ = version("treadle-sink-webhook")
@@ -45,8 +42,6 @@ OWN_HEADERS = frozenset(
 RETRYABLE_4XX = frozenset({408, 429})
 #: How much of an error response's body goes into the log.
 BODY_TAIL = 300
-
-_STOP = None  # the sentinel that ends the delivery thread, queued by close()
 
 
 # --- signing ---------------------------------------------------------------------------
@@ -149,7 +144,7 @@ def check_events(events: Iterable[str] | str | None) -> frozenset[str] | None:
     return frozenset(names)
 
 
-class WebhookSink:
+class WebhookSink(QueuedSink[Event]):
     """POSTs each event as JSON to ``url`` from a background thread; never blocks the engine.
 
     The listener call only puts the event on a bounded queue (``queue_size``); a
@@ -159,6 +154,10 @@ class WebhookSink:
     is full the event is dropped, counted in ``dropped`` and logged. ``close()``
     delivers what is queued, waiting at most ``close_timeout`` seconds.
     """
+
+    log = log  # the base class logs through this module's logger
+    noun = "events"
+    unfinished = "undelivered"
 
     def __init__(
         self,
@@ -214,89 +213,18 @@ class WebhookSink:
         self.max_attempts = max_attempts
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
-        self.close_timeout = float(close_timeout)
-
-        #: Events delivered, given up on (after retries, or refused), dropped (queue full).
-        self.delivered = 0
-        self.failed = 0
-        self.dropped = 0
-        self._accepted = 0
-        self._dropping = 0  # drops since the queue last had room
-        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=queue_size)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._abandon = threading.Event()
         self._opener = urllib.request.build_opener(_NoRedirects())
-        self._thread = threading.Thread(target=self._run, name=f"treadle {self.name}", daemon=True)
-        self._thread.start()
+        # Last, once the options hold: it starts the delivery thread. It keeps the counts:
+        # delivered, failed (given up on after retries, or refused), dropped, pending.
+        super().__init__(name=self.name, queue_size=queue_size, close_timeout=close_timeout)
 
     # --- on the engine's path: enqueue only -------------------------------------------
     def __call__(self, event: Event) -> None:
         if self.events is not None and event.kind not in self.events:
             return
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                self._queue.put_nowait(event)
-            except queue.Full:
-                self.dropped += 1
-                self._dropping += 1
-                if self._dropping == 1:
-                    log.warning(
-                        "%s: queue full (%d events waiting); dropping events until it drains",
-                        self.name,
-                        self._queue.maxsize,
-                    )
-                return
-            self._accepted += 1
-            if self._dropping:
-                log.warning(
-                    "%s: dropped %d events while the queue was full (%d in all)",
-                    self.name,
-                    self._dropping,
-                    self.dropped,
-                )
-                self._dropping = 0
-
-    def close(self, timeout: float | None = None) -> None:
-        """Deliver what is queued, waiting at most ``timeout`` (default ``close_timeout``) s."""
-        wait = self.close_timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        with contextlib.suppress(queue.Full):  # still full at the deadline: abandoned below
-            self._queue.put(_STOP, timeout=wait)
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread.is_alive():
-            self._abandon.set()  # it stops at its next step (a daemon: never holds up exit)
-            if self.pending:
-                log.warning(
-                    "%s: closed with %d events undelivered after waiting %g s",
-                    self.name,
-                    self.pending,
-                    wait,
-                )
-
-    @property
-    def pending(self) -> int:
-        """Events accepted and not yet delivered or given up on (queued or in flight)."""
-        return self._accepted - self.delivered - self.failed
+        self._submit(event)
 
     # --- the delivery thread ------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            event = self._queue.get()
-            if event is _STOP or self._abandon.is_set():
-                return
-            try:
-                self._deliver(event)
-            except Exception:  # never let one event end the thread
-                self.failed += 1
-                log.exception("%s: delivering %s failed", self.name, event.kind)
-
     def body(self, event: Event) -> bytes:
         """The exact bytes POSTed (and signed) for ``event``."""
         return json.dumps(
@@ -315,20 +243,21 @@ class WebhookSink:
             headers[SIGNATURE_HEADER] = sign(self._secret, body)
         return headers
 
-    def _deliver(self, event: Event) -> None:
+    def _what(self, event: Event) -> str:
+        return f"{event.kind} for {event.item_id}" + (f"/{event.stage}" if event.stage else "")
+
+    def _deliver(self, event: Event) -> bool:
         body = self.body(event)
         # One id for every attempt of this event, so a receiver can drop a repeat.
         headers = self.request_headers(event, body, uuid.uuid4().hex)
-        what = f"{event.kind} for {event.item_id}" + (f"/{event.stage}" if event.stage else "")
+        what = self._what(event)
         for attempt in range(1, self.max_attempts + 1):
             response = self.post(body, headers)
             if response.ok:
-                self.delivered += 1
-                return
+                return True
             if not is_retryable(response.status):
-                self.failed += 1
                 log.warning("%s: %s not delivered: %s", self.name, what, response.message)
-                return
+                return False
             if attempt == self.max_attempts:
                 break
             delay = backoff_delay(
@@ -346,9 +275,8 @@ class WebhookSink:
                 response.message,
                 delay,
             )
-            if self._abandon.wait(delay):
+            if self._abandon.wait(delay):  # close() gave up waiting
                 break
-        self.failed += 1
         log.warning(
             "%s: gave up on %s after %d attempts: %s",
             self.name,
@@ -356,6 +284,7 @@ class WebhookSink:
             attempt,
             response.message,
         )
+        return False
 
     def post(self, body: bytes, headers: Mapping[str, str]) -> Response:
         """One POST of ``body``; what came of it (never raises for a network problem)."""
