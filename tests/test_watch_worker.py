@@ -172,19 +172,28 @@ def test_metrics_are_scraped_over_http_after_real_work(project, workers):
     assert url.startswith("http://127.0.0.1:")
     text = ""
 
+    parse = {"pipeline": "watched", "stage": "parse"}
+    approve = {"pipeline": "watched", "stage": "approve"}
+
     def settled() -> bool:
+        # The store gauges are read when scraped; the counters follow the event bus, which
+        # publishes just after the commit: a scrape in between sees the review waiting
+        # but not yet counted, so wait for both.
         nonlocal text
         text = scrape(url)
-        return sample(text, "treadle_reviews_waiting", pipeline="watched", stage="approve") == 2
+        return (
+            sample(text, "treadle_reviews_waiting", **approve) == 2
+            and sample(text, "treadle_items", pipeline="watched", state="failed") == 1
+            and sample(text, "treadle_stage_executions_total", outcome="review", **approve) == 2
+            and sample(text, "treadle_stage_executions_total", outcome="failed", **parse) == 1
+        )
 
-    wait_for(settled, "both good items to wait for review")
+    wait_for(settled, "both good items to wait for review and the bad one to fail, counted")
     worker.stop()
 
-    parse = {"pipeline": "watched", "stage": "parse"}
     assert sample(text, "treadle_stage_executions_total", outcome="complete", **parse) == 2
     assert sample(text, "treadle_stage_executions_total", outcome="failed", **parse) == 1
     assert sample(text, "treadle_stage_executions_total", outcome="retry", **parse) == 1
-    approve = {"pipeline": "watched", "stage": "approve"}
     assert sample(text, "treadle_stage_executions_total", outcome="review", **approve) == 2
     assert sample(text, "treadle_stage_duration_seconds_count", **parse) == 4
     assert sample(text, "treadle_stage_duration_seconds_bucket", le="+Inf", **parse) == 4
