@@ -70,6 +70,17 @@ ALLOWED: dict[str, set[str]] = {
         "engine.review",
     },
     "engine.session": {"_commit", "clock", "events", "model", "store.base", "engine.plan"},
+    # A fan-out's subtasks, run through the writes of the item run they are part of.
+    "engine.subtasks": {
+        "clock",
+        "events",
+        "model",
+        "engine.attempt",
+        "engine.decide",
+        "engine.fanout",
+        "engine.plan",
+        "engine.session",
+    },
     "engine.item": {
         "_commit",
         "errors",
@@ -82,6 +93,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.plan",
         "engine.ready",
         "engine.session",
+        "engine.subtasks",
         "engine.writes",
     },
     "engine.wakeup": {"clock", "store.base"},

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -386,6 +386,11 @@ def _record(
         error=j.error,
         subtask=subtask,
     )
+
+
+def last_feedback(previous: Sequence[AttemptRecord]) -> QualityFeedback | None:
+    """The feedback the latest earlier attempt left (None: it left none)."""
+    return previous[-1].feedback if previous else None
 
 
 def review_required(

@@ -31,6 +31,7 @@ from .attempt import AttemptResult, run_attempt
 from .plan import StageSpec
 from .ready import approvals, expired_reviews, is_ready, upstream
 from .session import Session
+from .subtasks import FanOutRun
 
 log = logging.getLogger("treadle.engine")
 
@@ -236,7 +237,7 @@ class ItemRun:
         return await self.session.read(lambda s: s.get_all_stage_states(item_id))
 
     # --- one stage -----------------------------------------------------------
-    async def _previous(self, name: str, subtask: str | None) -> list[AttemptRecord]:
+    async def previous(self, name: str, subtask: str | None) -> list[AttemptRecord]:
         item_id = self.item_id
         records = await self.session.read(lambda s: s.get_attempts(item_id, name))
         return [r for r in records if r.subtask == subtask]
@@ -309,7 +310,7 @@ class ItemRun:
 
         async def attempt() -> decide.Decision:
             nonlocal written
-            result = await self._attempt(spec, ctx, running.budget_start, previous)
+            result = await self.attempt(spec, ctx, running.budget_start, previous)
             self.session.executions += 1
             d = decide.decide(spec, running, result, self.clock.now(), item_id=self.item_id)
             if result.timed_out:
@@ -364,16 +365,16 @@ class ItemRun:
         if started is None:
             # A sync attempt that timed out may still run in its thread: never overlap it.
             await spec.stage.settle(self.item_id, None)
-        previous = await self._previous(name, None) if prev.attempt > 0 else []
+        previous = await self.previous(name, None) if prev.attempt > 0 else []
         # A person's feedback (changes asked, a rejection's reason) until an attempt saw it.
-        feedback = prev.feedback or _last_feedback(previous)
+        feedback = prev.feedback or decide.last_feedback(previous)
         running, events = started or decide.begin(
             spec, prev, self.clock.now(), item_id=self.item_id, feedback=feedback
         )
-        ctx = self._context(name, None, running, running.attempt, prev.metadata, feedback, previous)
+        ctx = self.context(name, None, running, running.attempt, prev.metadata, feedback, previous)
         return running, events, ctx, previous
 
-    def _context(
+    def context(
         self,
         name: str,
         subtask: str | None,
@@ -458,7 +459,7 @@ class ItemRun:
             out[dependent] = decide.begin(spec, base, now, item_id=self.item_id, feedback=None)
         return out
 
-    async def _attempt(
+    async def attempt(
         self,
         spec: StageSpec,
         ctx: StageContext,
@@ -477,122 +478,4 @@ class ItemRun:
 
     # --- fan-out -------------------------------------------------------------
     async def _run_fanout(self, spec: StageSpec, state: StageState) -> None:
-        """Run the fan-out's due PENDING subtasks concurrently until none is left to run
-        now, then decide the stage. A fan-out at its recovery limit runs alone."""
-        slots = self.session.slots
-        if state.run_alone:
-            # Every slot of the process is this fan-out's: its subtasks share as many.
-            async with slots.alone():
-                await self._run_subtasks(spec, state, asyncio.Semaphore(slots.n))
-        else:
-            await self._run_subtasks(spec, state, slots.one)
-
-    async def _run_subtasks(
-        self, spec: StageSpec, state: StageState, slots: asyncio.Semaphore
-    ) -> None:
-        holder = {"state": state}
-        try:
-            while True:
-                now = self.clock.now()
-                todo = [
-                    t.id
-                    for t in holder["state"].subtasks
-                    if t.status == StageStatus.PENDING
-                    and (t.next_attempt_at is None or t.next_attempt_at <= now)
-                ]
-                if not todo:
-                    break
-                await _all_or_cancel(
-                    [self._run_subtask(spec, holder, sub_id, slots) for sub_id in todo]
-                )
-        except BaseException:
-            # Abandoned mid-fan-out: the stage goes back to PENDING, finished subtasks stay.
-            await self.abandon(spec.name, holder["state"].replace(status=StageStatus.PENDING))
-            raise
-        new, events = fanout.finish_fanout(
-            spec, holder["state"], self.clock.now(), item_id=self.item_id
-        )
-        await self.write(spec.name, new, events)
-
-    async def _run_subtask(
-        self,
-        spec: StageSpec,
-        holder: dict[str, StageState],
-        sub_id: str,
-        slots: asyncio.Semaphore,
-    ) -> None:
-        name = spec.name
-        sub = holder["state"].subtask(sub_id)
-        assert sub is not None
-        await spec.stage.settle(self.item_id, sub_id)
-        previous = await self._previous(name, sub_id) if sub.attempt > 0 else []
-        feedback = _last_feedback(previous)
-        async with slots:
-            before = holder["state"]
-            running, events = decide.begin(
-                spec,
-                before,
-                self.clock.now(),
-                item_id=self.item_id,
-                feedback=feedback,
-                subtask=sub_id,
-            )
-            holder["state"] = running
-            if not await self.start(spec, running, before, events, subtask=sub_id):
-                holder["state"] = self.states.get(name, before)  # waiting for its rate
-                return
-            running_sub = running.subtask(sub_id)
-            assert running_sub is not None
-            ctx = self._context(
-                name, sub_id, running, running_sub.attempt, running_sub.metadata, feedback, previous
-            )
-            try:
-                result = await self._attempt(spec, ctx, running_sub.budget_start, previous)
-            except BaseException:
-                holder["state"] = _with_subtask(holder["state"], before, sub_id)
-                await self.abandon(name, holder["state"])
-                raise
-            self.session.executions += 1
-            d = decide.decide(
-                spec,
-                holder["state"],
-                result,
-                self.clock.now(),
-                item_id=self.item_id,
-                subtask=sub_id,
-            )
-            holder["state"] = d.state
-            if result.timed_out:  # keep the slot until its thread returned (see _stage)
-                await self.write(name, d.state, d.events, d.records)
-                await spec.stage.settle(self.item_id, sub_id)
-                return
-        await self.write(name, d.state, d.events, d.records)
-
-
-def _last_feedback(previous: Sequence[AttemptRecord]) -> QualityFeedback | None:
-    """The feedback the latest earlier attempt left (None: it left none)."""
-    return previous[-1].feedback if previous else None
-
-
-def _with_subtask(state: StageState, source: StageState, sub_id: str) -> StageState:
-    """``state`` with subtask ``sub_id`` as it is in ``source``."""
-    old = source.subtask(sub_id)
-    return state.replace(subtasks=[old if t.id == sub_id and old else t for t in state.subtasks])
-
-
-async def _all_or_cancel(coros: list[Any]) -> None:
-    """Run coroutines concurrently; on the first error cancel the rest, then raise it."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    for t in pending:
-        t.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for t in tasks:
-        if t.done() and not t.cancelled() and t.exception() is not None:
-            raise t.exception()  # type: ignore[misc,unused-ignore]
+        await FanOutRun(self, spec, state).run()
