@@ -1024,6 +1024,10 @@ class StoreContract:
             store.save_stage_state(item_id, "s1", StageState(StageStatus.COMPLETE, attempt=1))
             store.save_stage_state(item_id, "s2", StageState(StageStatus.FAILED, attempt=1))
             store.save_stage_state(item_id, "s3", StageState(StageStatus.COMPLETE, attempt=1))
+        # A stage's own data that happens to say "stale" is not staleness.
+        store.save_stage_state(
+            "c", "s4", StageState(StageStatus.COMPLETE, attempt=1, metadata={"stale": True})
+        )
         assert store.count_stale() == {}
         assert store.mark_stale(["a", "b"], ["s1", "s2"]) == 2
         assert store.mark_stale(["a", "b"], ["s1", "s2"]) == 0

@@ -485,7 +485,7 @@ class MemoryStateStore(StateStore):
         with self._lock:
             for states in self._states.values():
                 for stage, text in states.items():
-                    if '"stale":true' in text:
+                    if json.loads(text).get("stale"):
                         out[stage] = out.get(stage, 0) + 1
         return out
 
