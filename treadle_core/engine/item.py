@@ -291,7 +291,7 @@ class ItemRun:
         if prev.subtasks and not all(t.status.is_done for t in prev.subtasks):
             state, events = fanout.resume_fanout(spec, prev, self.clock.now(), item_id=self.item_id)
             await self.write(name, state, events)
-            await self._run_fanout(spec, state)
+            await FanOutRun(self, spec, state).run()
             return None
         return await self._one_attempt(spec, prev)
 
@@ -350,7 +350,7 @@ class ItemRun:
             return None
         handoff = await self._record(name, d, release=limited)
         if d.state.status == StageStatus.RUNNING and d.state.subtasks:
-            await self._run_fanout(spec, d.state)
+            await FanOutRun(self, spec, d.state).run()
         return handoff
 
     async def _prepare(
@@ -475,7 +475,3 @@ class ItemRun:
             previous=previous,
             max_artefact_bytes=self.plan.max_artefact_bytes,
         )
-
-    # --- fan-out -------------------------------------------------------------
-    async def _run_fanout(self, spec: StageSpec, state: StageState) -> None:
-        await FanOutRun(self, spec, state).run()
