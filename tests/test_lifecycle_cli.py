@@ -208,6 +208,9 @@ def test_cancel_items(cli: TreadleCli, project: Path) -> None:
     with open_store(url(project)) as store:
         before = snapshot(store, ["i0", "i1", "i2"], ["a", "ask"])
     refused(cli("cancel", "i1", "nope"), 2, "unknown item 'nope'; nothing cancelled")
+    no_name = "--by is empty: say who is deciding; nothing saved"
+    refused(cli("cancel", "i2", "--by", " "), 2, no_name)
+    refused(cli("rerun", "i0", "ask", "--by", ""), 2, no_name)
     with open_store(url(project)) as store:
         assert snapshot(store, ["i0", "i1", "i2"], ["a", "ask"]) == before
     ok(cli("rerun", "i0", "ask"))  # revives it

@@ -605,9 +605,12 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
-def reviewer_name(given: str | None) -> str:
-    """Who decides: ``--reviewer``, then ``$TREADLE_REVIEWER``, then the login name; a
-    usage error when there is none (every human decision names its reviewer)."""
+def reviewer_name(given: str | None, option: str = "--reviewer") -> str:
+    """Who decides: ``option`` (``--reviewer``; ``--by`` for rerun and cancel), then
+    ``$TREADLE_REVIEWER``, then the login name; a usage error when there is none (every
+    human decision names who made it)."""
+    if given is not None and not given.strip():
+        raise CliError(f"{option} is empty: say who is deciding; nothing saved", EXIT_USAGE)
     name = given if given is not None else os.environ.get("TREADLE_REVIEWER")
     if name is None:
         try:
@@ -616,7 +619,7 @@ def reviewer_name(given: str | None) -> str:
             name = None
     if name is None or not name.strip():
         raise CliError(
-            "who is deciding? give --reviewer NAME or set $TREADLE_REVIEWER "
+            f"who is deciding? give {option} NAME or set $TREADLE_REVIEWER "
             "(no login name was found); nothing saved",
             EXIT_USAGE,
         )

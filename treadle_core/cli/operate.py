@@ -69,7 +69,7 @@ def rerun(
     worker or 'treadle run' then runs them. A running stage is refused.
     """
     selection = _selection(item_id, stage, bulk_stage, all_, stale, status_)
-    by = reviewer_name(by)
+    by = reviewer_name(by, "--by")
     wf = state.workflow()
     store = state.store(create=False)
     if selection is None:
@@ -171,7 +171,7 @@ def cancel(
     """Cancel items: their unfinished stages become cancelled and are never run again
     (until 'treadle rerun' revives one). A stage running in a worker is stopped at the
     worker's next lease renewal; its result, if any, is dropped."""
-    by = reviewer_name(by)
+    by = reviewer_name(by, "--by")
     wf = state.workflow()
     store = state.store(create=False)
 
