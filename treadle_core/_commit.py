@@ -57,7 +57,9 @@ class Committer:
         self.store = store
         #: How long a write waits for an unavailable store before failing.
         self.outage_seconds = outage_seconds
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        #: Writes queued during this turn of the event loop, handed over at its end.
+        self._pending: list[_Job] = []
         self._thread = threading.Thread(target=self._loop, name="treadle-writer", daemon=True)
         self._thread.start()
 
@@ -68,8 +70,19 @@ class Committer:
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, fut, loop))
+        pending = self._pending
+        pending.append((fn, fut, loop))
+        if len(pending) == 1:
+            # Handed to the writer once the callbacks ready now have run: the writes
+            # this turn of the loop makes go in one batch, and the writer wakes once
+            # per turn, not once per write while the loop still holds the GIL.
+            loop.call_soon(self._hand_over)
         return fut
+
+    def _hand_over(self) -> None:
+        jobs, self._pending = self._pending, []
+        if jobs:
+            self._queue.put(jobs)
 
     async def submit(self, fn: Callable[[StateStore], T]) -> T:
         """Run ``fn(store)`` in a transaction on the writer thread; return once committed."""
@@ -77,6 +90,7 @@ class Committer:
         return await asyncio.shield(self.enqueue(fn))
 
     async def close(self) -> None:
+        self._hand_over()
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
 
@@ -89,33 +103,36 @@ class Committer:
     def _loop(self) -> None:
         try:
             while True:
-                job = self._queue.get()
-                if job is None:
+                jobs = self._queue.get()
+                if jobs is None:
                     return
-                batch = [job]
                 stop = False
-                while len(batch) < MAX_BATCH:
+                while len(jobs) < MAX_BATCH:
                     try:
-                        nxt = self._queue.get_nowait()
+                        more = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if nxt is None:
+                    if more is None:
                         stop = True
                         break
-                    batch.append(nxt)
-                # One wake-up per event loop for the whole batch, not one per write.
-                by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
-                for (_, fut, loop), (ok, value) in zip(batch, self._apply(batch), strict=True):
-                    by_loop.setdefault(loop, []).append((fut, ok, value))
-                for loop, done in by_loop.items():
-                    with contextlib.suppress(RuntimeError):  # the caller's loop is gone
-                        loop.call_soon_threadsafe(_resolve_all, done)
+                    jobs += more
+                for start in range(0, len(jobs), MAX_BATCH):
+                    self._commit(jobs[start : start + MAX_BATCH])
                 if stop:
                     return
         finally:
             release = getattr(self.store, "release_thread", None)
             if callable(release):
                 release()
+
+    def _commit(self, batch: list[_Job]) -> None:
+        """Apply one batch; one wake-up per event loop for all of it, not one per write."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
+        for (_, fut, loop), (ok, value) in zip(batch, self._apply(batch), strict=True):
+            by_loop.setdefault(loop, []).append((fut, ok, value))
+        for loop, done in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone
+                loop.call_soon_threadsafe(_resolve_all, done)
 
     def _apply(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
         if len(batch) > 1:

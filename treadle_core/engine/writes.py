@@ -40,6 +40,8 @@ from .review import resolve
 #: What a write returns: the item's stage states after it, and the events it journalled.
 WriteResult = tuple[dict[str, StageState], list[Event]]
 StageWrite = Write[WriteResult]
+#: Aggregate states that are due now: an item staying in one keeps its ``due_at``.
+_DUE_NOW = (ItemState.READY, ItemState.RUNNING)
 
 
 def _read_back(item_id: str, events: Sequence[Event]) -> Callable[[StateStore], WriteResult]:
@@ -81,8 +83,10 @@ def finish(
                 if fresh is not None:
                     states[name] = fresh
     state, due_at = aggregate(plan, states, now)
-    if state == rec.state == ItemState.READY and rec.due_at is not None and rec.due_at <= now:
-        due_at = rec.due_at  # still ready: keep its place in the queue
+    if state == rec.state and state in _DUE_NOW and rec.due_at is not None and rec.due_at <= now:
+        # Still ready (or still running): keep its place in the queue, and a chain of
+        # stages under one lease leaves the item's row (and its indexes) alone.
+        due_at = rec.due_at
     journal = list(events)
     if state == ItemState.COMPLETE and rec.state != ItemState.COMPLETE:
         journal.append(WorkflowCompleted(item_id=rec.id, at=now))
