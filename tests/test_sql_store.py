@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,45 @@ def test_v1_database_is_migrated_in_place(tmp_path: Path) -> None:
     plain.close()
     assert state.next_attempt_at is not None and backfilled == state.next_attempt_at.timestamp()
     assert {"stage_states_review", "stage_states_summary"} <= indexes
+    with sqlite3.connect(path) as plain:  # m007 made the review queue's index partial
+        (review,) = plain.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'stage_states_review'"
+        ).fetchone()
+    plain.close()
+    assert "WHERE status = 'awaiting_review'" in review
+
+
+def test_review_queue_index_holds_only_states_waiting_for_a_person(any_url: str) -> None:
+    """Transitions change every state's updated_at: only a review's is in the queue's
+    index (SQLite, PostgreSQL), and the queue's query reads that index in order."""
+    with SqlStateStore(any_url) as store:
+        t0, statuses = utcnow(), [*StageStatus, StageStatus.AWAITING_REVIEW]
+        for n, status in enumerate(statuses):
+            store.save_work_item_data(f"i{n}", {})
+            at = t0 - timedelta(seconds=n)  # later items wait longer: first in the queue
+            store.save_stage_state(f"i{n}", "s", StageState(status, updated_at=at))
+        waiting = [f"i{n}" for n, s in enumerate(statuses) if s == StageStatus.AWAITING_REVIEW]
+        assert [r.item_id for r in store.pending_reviews()] == waiting[::-1]
+        assert [r.item_id for r in store.pending_reviews(limit=1)] == waiting[-1:]
+        if store.dialect == "mysql":
+            return  # no partial indexes there: the full (status, updated_at) index stays
+        query = (
+            "SELECT item_id FROM stage_states WHERE status = 'awaiting_review'"
+            " AND updated_at IS NOT NULL ORDER BY updated_at, item_id, stage"
+        )
+        if store.dialect == "sqlite":
+            (definition,) = store._run(
+                "SELECT sql FROM sqlite_master WHERE name = 'stage_states_review'"
+            ).fetchone()
+            plan = str(store._run(f"EXPLAIN QUERY PLAN {query}").fetchall())
+        else:
+            (definition,) = store._run(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'stage_states_review'"
+            ).fetchone()
+            store._run("SET enable_seqscan = off")  # a tiny table: make the choice visible
+            plan = str(store._run(f"EXPLAIN {query}").fetchall())
+        assert "WHERE" in definition and "awaiting_review" in definition, definition
+        assert "stage_states_review" in plan and "TEMP B-TREE" not in plan.upper(), plan
 
 
 def test_fresh_database_records_the_current_version(store: SqlStateStore, sqlite_url: str) -> None:

@@ -146,6 +146,10 @@ def _ddl(db: peewee.Database, sql: str) -> None:
 # Add a new function at the end instead.
 
 
+#: The review queue's condition, spelled as a literal so the partial index on it is used.
+_AWAITING = f"status = '{StageStatus.AWAITING_REVIEW.value}'"
+
+
 def m001_initial(db: peewee.Database) -> None:
     """Items, stage states, attempts, reviews and the event journal."""
     _ddl(
@@ -282,6 +286,19 @@ def m006_definition_and_staleness(db: peewee.Database) -> None:
         _ddl(db, "CREATE INDEX stage_states_stale ON stage_states (stage, item_id) WHERE stale = 1")
 
 
+def m007_review_queue(db: peewee.Database) -> None:
+    """The review queue's index holds only the states waiting for a person, so the
+    engine's transitions (every one changes ``updated_at``) never touch it."""
+    if _dialect(db) == "mysql":  # no partial indexes: (status, updated_at) stays
+        return
+    _ddl(db, "DROP INDEX stage_states_review")
+    _ddl(
+        db,
+        "CREATE INDEX stage_states_review ON stage_states (updated_at, item_id, stage)"
+        f" WHERE {_AWAITING}",
+    )
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     m001_initial,
     m002_stage_state_queries,
@@ -289,6 +306,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     m004_item_priority,
     m005_stage_limits,
     m006_definition_and_staleness,
+    m007_review_queue,
 ]
 
 
@@ -1047,8 +1065,8 @@ class SqlStateStore(StateStore):
     ) -> list[PendingReview]:
         # Two index-ordered queries instead of one "NULLS LAST" sort, which each
         # database spells (and optimises) differently: dated entries, then undated.
-        params: tuple[Any, ...] = (StageStatus.AWAITING_REVIEW.value,)
-        where = "status = ?"
+        params: tuple[Any, ...] = ()
+        where = _AWAITING  # a literal: the partial index `stage_states_review` applies
         if stage is not None:
             where += " AND stage = ?"
             params += (stage,)
