@@ -46,7 +46,7 @@ MARK_MEMORY = 3600.0
 #: A queued item asks again after this many seconds, should its wake-up be lost.
 LIMIT_RECHECK = 30.0
 #: Rate limits wait this fraction of their period longer than the window (jitter).
-RATE_MARGIN = 0.02
+RATE_MARGIN = 0.05
 
 
 def admission(
