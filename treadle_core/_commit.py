@@ -58,8 +58,8 @@ class Committer:
         #: How long a write waits for an unavailable store before failing.
         self.outage_seconds = outage_seconds
         self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
-        #: Writes queued during this turn of the event loop, handed over at its end.
-        self._pending: list[_Job] = []
+        #: Writes queued during this turn of each event loop, handed over at its end.
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         self._thread = threading.Thread(target=self._loop, name="treadle-writer", daemon=True)
         self._thread.start()
 
@@ -70,17 +70,18 @@ class Committer:
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        pending = self._pending
-        pending.append((fn, fut, loop))
-        if len(pending) == 1:
+        pending = self._pending.get(loop)
+        if pending is None:
             # Handed to the writer once the callbacks ready now have run: the writes
             # this turn of the loop makes go in one batch, and the writer wakes once
             # per turn, not once per write while the loop still holds the GIL.
-            loop.call_soon(self._hand_over)
+            pending = self._pending[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        pending.append((fn, fut, loop))
         return fut
 
-    def _hand_over(self) -> None:
-        jobs, self._pending = self._pending, []
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        jobs = self._pending.pop(loop, None)
         if jobs:
             self._queue.put(jobs)
 
@@ -90,7 +91,8 @@ class Committer:
         return await asyncio.shield(self.enqueue(fn))
 
     async def close(self) -> None:
-        self._hand_over()
+        for loop in list(self._pending):
+            self._hand_over(loop)
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
 
