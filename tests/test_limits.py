@@ -19,6 +19,7 @@ from treadle_core import (
     SubTask,
     Workflow,
 )
+from treadle_core.store.base import admission
 
 
 class Overlap:
@@ -90,6 +91,16 @@ async def test_a_rate_is_never_exceeded_in_any_window(make_store):
     worst = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
     assert worst <= 4, starts
     assert took >= 2.0  # 10 starts at 4 per second
+
+
+def test_a_rate_admits_the_next_start_a_margin_past_its_window():
+    """5 % of the period: what runs between admission and the call (a commit, a thread
+    starting) must not let one too many land in one window (docs/how-to/flow-control)."""
+    kept, retry = admission([10.0], 0, 10.5, concurrency=None, rate=(1, 1.0))
+    assert (kept, retry) == ([10.0], pytest.approx(11.05))
+    # within the margin the start still waits; past it, it is admitted
+    assert admission([10.0], 0, 11.04, concurrency=None, rate=(1, 1.0))[1] is not None
+    assert admission([10.0], 0, 11.06, concurrency=None, rate=(1, 1.0)) == ([11.06], None)
 
 
 async def test_a_rate_limits_each_subtask_of_a_fanout(make_store):

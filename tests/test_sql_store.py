@@ -16,7 +16,7 @@ from typing import Any
 import peewee
 import pytest
 
-from treadle_core import open_store
+from treadle_core import Workflow, open_store
 from treadle_core.errors import SchemaVersionError, StoreError, StoreUnavailableError
 from treadle_core.events import StageStarted
 from treadle_core.model import AttemptRecord, ItemState, StageState, StageStatus, utcnow
@@ -523,6 +523,29 @@ def test_hot_path_calls_are_one_statement_each(any_url: str) -> None:
         queries = [count(store.summary), count(store.count_items), count(store.next_due_at)]
     assert transition == [1] * 6
     assert queries == [1] * 3
+
+
+async def test_a_chain_of_stages_writes_the_items_row_only_when_its_state_changes(
+    sqlite_url: str,
+) -> None:
+    """While an item stays RUNNING under one lease it keeps its due_at, so its row (and
+    the due_at indexes) is written when it starts and when it completes, not per stage."""
+
+    async def step(item, ctx):
+        return None
+
+    builder = Workflow.builder("chain")
+    for n in range(4):
+        builder.stage(f"s{n}", step, needs=[f"s{n - 1}"] if n else [])
+    wf = builder.build()
+    with SqlStateStore(sqlite_url) as store:
+        store.save_work_item_data("a", {})
+        statements: list[str] = []
+        store._db.query_hooks.append(lambda event: statements.append(event.sql))
+        await wf.run(store)
+        assert wf.summary(store) == {f"s{n}": {"complete": 1} for n in range(4)}
+    item_updates = [sql for sql in statements if sql.startswith("UPDATE items SET state")]
+    assert len(item_updates) == 2, item_updates  # RUNNING, then COMPLETE
 
 
 # --- processes and threads --------------------------------------------------------------

@@ -64,9 +64,10 @@ class Committer:
         self._thread.start()
 
     def enqueue(self, fn: Callable[[StateStore], T]) -> asyncio.Future[T]:
-        """Queue ``fn(store)`` now; the future resolves once its transaction committed.
+        """Queue ``fn(store)``; the future resolves once its transaction committed.
 
-        Writes are applied in the order they were queued.
+        The writer gets it when this turn of the event loop ends, with the turn's other
+        writes; one loop's writes are applied in the order they were queued.
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()

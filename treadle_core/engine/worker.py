@@ -199,7 +199,8 @@ class ClaimLoop:
         session, tasks, concurrency = self.session, self.session.tasks, self.concurrency
         stopping = session.stopping
         room = PREFETCH * concurrency - len(tasks)
-        # Claim in batches: one claim transaction per half window.
+        # Claim in batches: only once room for half the slots' worth of items is free
+        # (or fewer items than slots are held), not one claim transaction per item.
         if (
             not stopping
             and room > 0
